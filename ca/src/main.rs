@@ -1,1 +1,84 @@
-fn main() {}
+//! `tether-ca`: the command-line entry point. Everything lives in the library; this file parses
+//! arguments, starts a runtime for `serve`, and turns errors into exit statuses.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use tether_ca::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve {
+            listen,
+            metrics_listen,
+        } => serve(&cli, *listen, *metrics_listen),
+        _ => tether_ca::cli::run(&cli).map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-ca: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(
+    cli: &Cli,
+    listen: std::net::SocketAddr,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let authority = Arc::new(tether_ca::Authority::open(&cli.state_dir)?);
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the API listener {listen}"))?;
+        let registry = prometheus::Registry::new();
+        if let Some(addr) = metrics_listen {
+            let ml = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            tokio::spawn(tether_ca::api::run_metrics(
+                ml,
+                registry.clone(),
+                shutdown_signal(),
+            ));
+        }
+        eprintln!(
+            "tether-ca serving trust domain {} on https://{}",
+            authority.trust_domain(),
+            listener.local_addr()?
+        );
+        tether_ca::api::run(listener, authority, registry, shutdown_signal()).await?;
+        eprintln!("tether-ca stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}

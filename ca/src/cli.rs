@@ -1,0 +1,313 @@
+//! The `tether-ca` command line.
+//!
+//! Which commands talk to what: `serve` runs the HTTPS API; every other command works directly on
+//! the state directory (SQLite serializes them with a running server), so they work whether or
+//! not the server runs, and a revocation made here reaches long-polling sidecars within the
+//! server's poll interval (100 ms).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+
+use tether_certs::crl::Reason;
+use tether_certs::{Serial, SpiffeId, TrustDomain};
+
+use crate::authority::{Authority, CaError, InitOptions, Settings};
+use crate::store::RevokeOutcome;
+
+/// Tether's certificate authority: issues short-lived SPIFFE X509-SVIDs, records them in SQLite,
+/// revokes them and publishes signed CRLs.
+#[derive(Debug, Parser)]
+#[command(name = "tether-ca", version, propagate_version = true)]
+pub struct Cli {
+    /// The CA's state directory (keys, certificates, SQLite database).
+    #[arg(
+        long,
+        global = true,
+        env = "TETHER_CA_STATE_DIR",
+        default_value = ".tether/ca"
+    )]
+    pub state_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new CA: root, issuing intermediate, database, API server certificate and an admin
+    /// client credential. Refuses to touch an existing, non-empty state dir.
+    Init {
+        /// Trust domain, e.g. `demo.tether`.
+        #[arg(long, env = "TETHER_CA_TRUST_DOMAIN", value_parser = parse_td)]
+        trust_domain: TrustDomain,
+        /// Root CA lifetime.
+        #[arg(long, env = "TETHER_CA_ROOT_TTL", default_value = "365d", value_parser = parse_duration)]
+        root_ttl: Duration,
+        /// Issuing intermediate lifetime (capped at the root's).
+        #[arg(long, env = "TETHER_CA_INTERMEDIATE_TTL", default_value = "30d", value_parser = parse_duration)]
+        intermediate_ttl: Duration,
+        /// Extra DNS name or IP for the API's certificate (repeatable); localhost, 127.0.0.1 and
+        /// ::1 are always included.
+        #[arg(long = "san", env = "TETHER_CA_SAN", value_delimiter = ',')]
+        sans: Vec<String>,
+        /// Leaf lifetime when none is asked for.
+        #[arg(long, env = "TETHER_CA_DEFAULT_TTL", default_value = "1h", value_parser = parse_duration)]
+        default_ttl: Duration,
+        /// Longest leaf lifetime the CA grants.
+        #[arg(long, env = "TETHER_CA_MAX_TTL", default_value = "24h", value_parser = parse_duration)]
+        max_ttl: Duration,
+        /// CRL validity (nextUpdate − thisUpdate); the server re-signs at half of it.
+        #[arg(long, env = "TETHER_CA_CRL_VALIDITY", default_value = "24h", value_parser = parse_duration)]
+        crl_validity: Duration,
+    },
+    /// Run the HTTPS API (HTTP/1.1 and h2).
+    Serve {
+        /// Address for the API.
+        #[arg(long, env = "TETHER_CA_LISTEN", default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Optional plain-HTTP listener for `GET /metrics` (the API serves /metrics too).
+        #[arg(long, env = "TETHER_CA_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Print a one-time enrollment token for SPIFFE_ID (only its hash is stored).
+    Enroll {
+        /// The identity the token will enroll, e.g. spiffe://demo.tether/ns/default/sa/service-a.
+        #[arg(value_parser = parse_id)]
+        spiffe_id: SpiffeId,
+        /// How long the token stays usable.
+        #[arg(long, env = "TETHER_CA_TOKEN_TTL", default_value = "10m", value_parser = parse_duration)]
+        token_ttl: Duration,
+    },
+    /// Issue a certificate with a key generated here and write key.pem (0600), cert.pem,
+    /// chain.pem and bundle.pem to --out.
+    Issue {
+        /// The identity to issue.
+        #[arg(value_parser = parse_id)]
+        spiffe_id: SpiffeId,
+        /// Output directory (created 0700 if missing).
+        #[arg(long, env = "TETHER_CA_OUT")]
+        out: PathBuf,
+        /// Requested lifetime (capped at the CA's max TTL and the intermediate's expiry).
+        #[arg(long, env = "TETHER_CA_TTL", default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Revoke one certificate by serial (hex, colons allowed) and publish a new CRL.
+    Revoke {
+        /// The serial, as `list` prints it.
+        #[arg(value_parser = parse_serial)]
+        serial: Serial,
+        /// unspecified, key-compromise, ca-compromise, affiliation-changed, superseded,
+        /// cessation-of-operation or privilege-withdrawn.
+        #[arg(long, env = "TETHER_CA_REASON", value_parser = parse_reason)]
+        reason: Option<Reason>,
+    },
+    /// Write the current CRL (PEM) to --out or stdout; re-signs it first if it is past half its
+    /// validity.
+    Crl {
+        /// Output file (default: stdout).
+        #[arg(long, env = "TETHER_CA_OUT")]
+        out: Option<PathBuf>,
+    },
+    /// List issued certificates: serial, identity, not-after, revoked.
+    List {
+        /// Only unrevoked certificates that expire within this window.
+        #[arg(long, env = "TETHER_CA_EXPIRING_WITHIN", value_parser = parse_duration)]
+        expiring_within: Option<Duration>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A command failure: printed as `tether-ca: <message>` with exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// From the authority.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// Anything else, already phrased for the operator.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; use a duration like 90s, 10m, 1h, 30d"))?;
+    if d.is_zero() {
+        return Err("duration must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_id(s: &str) -> Result<SpiffeId, String> {
+    SpiffeId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_td(s: &str) -> Result<TrustDomain, String> {
+    TrustDomain::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_serial(s: &str) -> Result<Serial, String> {
+    s.parse::<Serial>().map_err(|e| e.to_string())
+}
+
+fn parse_reason(s: &str) -> Result<Reason, String> {
+    s.parse()
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Runs every command except `serve` (which needs a runtime; see `main.rs`).
+pub fn run(cli: &Cli) -> Result<(), CliError> {
+    let dir = &cli.state_dir;
+    match &cli.command {
+        Command::Init {
+            trust_domain,
+            root_ttl,
+            intermediate_ttl,
+            sans,
+            default_ttl,
+            max_ttl,
+            crl_validity,
+        } => {
+            if default_ttl > max_ttl {
+                return Err(CliError::Other(
+                    "--default-ttl must not be longer than --max-ttl".into(),
+                ));
+            }
+            let opts = InitOptions {
+                trust_domain: trust_domain.clone(),
+                root_ttl: *root_ttl,
+                intermediate_ttl: (*intermediate_ttl).min(*root_ttl),
+                extra_sans: sans.clone(),
+                settings: Settings {
+                    default_ttl: *default_ttl,
+                    max_ttl: *max_ttl,
+                    crl_validity: *crl_validity,
+                },
+            };
+            Authority::init(dir, &opts)?;
+            println!(
+                "initialized CA for trust domain {trust_domain} in {}",
+                dir.display()
+            );
+            println!("  trust bundle:     {}", dir.join("bundle.pem").display());
+            println!("  admin credential: {}", dir.join("admin").display());
+            println!(
+                "next: tether-ca --state-dir {} serve --listen 127.0.0.1:8443",
+                dir.display()
+            );
+        }
+        Command::Serve { .. } => {
+            return Err(CliError::Other(
+                "serve is run by main with a runtime".into(),
+            ))
+        }
+        Command::Enroll {
+            spiffe_id,
+            token_ttl,
+        } => {
+            let ca = Authority::open(dir)?;
+            let token = ca.create_token(spiffe_id, *token_ttl)?;
+            let until = OffsetDateTime::now_utc().unix_timestamp() + token_ttl.as_secs() as i64;
+            eprintln!(
+                "one-time enrollment token for {spiffe_id}, usable once until {}",
+                rfc3339(until)
+            );
+            println!("{token}");
+        }
+        Command::Issue {
+            spiffe_id,
+            out,
+            ttl,
+        } => {
+            let ca = Authority::open(dir)?;
+            let issued = ca.issue_to_dir(spiffe_id, *ttl, out)?;
+            println!(
+                "issued {} serial {} not after {}",
+                issued.spiffe_id, issued.serial, issued.not_after
+            );
+            if let Some(note) = &issued.note {
+                println!("note: {note}");
+            }
+            for f in ["key.pem", "cert.pem", "chain.pem", "bundle.pem"] {
+                println!("  {}", out.join(f).display());
+            }
+        }
+        Command::Revoke { serial, reason } => {
+            let ca = Authority::open(dir)?;
+            match ca.revoke(serial, *reason)? {
+                RevokeOutcome::Revoked { crl_number } => {
+                    println!("revoked {serial}; CRL number {crl_number} published")
+                }
+                RevokeOutcome::AlreadyRevoked(at) => {
+                    println!("{serial} was already revoked at {}; nothing changed", rfc3339(at))
+                }
+                RevokeOutcome::Unknown => {
+                    return Err(CliError::Other(format!(
+                        "no certificate with serial {serial} was issued by this CA (see `tether-ca list`)"
+                    )))
+                }
+            }
+        }
+        Command::Crl { out } => {
+            let ca = Authority::open(dir)?;
+            let crl = ca.current_crl(ca.settings().crl_validity / 2)?;
+            let pem = tether_certs::pem::encode("X509 CRL", &crl.der);
+            match out {
+                Some(path) => {
+                    crate::authority::write_file(path, pem.as_bytes(), 0o644)?;
+                    eprintln!("wrote CRL number {} to {}", crl.number, path.display());
+                }
+                None => print!("{pem}"),
+            }
+        }
+        Command::List {
+            expiring_within,
+            json,
+        } => {
+            let ca = Authority::open(dir)?;
+            let records = ca.list(*expiring_within)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&records).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<32}  {:<21}  {:<8}  {:<9}  IDENTITY",
+                    "SERIAL", "NOT AFTER", "METHOD", "REVOKED"
+                );
+                for r in &records {
+                    let revoked = if r.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "-"
+                    };
+                    println!(
+                        "{:<32}  {:<21}  {:<8}  {:<9}  {}",
+                        r.serial,
+                        rfc3339(r.not_after),
+                        r.method,
+                        revoked,
+                        r.spiffe_id
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
