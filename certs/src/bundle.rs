@@ -61,20 +61,24 @@ impl TrustBundle {
     /// Reads every `CERTIFICATE` in `pem`; each must be a CA with a trust-domain URI SAN.
     pub fn from_pem(pem: &[u8]) -> Result<Self, BundleError> {
         let mut bundle = TrustBundle::default();
-        for der in crate::pem::certificates(pem)? {
-            bundle.push(der)?;
+        // Errors name the certificate's position in the input, which is what the operator sees.
+        for (index, der) in crate::pem::certificates(pem)?.into_iter().enumerate() {
+            bundle.insert(inspect_root(index, der)?);
         }
         Ok(bundle)
     }
 
     /// Adds a root (ignored if the same certificate is already present).
     pub fn push(&mut self, der: CertificateDer<'static>) -> Result<(), BundleError> {
-        let index = self.roots.len();
-        let root = inspect_root(index, der)?;
+        let root = inspect_root(self.roots.len(), der)?;
+        self.insert(root);
+        Ok(())
+    }
+
+    fn insert(&mut self, root: Root) {
         if !self.roots.iter().any(|r| r.fingerprint == root.fingerprint) {
             self.roots.push(root);
         }
-        Ok(())
     }
 
     /// Removes the root with this fingerprint; returns whether one was removed.

@@ -86,6 +86,12 @@ impl Signer {
     pub fn from_der(cert: CertificateDer<'static>, key: KeyPair) -> Result<Self, IssueError> {
         let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&cert)
             .map_err(|e| IssueError::CaMaterial(e.to_string()))?;
+        // A key that is not the certificate's would sign certificates and CRLs nobody can verify.
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(IssueError::CaMaterial(
+                "the private key does not belong to the CA certificate".into(),
+            ));
+        }
         let not_after = parsed.validity().not_after.to_datetime();
         let subject_der = parsed.subject().as_raw().to_vec();
         let issuer = Issuer::from_ca_cert_der(&cert, key)
@@ -141,9 +147,14 @@ impl Signer {
                 "a workload ID needs a path",
             ));
         }
-        let wanted = now + ttl.min(max_ttl);
-        let shortened_to_issuer = wanted > self.not_after;
-        let not_after = wanted.min(self.not_after);
+        let lifetime = ttl.min(max_ttl);
+        if lifetime.is_zero() {
+            return Err(IssueError::Lifetime("the requested lifetime is empty"));
+        }
+        // A lifetime past what a date can hold is capped by the issuer like any other.
+        let wanted = add(now, lifetime);
+        let shortened_to_issuer = wanted.is_none_or(|w| w > self.not_after);
+        let not_after = wanted.map_or(self.not_after, |w| w.min(self.not_after));
         if not_after <= now {
             return Err(IssueError::Lifetime(
                 "the issuing CA certificate has expired",
@@ -201,7 +212,13 @@ impl Signer {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
         params.not_before = now - CLOCK_SKEW;
-        params.not_after = (now + ttl).min(self.not_after);
+        let wanted = add(now, ttl);
+        params.not_after = wanted.map_or(self.not_after, |w| w.min(self.not_after));
+        if params.not_after <= now {
+            return Err(IssueError::Lifetime(
+                "the issuing CA certificate has expired or the lifetime is empty",
+            ));
+        }
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(key, &self.issuer)?;
         Ok(IssuedLeaf {
@@ -209,7 +226,7 @@ impl Signer {
             serial,
             not_before: params.not_before,
             not_after: params.not_after,
-            shortened_to_issuer: now + ttl > self.not_after,
+            shortened_to_issuer: wanted.is_none_or(|w| w > self.not_after),
         })
     }
 
@@ -263,7 +280,16 @@ fn ca_params(
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Tether");
-    let cn = format!("Tether {role} CA {td} {}", now.unix_timestamp());
+    let serial = Serial::random();
+    // Chain building and CRL issuer matching go by name, so two CAs must never share one, not
+    // even two of one trust domain created in the same second: part of the random serial makes
+    // the name unique.
+    let hex = serial.to_string();
+    let cn = format!(
+        "Tether {role} CA {td} {} {}",
+        now.unix_timestamp(),
+        &hex[hex.len().saturating_sub(8)..]
+    );
     params.distinguished_name.push(DnType::CommonName, cn);
     params.subject_alt_names = vec![SanType::URI(td.id().as_str().to_string().try_into()?)];
     params.key_usages = vec![
@@ -271,10 +297,20 @@ fn ca_params(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+    params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
     params.not_before = now - CLOCK_SKEW;
-    params.not_after = now + ttl;
+    params.not_after = add(now, ttl).ok_or(IssueError::Lifetime(
+        "the requested CA lifetime is too long",
+    ))?;
     Ok(params)
+}
+
+/// `now + d`, or `None` when the result is past what a date can hold (user-supplied lifetimes
+/// must not panic).
+fn add(now: OffsetDateTime, d: Duration) -> Option<OffsetDateTime> {
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_add(d))
 }
 
 /// The public key of a CSR (PEM or DER), after checking its self-signature and key type.
