@@ -1,0 +1,450 @@
+//! The sidecar's configuration: a TOML file, validated once into typed values.
+//!
+//! Relative paths in the file are resolved against the file's own directory, so a config and its
+//! certificates can move together. A bad file is reported once, with the file, the key and the
+//! problem, and the process exits 64 (EX_USAGE); nothing starts half-configured.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use tether_certs::SpiffeId;
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file (or `<flags>` for a command-line override).
+    pub file: String,
+    /// The dotted key, e.g. `services.service-b.identity`.
+    pub key: String,
+    /// What is wrong, phrased for the operator.
+    pub problem: String,
+}
+
+/// What a listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// HTTP/1.1, HTTP/2, gRPC and upgrades, with per-request policy.
+    #[default]
+    Http,
+    /// Opaque bytes; the policy matches the caller's identity only.
+    Tcp,
+}
+
+/// Which protocol the inbound side speaks to the local app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1, except gRPC (`content-type: application/grpc*`), which goes as h2c.
+    #[default]
+    Auto,
+    /// Always HTTP/1.1.
+    Http1,
+    /// Always HTTP/2 with prior knowledge (h2c).
+    H2c,
+}
+
+/// Certificates from files (as written by `tether-ca issue`).
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    /// Leaf + intermediate, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+    /// Trust bundle (roots), PEM.
+    pub bundle: PathBuf,
+    /// Optional CRL, PEM or DER, signed by the intermediate in `cert`.
+    pub crl: Option<PathBuf>,
+}
+
+/// Peers → mTLS → policy → local app.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Where peer sidecars connect.
+    pub listen: SocketAddr,
+    /// The local app.
+    pub app: SocketAddr,
+    /// Policy file (hot-reloaded).
+    pub policy: PathBuf,
+    /// HTTP or TCP.
+    pub mode: Mode,
+    /// Protocol towards the app.
+    pub app_protocol: AppProtocol,
+}
+
+/// A peer service the local app may call.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The name the app uses as Host.
+    pub name: String,
+    /// Peer sidecar addresses; several are load-balanced, failed ones skipped for a while.
+    pub addresses: Vec<SocketAddr>,
+    /// The exact SPIFFE ID the peer must present.
+    pub identity: SpiffeId,
+    /// HTTP (routed by Host on the outbound listener) or TCP (own listener).
+    pub mode: Mode,
+    /// For TCP services: the local listener the app connects to.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Timeouts and limits, each with a default that a real deployment can live with.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A TLS handshake slower than this is dropped.
+    pub handshake_timeout: Duration,
+    /// Time to receive a request's headers (also the HTTP/1.1 keep-alive idle limit).
+    pub header_read_timeout: Duration,
+    /// Largest request header block; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Concurrent connections per listener; more are refused.
+    pub max_connections: usize,
+    /// Idle connection lifetime between sidecars (HTTP/2 keep-alive).
+    pub idle_timeout: Duration,
+    /// Time for the app (inbound) or the peer (outbound) to answer; then 504.
+    pub request_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            // 64 KiB matches common proxies; far above any legitimate header block.
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Runtime worker threads (`workers`; default: all cores).
+    pub workers: usize,
+    /// Where the certificates come from.
+    pub identity: IdentityFiles,
+    /// Inbound listener, if any.
+    pub inbound: Option<Inbound>,
+    /// Outbound listener, if any.
+    pub outbound: Option<SocketAddr>,
+    /// Known peer services, by name.
+    pub services: Vec<Service>,
+    /// Admin listener, if any.
+    pub admin: Option<SocketAddr>,
+    /// Timeouts and limits.
+    pub limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    workers: Option<usize>,
+    identity: RawIdentity,
+    inbound: Option<RawInbound>,
+    outbound: Option<RawOutbound>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    cert: String,
+    key: String,
+    bundle: String,
+    crl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    listen: String,
+    app: String,
+    policy: String,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    app_protocol: AppProtocol,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    address: Vec<String>,
+    identity: String,
+    #[serde(default)]
+    mode: Mode,
+    listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    handshake_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    request_timeout: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+/// Command-line / environment overrides of single settings (`TETHER_PROXY_*`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `workers`.
+    pub workers: Option<usize>,
+    /// `inbound.listen`.
+    pub inbound_listen: Option<String>,
+    /// `inbound.app`.
+    pub inbound_app: Option<String>,
+    /// `inbound.policy`.
+    pub inbound_policy: Option<String>,
+    /// `outbound.listen`.
+    pub outbound_listen: Option<String>,
+    /// `admin.listen`.
+    pub admin_listen: Option<String>,
+    /// `identity.cert`.
+    pub identity_cert: Option<String>,
+    /// `identity.key`.
+    pub identity_key: Option<String>,
+    /// `identity.bundle`.
+    pub identity_bundle: Option<String>,
+    /// `identity.crl`.
+    pub identity_crl: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, then applies `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &file, base, overrides)
+    }
+
+    /// Validates TOML `text` (named `file` in errors); relative paths are joined to `base`.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        base: &Path,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            problem,
+        };
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let line = e
+                .span()
+                .map(|s| {
+                    format!(
+                        " (line {})",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
+                .unwrap_or_default();
+            err("(syntax)", format!("{msg}{line}"))
+        })?;
+        apply(&mut raw, overrides);
+        let path = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let addr = |key: &str, s: &str| -> Result<SocketAddr, ConfigError> {
+            s.parse()
+                .map_err(|_| err(key, format!("{s:?} is not an IP:port address")))
+        };
+        let dur =
+            |key: &str, s: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match s {
+                    None => Ok(default),
+                    Some(s) => humantime::parse_duration(s)
+                        .map_err(|e| err(key, format!("{s:?}: {e} (e.g. \"10s\", \"5m\")"))),
+                }
+            };
+        let workers = match raw.workers {
+            Some(0) => return Err(err("workers", "must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        let identity = IdentityFiles {
+            cert: path(&raw.identity.cert),
+            key: path(&raw.identity.key),
+            bundle: path(&raw.identity.bundle),
+            crl: raw.identity.crl.as_deref().map(path),
+        };
+        let inbound = match &raw.inbound {
+            None => None,
+            Some(i) => Some(Inbound {
+                listen: addr("inbound.listen", &i.listen)?,
+                app: addr("inbound.app", &i.app)?,
+                policy: path(&i.policy),
+                mode: i.mode,
+                app_protocol: i.app_protocol,
+            }),
+        };
+        let outbound = match &raw.outbound {
+            None => None,
+            Some(o) => Some(addr("outbound.listen", &o.listen)?),
+        };
+        let mut services = Vec::new();
+        for (name, s) in &raw.services {
+            let key = |k: &str| format!("services.{name}.{k}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(err(
+                    &format!("services.{name}"),
+                    "a service name is a host name: letters, digits, '-', '_', '.'".into(),
+                ));
+            }
+            if s.address.is_empty() {
+                return Err(err(&key("address"), "needs at least one address".into()));
+            }
+            let addresses = s
+                .address
+                .iter()
+                .enumerate()
+                .map(|(i, a)| addr(&format!("services.{name}.address[{i}]"), a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let identity = SpiffeId::parse(&s.identity).map_err(|e| {
+                err(
+                    &key("identity"),
+                    format!("{:?} is not a valid SPIFFE ID: {e}", s.identity),
+                )
+            })?;
+            let listen = match (&s.mode, &s.listen) {
+                (Mode::Tcp, Some(l)) => Some(addr(&key("listen"), l)?),
+                (Mode::Tcp, None) => {
+                    return Err(err(&key("listen"), "a TCP service needs its own local listener".into()))
+                }
+                (Mode::Http, Some(_)) => {
+                    return Err(err(&key("listen"), "only TCP services have a listener; HTTP services are routed by Host on the outbound listener".into()))
+                }
+                (Mode::Http, None) => None,
+            };
+            services.push(Service {
+                name: name.to_ascii_lowercase(),
+                addresses,
+                identity,
+                mode: s.mode,
+                listen,
+            });
+        }
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => Some(addr("admin.listen", &a.listen)?),
+        };
+        let d = Limits::default();
+        let l = &raw.limits;
+        let limits = Limits {
+            handshake_timeout: dur(
+                "limits.handshake_timeout",
+                &l.handshake_timeout,
+                d.handshake_timeout,
+            )?,
+            header_read_timeout: dur(
+                "limits.header_read_timeout",
+                &l.header_read_timeout,
+                d.header_read_timeout,
+            )?,
+            max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes).max(8192),
+            max_connections: match l.max_connections {
+                Some(0) => return Err(err("limits.max_connections", "must be at least 1".into())),
+                Some(n) => n,
+                None => d.max_connections,
+            },
+            idle_timeout: dur("limits.idle_timeout", &l.idle_timeout, d.idle_timeout)?,
+            request_timeout: dur(
+                "limits.request_timeout",
+                &l.request_timeout,
+                d.request_timeout,
+            )?,
+            drain_timeout: dur("limits.drain_timeout", &l.drain_timeout, d.drain_timeout)?,
+        };
+        if inbound.is_none() && outbound.is_none() && !services.iter().any(|s| s.mode == Mode::Tcp)
+        {
+            return Err(err(
+                "(file)",
+                "nothing to do: configure [inbound], [outbound] or a TCP service".into(),
+            ));
+        }
+        Ok(Config {
+            workers,
+            identity,
+            inbound,
+            outbound,
+            services,
+            admin,
+            limits,
+        })
+    }
+}
+
+fn apply(raw: &mut RawConfig, o: &Overrides) {
+    if let Some(w) = o.workers {
+        raw.workers = Some(w);
+    }
+    let set = |field: &mut String, v: &Option<String>| {
+        if let Some(v) = v {
+            *field = v.clone();
+        }
+    };
+    set(&mut raw.identity.cert, &o.identity_cert);
+    set(&mut raw.identity.key, &o.identity_key);
+    set(&mut raw.identity.bundle, &o.identity_bundle);
+    if o.identity_crl.is_some() {
+        raw.identity.crl = o.identity_crl.clone();
+    }
+    if let Some(i) = raw.inbound.as_mut() {
+        set(&mut i.listen, &o.inbound_listen);
+        set(&mut i.app, &o.inbound_app);
+        set(&mut i.policy, &o.inbound_policy);
+    }
+    if let Some(l) = &o.outbound_listen {
+        raw.outbound = Some(RawOutbound { listen: l.clone() });
+    }
+    if let Some(l) = &o.admin_listen {
+        raw.admin = Some(RawAdmin { listen: l.clone() });
+    }
+}

@@ -1,0 +1,262 @@
+//! `tether-proxy`: the sidecar's command line. `run` starts the sidecar from a config file;
+//! `authz check` explains what the policy decides for one request. Everything else lives in the
+//! library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use tether_proxy::config::{Config, Overrides};
+use tether_proxy::policy::{normalize_path, Decision, Policy};
+
+/// Exit status for configuration errors (EX_USAGE from sysexits.h), so supervisors can tell a
+/// bad config from a crash.
+const EXIT_CONFIG: u8 = 64;
+
+/// Tether's mTLS sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "tether-proxy", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run(RunArgs),
+    /// Policy tools.
+    Authz {
+        #[command(subcommand)]
+        command: AuthzCommand,
+    },
+}
+
+/// Settings given here override the config file's.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The TOML config file.
+    #[arg(long, env = "TETHER_PROXY_CONFIG")]
+    config: PathBuf,
+    /// Runtime worker threads (default: all cores).
+    #[arg(long, env = "TETHER_PROXY_WORKERS")]
+    workers: Option<usize>,
+    /// Overrides `[inbound] listen`.
+    #[arg(long, env = "TETHER_PROXY_INBOUND_LISTEN")]
+    inbound_listen: Option<String>,
+    /// Overrides `[inbound] app`.
+    #[arg(long, env = "TETHER_PROXY_INBOUND_APP")]
+    inbound_app: Option<String>,
+    /// Overrides `[inbound] policy`.
+    #[arg(long, env = "TETHER_PROXY_INBOUND_POLICY")]
+    inbound_policy: Option<String>,
+    /// Overrides `[outbound] listen`.
+    #[arg(long, env = "TETHER_PROXY_OUTBOUND_LISTEN")]
+    outbound_listen: Option<String>,
+    /// Overrides `[admin] listen`.
+    #[arg(long, env = "TETHER_PROXY_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Overrides `[identity] cert`.
+    #[arg(long, env = "TETHER_PROXY_IDENTITY_CERT")]
+    identity_cert: Option<String>,
+    /// Overrides `[identity] key`.
+    #[arg(long, env = "TETHER_PROXY_IDENTITY_KEY")]
+    identity_key: Option<String>,
+    /// Overrides `[identity] bundle`.
+    #[arg(long, env = "TETHER_PROXY_IDENTITY_BUNDLE")]
+    identity_bundle: Option<String>,
+    /// Overrides `[identity] crl`.
+    #[arg(long, env = "TETHER_PROXY_IDENTITY_CRL")]
+    identity_crl: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthzCommand {
+    /// Print the decision for one request: exit 0 allow, 1 deny, 2 bad input.
+    Check {
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The caller's SPIFFE ID.
+        #[arg(long)]
+        from: String,
+        /// HTTP method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request path (normalized exactly as the sidecar does).
+        #[arg(long)]
+        path: String,
+        /// Evaluate at this RFC 3339 time instead of now (for rules with `expires`).
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Authz {
+            command:
+                AuthzCommand::Check {
+                    policy,
+                    from,
+                    method,
+                    path,
+                    at,
+                },
+        } => authz_check(&policy, &from, &method, &path, at.as_deref()),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let overrides = Overrides {
+        workers: args.workers,
+        inbound_listen: args.inbound_listen,
+        inbound_app: args.inbound_app,
+        inbound_policy: args.inbound_policy,
+        outbound_listen: args.outbound_listen,
+        admin_listen: args.admin_listen,
+        identity_cert: args.identity_cert,
+        identity_key: args.identity_key,
+        identity_bundle: args.identity_bundle,
+        identity_crl: args.identity_crl,
+    };
+    let cfg = match Config::load(&args.config, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let listeners = tether_proxy::Listeners::bind(&cfg).await?;
+        tracing::info!(
+            inbound = ?listeners.inbound.as_ref().and_then(|l| l.local_addr().ok()),
+            outbound = ?listeners.outbound.as_ref().and_then(|l| l.local_addr().ok()),
+            admin = ?listeners.admin.as_ref().and_then(|l| l.local_addr().ok()),
+            workers = cfg.workers,
+            "tether-proxy starting"
+        );
+        tether_proxy::run(
+            cfg,
+            listeners,
+            prometheus::Registry::new(),
+            shutdown_signal(),
+        )
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ tether_proxy::StartError::Bind(..))
+        | Err(e @ tether_proxy::StartError::Metrics(_)) => {
+            eprintln!("tether-proxy: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tether-proxy: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn authz_check(
+    policy: &std::path::Path,
+    from: &str,
+    method: &str,
+    path: &str,
+    at: Option<&str>,
+) -> ExitCode {
+    let bad = |msg: String| {
+        eprintln!("tether-proxy authz check: {msg}");
+        ExitCode::from(2)
+    };
+    let policy = match Policy::load(policy) {
+        Ok(p) => p,
+        Err(e) => return bad(e.to_string()),
+    };
+    let caller = match tether_certs::SpiffeId::parse(from) {
+        Ok(id) => id,
+        Err(e) => return bad(format!("--from {from:?}: {e}")),
+    };
+    if method.is_empty()
+        || !method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return bad(format!("--method {method:?} is not an HTTP method token"));
+    }
+    let path_only = path.split('?').next().unwrap_or(path);
+    let normalized = match normalize_path(path_only) {
+        Ok(p) => p,
+        Err(e) => return bad(format!("--path {path:?}: {e} (the sidecar answers 400)")),
+    };
+    let now = match at {
+        None => time::OffsetDateTime::now_utc(),
+        Some(t) => {
+            match time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => t,
+                Err(e) => {
+                    return bad(format!(
+                        "--at {t:?}: {e} (use RFC 3339, e.g. 2026-12-31T00:00:00Z)"
+                    ))
+                }
+            }
+        }
+    };
+    // Methods are case-sensitive (RFC 9110), exactly as the sidecar compares them.
+    println!("caller:          {caller}");
+    println!("request:         {method} {normalized}");
+    match policy.decide(&caller, Some(method), Some(&normalized), now) {
+        Decision::Allow { rule } => {
+            println!("decision:        ALLOW");
+            println!("matched rule:    {rule}");
+            ExitCode::SUCCESS
+        }
+        Decision::Deny => {
+            println!("decision:        DENY");
+            println!("matched rule:    no rule matched: default deny");
+            if matches!(policy.mode(), tether_proxy::policy::Mode::Audit) {
+                println!("note:            policy mode is audit: the sidecar would log this and allow it");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}

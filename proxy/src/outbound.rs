@@ -1,0 +1,515 @@
+//! Outbound: the local app → plain HTTP (or h2c) → mTLS → the peer's sidecar.
+//!
+//! The app names the service in `Host` (or in an absolute-form URI, so `http_proxy` works). The
+//! sidecar connects to one of the service's addresses with our certificate, requires the peer to
+//! present exactly the configured SPIFFE ID, and keeps one HTTP/2 connection per address that
+//! all requests share. An address that fails to connect is skipped for [`DOWN_FOR`]; an
+//! identity mismatch is a 502 and a metric, never a fallback to another identity.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Limits, Mode, Service};
+use crate::forward::{self, reply, reply_owned, RespBody};
+use crate::identity::{Alpn, Credentials, IdentityStore};
+use crate::metrics::{Metrics, OpenConnection};
+
+/// How long an address that failed to connect is skipped, so one dead replica does not add a
+/// connect timeout to every request while the others are healthy.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// The outbound side, shared by all its connections.
+pub struct Outbound {
+    identity: IdentityStore,
+    routes: HashMap<String, Arc<Route>>,
+    metrics: Metrics,
+    limits: Limits,
+}
+
+/// One peer service.
+pub struct Route {
+    name: String,
+    identity: tether_certs::SpiffeId,
+    upstreams: Vec<Upstream>,
+    next: AtomicUsize,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    /// The shared HTTP/2 connection, tagged with the credentials it was made with: after a
+    /// rotation the next request opens a new connection, and the old one finishes what it has.
+    h2: tokio::sync::Mutex<Option<(Arc<Credentials>, SendRequest<Incoming>)>>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// Why a connection to a peer could not be made.
+#[derive(Debug)]
+enum ConnectError {
+    /// TCP connect failed or timed out.
+    Unreachable(String),
+    /// The TLS handshake failed; the label is the metrics reason.
+    Handshake(&'static str, String),
+}
+
+impl Outbound {
+    /// The outbound side for `services`.
+    pub fn new(
+        services: &[Service],
+        identity: IdentityStore,
+        metrics: Metrics,
+        limits: Limits,
+    ) -> Arc<Self> {
+        let routes = services
+            .iter()
+            .map(|s| {
+                let route = Route {
+                    name: s.name.clone(),
+                    identity: s.identity.clone(),
+                    upstreams: s
+                        .addresses
+                        .iter()
+                        .map(|a| Upstream {
+                            addr: *a,
+                            h2: Default::default(),
+                            down_until: Mutex::new(None),
+                        })
+                        .collect(),
+                    next: AtomicUsize::new(0),
+                };
+                (s.name.clone(), Arc::new(route))
+            })
+            .collect();
+        Arc::new(Outbound {
+            identity,
+            routes,
+            metrics,
+            limits,
+        })
+    }
+
+    /// The route for a TCP service.
+    pub fn route(&self, name: &str) -> Option<Arc<Route>> {
+        self.routes.get(name).cloned()
+    }
+}
+
+/// Serves the HTTP outbound listener until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limits = outbound.limits.clone();
+    forward::accept_loop(
+        listener,
+        limits.max_connections,
+        limits.drain_timeout,
+        shutdown,
+        move |tcp, watcher| {
+            let outbound = outbound.clone();
+            async move {
+                let _open = OpenConnection::new(
+                    outbound
+                        .metrics
+                        .connections_open
+                        .with_label_values(&["outbound"]),
+                );
+                let svc_out = outbound.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let outbound = svc_out.clone();
+                    async move { Ok::<_, std::convert::Infallible>(request(&outbound, req).await) }
+                });
+                let builder = forward::server_builder(&outbound.limits);
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!("outbound connection ended: {e}");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Serves a TCP service's local listener: each connection is carried over mTLS to the service.
+pub async fn run_tcp(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    route: Arc<Route>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limits = outbound.limits.clone();
+    forward::accept_loop(
+        listener,
+        limits.max_connections,
+        limits.drain_timeout,
+        shutdown,
+        move |mut tcp, _watcher| {
+            let outbound = outbound.clone();
+            let route = route.clone();
+            async move {
+                let _open = OpenConnection::new(
+                    outbound
+                        .metrics
+                        .connections_open
+                        .with_label_values(&["outbound"]),
+                );
+                let creds = outbound.identity.current();
+                match connect_any(&outbound, &route, &creds, Alpn::None).await {
+                    Ok((mut tls, _)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls).await;
+                    }
+                    Err(e) => tracing::warn!("outbound TCP to {}: {e:?}", route.name),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+async fn request(outbound: &Outbound, req: Request<Incoming>) -> Response<RespBody> {
+    let started = Instant::now();
+    let (resp, peer) = forward_request(outbound, req).await;
+    let m = &outbound.metrics;
+    m.requests
+        .with_label_values(&["outbound", &peer, resp.status().as_str()])
+        .inc();
+    m.request_seconds
+        .with_label_values(&["outbound"])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The service name a request is for: the absolute-form URI's host, else the Host header, port
+/// and case dropped.
+fn service_name(req: &Request<Incoming>) -> Option<String> {
+    let host = match req.uri().host() {
+        Some(h) => h.to_string(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            Authority::try_from(h).ok()?.host().to_string()
+        }
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+async fn forward_request(
+    outbound: &Outbound,
+    mut req: Request<Incoming>,
+) -> (Response<RespBody>, String) {
+    let Some(name) = service_name(&req) else {
+        return (
+            reply(
+                StatusCode::BAD_REQUEST,
+                "request names no service (Host header)\n",
+            ),
+            String::new(),
+        );
+    };
+    let Some(route) = outbound.routes.get(&name) else {
+        return (
+            reply_owned(
+                StatusCode::BAD_GATEWAY,
+                format!("unknown service {name:?}\n"),
+            ),
+            String::new(),
+        );
+    };
+    let peer = route.identity.to_string();
+    if route.upstreams.is_empty() {
+        return (
+            reply(StatusCode::BAD_GATEWAY, "service has no address\n"),
+            peer,
+        );
+    }
+    let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade(req.headers());
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&name) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let headers = req.headers_mut();
+    forward::strip_hop_by_hop(headers, upgrade);
+    let creds = outbound.identity.current();
+    if upgrade {
+        return (forward_upgrade(outbound, route, &creds, req).await, peer);
+    }
+    let sender = match h2_sender(outbound, route, &creds).await {
+        Ok(s) => s,
+        Err(resp) => return (resp, peer),
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Authority::try_from(route.name.as_str()).ok();
+    parts.path_and_query = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+    match Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return (reply(StatusCode::BAD_REQUEST, "bad request target\n"), peer),
+    }
+    *req.version_mut() = Version::HTTP_2;
+    let mut sender = sender;
+    match tokio::time::timeout(outbound.limits.request_timeout, sender.send_request(req)).await {
+        Ok(Ok(mut resp)) => {
+            forward::strip_hop_by_hop(resp.headers_mut(), false);
+            (resp.map(Either::Left), peer)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("outbound to {}: {e}", route.name);
+            (
+                reply(
+                    StatusCode::BAD_GATEWAY,
+                    "peer sidecar refused or dropped the request\n",
+                ),
+                peer,
+            )
+        }
+        Err(_) => (
+            reply(StatusCode::GATEWAY_TIMEOUT, "peer did not answer in time\n"),
+            peer,
+        ),
+    }
+}
+
+/// The shared HTTP/2 connection to one healthy address of `route`, made if needed.
+async fn h2_sender(
+    outbound: &Outbound,
+    route: &Route,
+    creds: &Arc<Credentials>,
+) -> Result<SendRequest<Incoming>, Response<RespBody>> {
+    let n = route.upstreams.len();
+    let start = route.next.fetch_add(1, Ordering::Relaxed);
+    let mut last_err = None;
+    for i in 0..n {
+        let up = &route.upstreams[(start + i) % n];
+        // Skip addresses marked down, unless every address is: then try them all anyway.
+        if i + 1 < n && up.is_down() {
+            continue;
+        }
+        let mut slot = up.h2.lock().await;
+        if let Some((c, s)) = slot.as_ref() {
+            if Arc::ptr_eq(c, creds) && !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        match connect(outbound, route, up.addr, creds, Alpn::H2).await {
+            Ok(tls) => {
+                let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(outbound.limits.idle_timeout / 2)
+                    .keep_alive_while_idle(false);
+                match builder.handshake(TokioIo::new(tls)).await {
+                    Ok((sender, conn)) => {
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!("h2 connection to peer ended: {e}");
+                            }
+                        });
+                        *slot = Some((creds.clone(), sender.clone()));
+                        return Ok(sender);
+                    }
+                    Err(e) => last_err = Some(ConnectError::Handshake("protocol", e.to_string())),
+                }
+            }
+            Err(e) => last_err = Some(e),
+        }
+        up.mark_down();
+    }
+    Err(connect_failure(route, last_err))
+}
+
+fn connect_failure(route: &Route, err: Option<ConnectError>) -> Response<RespBody> {
+    match err {
+        Some(ConnectError::Handshake("identity_mismatch", detail)) => {
+            tracing::warn!("outbound to {}: {detail}", route.name);
+            reply_owned(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "peer of service {:?} did not present {}\n",
+                    route.name, route.identity
+                ),
+            )
+        }
+        Some(ConnectError::Handshake(reason, detail)) => {
+            tracing::warn!(
+                "outbound to {}: handshake failed ({reason}): {detail}",
+                route.name
+            );
+            reply_owned(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "mTLS handshake with service {:?} failed ({reason})\n",
+                    route.name
+                ),
+            )
+        }
+        Some(ConnectError::Unreachable(detail)) => {
+            tracing::warn!("outbound to {}: {detail}", route.name);
+            reply_owned(
+                StatusCode::BAD_GATEWAY,
+                format!("service {:?} unreachable\n", route.name),
+            )
+        }
+        None => reply_owned(
+            StatusCode::BAD_GATEWAY,
+            format!("service {:?} unreachable\n", route.name),
+        ),
+    }
+}
+
+impl Upstream {
+    fn is_down(&self) -> bool {
+        let guard = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        guard.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + DOWN_FOR);
+    }
+}
+
+/// TCP + mTLS to `addr`, requiring `route`'s identity; counts the handshake result.
+async fn connect(
+    outbound: &Outbound,
+    route: &Route,
+    addr: SocketAddr,
+    creds: &Credentials,
+    alpn: Alpn,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let hs = &outbound.metrics.handshakes;
+    let config = creds
+        .client_for(&route.identity, alpn)
+        .map_err(|e| ConnectError::Handshake("protocol", e.to_string()))?;
+    let timeout = outbound.limits.handshake_timeout;
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(ConnectError::Unreachable(format!("{addr}: {e}"))),
+        Err(_) => {
+            return Err(ConnectError::Unreachable(format!(
+                "{addr}: connect timed out"
+            )))
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    // The name only feeds SNI; the peer is identified by its SPIFFE ID, not a DNS name.
+    let server_name = ServerName::try_from(route.name.clone())
+        .unwrap_or_else(|_| ServerName::try_from("tether.peer").expect("static DNS name is valid"));
+    match tokio::time::timeout(
+        timeout,
+        TlsConnector::from(config).connect(server_name, tcp),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => {
+            hs.with_label_values(&["outbound", "ok"]).inc();
+            Ok(tls)
+        }
+        Ok(Err(e)) => {
+            let reason = crate::inbound::handshake_failure(&e);
+            hs.with_label_values(&["outbound", reason]).inc();
+            Err(ConnectError::Handshake(reason, format!("{addr}: {e}")))
+        }
+        Err(_) => {
+            hs.with_label_values(&["outbound", "timeout"]).inc();
+            Err(ConnectError::Handshake(
+                "timeout",
+                format!("{addr}: TLS handshake timed out"),
+            ))
+        }
+    }
+}
+
+/// Tries each address of `route` once (healthy first) and returns the first mTLS connection.
+async fn connect_any(
+    outbound: &Outbound,
+    route: &Route,
+    creds: &Credentials,
+    alpn: Alpn,
+) -> Result<(TlsStream<TcpStream>, SocketAddr), Response<RespBody>> {
+    let n = route.upstreams.len();
+    let start = route.next.fetch_add(1, Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..n {
+        let up = &route.upstreams[(start + i) % n];
+        if i + 1 < n && up.is_down() {
+            continue;
+        }
+        match connect(outbound, route, up.addr, creds, alpn).await {
+            Ok(tls) => return Ok((tls, up.addr)),
+            Err(e) => {
+                up.mark_down();
+                last = Some(e);
+            }
+        }
+    }
+    Err(connect_failure(route, last))
+}
+
+/// Upgrade requests ride a dedicated HTTP/1.1 mTLS connection (HTTP/2 cannot carry them here).
+async fn forward_upgrade(
+    outbound: &Outbound,
+    route: &Route,
+    creds: &Credentials,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let tls = match connect_any(outbound, route, creds, Alpn::Http1).await {
+        Ok((tls, _)) => tls,
+        Err(resp) => return resp,
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await
+    else {
+        return reply(
+            StatusCode::BAD_GATEWAY,
+            "peer sidecar refused the connection\n",
+        );
+    };
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        if let Ok(uri) = Uri::try_from(pq.as_str()) {
+            *req.uri_mut() = uri;
+        }
+    }
+    match tokio::time::timeout(outbound.limits.request_timeout, sender.send_request(req)).await {
+        Ok(Ok(mut resp)) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream = hyper::upgrade::on(&mut resp);
+                forward::bridge_upgrades(downstream, upstream);
+            }
+            resp.map(Either::Left)
+        }
+        Ok(Err(_)) => reply(
+            StatusCode::BAD_GATEWAY,
+            "peer sidecar refused or dropped the request\n",
+        ),
+        Err(_) => reply(StatusCode::GATEWAY_TIMEOUT, "peer did not answer in time\n"),
+    }
+}
+
+/// Whether a service is TCP (served by [`run_tcp`]).
+pub fn is_tcp(s: &Service) -> bool {
+    s.mode == Mode::Tcp
+}

@@ -1,0 +1,325 @@
+//! The `tether-proxy` binary as an operator meets it: `authz check` exit codes and explanations,
+//! config errors that exit 64 naming the file, key and problem, and a real run of two sidecar
+//! processes carrying a request from curl to an app, with `openssl s_client` as an outside mTLS
+//! client (accepted with a mesh certificate, refused without one).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether-proxy");
+
+const POLICY: &str = r#"
+[[rule]]
+name = "a-reads-data"
+from = ["spiffe://demo.tether/ns/default/sa/service-a"]
+methods = ["GET"]
+paths = ["/data", "/data/*"]
+expires = "2030-01-01T00:00:00Z"
+"#;
+
+fn check(policy: &Path, from: &str, method: &str, path: &str, at: Option<&str>) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(["authz", "check", "--policy"])
+        .arg(policy)
+        .args(["--from", from, "--method", method, "--path", path]);
+    if let Some(at) = at {
+        c.args(["--at", at]);
+    }
+    c.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn authz_check_explains_and_exits_0_1_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let pol = write_policy(dir.path(), "policy.toml", POLICY);
+    let a = id("ns/default/sa/service-a");
+
+    let o = check(&pol, &a, "GET", "/data/../data/x", None);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("ALLOW") && stdout(&o).contains("a-reads-data"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("/data/x"),
+        "prints the normalized path: {}",
+        stdout(&o)
+    );
+
+    let o = check(&pol, &a, "POST", "/data", None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("no rule matched: default deny"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = check(&pol, &id("ns/default/sa/intruder"), "GET", "/data", None);
+    assert_eq!(o.status.code(), Some(1));
+
+    // The rule expires in 2030.
+    assert_eq!(
+        check(&pol, &a, "GET", "/data", Some("2029-12-31T23:59:59Z"))
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        check(&pol, &a, "GET", "/data", Some("2030-01-01T00:00:01Z"))
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // Bad input: exit 2 with a message naming what is wrong.
+    for (from, path, at, needle) in [
+        ("not-a-spiffe-id", "/data", None, "--from"),
+        (a.as_str(), "/data/%2e%2e/%2e%2e/x", None, "--path"),
+        (a.as_str(), "/a%2fb", None, "--path"),
+        (a.as_str(), "/data", Some("yesterday"), "--at"),
+    ] {
+        let o = check(&pol, from, "GET", path, at);
+        assert_eq!(o.status.code(), Some(2), "{from} {path}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let missing = check(&dir.path().join("nope.toml"), &a, "GET", "/", None);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+/// Runs `tether-proxy run` on `config`; a sidecar that starts instead of failing is killed after
+/// 10 s and the test fails on its exit status.
+fn run_with(config: &str, dir: &Path) -> Output {
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&p)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn config_errors_exit_64_naming_file_key_and_problem() {
+    let pki = Pki::new();
+    let b = pki.issue("ns/default/sa/service-b");
+    let other = pki.issue("ns/default/sa/other");
+    let d = pki.dir.path();
+    let pol = write_policy(d, "policy.toml", POLICY);
+    let ident = identity_section(&b, None);
+    let inbound =
+        format!("[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:1\"\npolicy = {pol:?}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{ident}{inbound}bogus = 1\n"), "bogus"),
+        (format!("{ident}[inbound]\nlisten = \"localhost\"\napp = \"127.0.0.1:1\"\npolicy = {pol:?}\n"), "inbound.listen"),
+        (format!("{ident}{inbound}[services.x]\naddress = [\"127.0.0.1:1\"]\nidentity = \"spiffe://Bad/x\"\n"), "services.x.identity"),
+        (format!("{ident}{inbound}[services.x]\naddress = []\nidentity = \"spiffe://demo.tether/x\"\n"), "services.x.address"),
+        (
+            format!("[identity]\ncert = {:?}\nkey = {:?}\nbundle = {:?}\n{inbound}", b.join("chain.pem"), other.join("key.pem"), b.join("bundle.pem")),
+            "key does not match",
+        ),
+        (
+            format!("[identity]\ncert = {:?}\nkey = {:?}\nbundle = {:?}\n{inbound}", d.join("missing.pem"), b.join("key.pem"), b.join("bundle.pem")),
+            "missing.pem",
+        ),
+        (
+            format!("[identity]\ncert = {:?}\nkey = {:?}\nbundle = {:?}\n{inbound}", b.join("key.pem"), b.join("key.pem"), b.join("bundle.pem")),
+            "no CERTIFICATE",
+        ),
+        (format!("{ident}[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:1\"\npolicy = {:?}\n", d.join("nope.toml")), "nope.toml"),
+        ("this is not toml".into(), "bad.toml"),
+    ];
+    for (config, needle) in cases {
+        let o = run_with(&config, d);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(64),
+            "config:\n{config}\nstderr: {err}"
+        );
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("port {port} never opened");
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+        || Command::new(tool)
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecar_processes_carry_curl_and_gate_openssl() {
+    if !have("curl") || !have("openssl") {
+        eprintln!("skipping: curl and openssl are needed (apt-get install curl openssl)");
+        return;
+    }
+    let pki = Pki::new();
+    let d = pki.dir.path().to_path_buf();
+    let app = start_app().await;
+    let b = pki.issue("ns/default/sa/service-b");
+    let a = pki.issue("ns/default/sa/service-a");
+    let pol = write_policy(&d, "policy.toml", POLICY);
+    let (bin, aout) = (free_port(), free_port());
+    std::fs::write(
+        d.join("b.toml"),
+        format!(
+            "{}[inbound]\nlisten = \"127.0.0.1:{bin}\"\napp = \"{app}\"\npolicy = {pol:?}\n",
+            identity_section(&b, None)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("a.toml"),
+        format!(
+            "workers = 1\n{}[outbound]\nlisten = \"127.0.0.1:{aout}\"\n[services.service-b]\naddress = [\"127.0.0.1:{bin}\"]\nidentity = \"{}\"\n",
+            identity_section(&a, None),
+            id("ns/default/sa/service-b")
+        ),
+    )
+    .unwrap();
+    let spawn = |cfg: &str| {
+        Child(
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(d.join(cfg))
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _b = spawn("b.toml");
+    let _a = spawn("a.toml");
+    wait_for_port(bin);
+    wait_for_port(aout);
+
+    let curl = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-H", "Host: service-b"])
+            .arg(format!("http://127.0.0.1:{aout}/data/hello"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let out = stdout(&curl);
+    assert!(out.ends_with("\n200"), "{out}");
+    assert!(
+        out.contains(&format!("URI={}", id("ns/default/sa/service-a"))),
+        "{out}"
+    );
+
+    // openssl s_client with a mesh certificate: the inbound answers (policy denies this path: 403).
+    let s_client = move |cert: Option<&Path>| {
+        let mut c = Command::new("openssl");
+        c.args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{bin}"),
+            "-tls1_3",
+            "-quiet",
+        ]);
+        if let Some(dir) = cert {
+            // -cert sends only the leaf; -cert_chain adds the intermediate the verifier needs.
+            c.arg("-cert")
+                .arg(dir.join("cert.pem"))
+                .arg("-cert_chain")
+                .arg(dir.join("chain.pem"));
+            c.arg("-key").arg(dir.join("key.pem"));
+        }
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET /secret HTTP/1.1\r\nHost: service-b\r\nConnection: close\r\n\r\n");
+        child.wait_with_output().unwrap()
+    };
+    let with = tokio::task::spawn_blocking({
+        let a = a.clone();
+        move || s_client(Some(&a))
+    })
+    .await
+    .unwrap();
+    assert!(
+        stdout(&with).starts_with("HTTP/1.1 403"),
+        "stdout: {} stderr: {}",
+        stdout(&with),
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let without = tokio::task::spawn_blocking(move || s_client(None))
+        .await
+        .unwrap();
+    assert!(
+        !stdout(&without).contains("HTTP/1.1"),
+        "no certificate must get no HTTP answer: {}",
+        stdout(&without)
+    );
+    let err = String::from_utf8_lossy(&without.stderr).to_lowercase();
+    assert!(
+        err.contains("alert") || err.contains("certificate"),
+        "openssl should report the refusal: {err}"
+    );
+}
