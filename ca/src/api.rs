@@ -260,7 +260,15 @@ async fn handle(state: &State, peer: &[CertificateDer<'static>], req: Request<In
                 .failures
                 .with_label_values(&[endpoint, reason])
                 .inc();
-            error(status, &msg)
+            let mut resp = error(status, &msg);
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110 15.5.6: a 405 must say which methods the resource supports.
+                resp.headers_mut().insert(
+                    header::ALLOW,
+                    header_value(allowed_method(endpoint).as_str()),
+                );
+            }
+            resp
         });
     state
         .metrics
@@ -272,22 +280,27 @@ async fn handle(state: &State, peer: &[CertificateDer<'static>], req: Request<In
 
 type Fail = (StatusCode, String);
 
+/// The one method each known endpoint takes.
+fn allowed_method(endpoint: &str) -> Method {
+    match endpoint {
+        "enroll" | "renew" | "revoke" => Method::POST,
+        _ => Method::GET,
+    }
+}
+
 async fn route(
     state: &State,
     peer: &[CertificateDer<'static>],
     endpoint: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, Fail> {
-    let want = match endpoint {
-        "enroll" | "renew" | "revoke" => Method::POST,
-        "other" => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no route {}", req.uri().path()),
-            ))
-        }
-        _ => Method::GET,
-    };
+    if endpoint == "other" {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no route {}", req.uri().path()),
+        ));
+    }
+    let want = allowed_method(endpoint);
     if req.method() != want {
         return Err((
             StatusCode::METHOD_NOT_ALLOWED,
@@ -422,9 +435,9 @@ async fn crl(state: &State, req: Request<Incoming>) -> Result<Resp, Fail> {
     let current = *rx.borrow();
     if let Some(after) = after {
         if current <= after {
-            state.metrics.crl_waiters.inc();
+            let waiting = Waiting::start(&state.metrics.crl_waiters);
             let woke = tokio::time::timeout(wait, rx.wait_for(|n| *n > after)).await;
-            state.metrics.crl_waiters.dec();
+            drop(waiting);
             if !matches!(woke, Ok(Ok(_))) {
                 return Ok(not_modified(current));
             }
@@ -460,6 +473,24 @@ async fn crl(state: &State, req: Request<Incoming>) -> Result<Resp, Fail> {
     Ok(resp)
 }
 
+/// Counts one long-poll in `tether_ca_crl_waiters` for as long as it lives. A guard rather than
+/// inc/dec around the wait: hyper drops the request future when the client disconnects mid-poll,
+/// and the count must go down then too.
+struct Waiting<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Waiting<'a> {
+    fn start(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn not_modified(number: u64) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -471,7 +502,7 @@ fn not_modified(number: u64) -> Resp {
 }
 
 fn header_value(s: &str) -> http::HeaderValue {
-    // Callers pass digits and quotes only, which are always valid header bytes.
+    // Callers pass digits, quotes and method names, which are always valid header bytes.
     http::HeaderValue::from_str(s).unwrap_or(http::HeaderValue::from_static(""))
 }
 

@@ -264,7 +264,7 @@ impl Authority {
         );
         let now = OffsetDateTime::now_utc().unix_timestamp();
         self.store()
-            .insert_token(&token_hash(&token), id, now, now + ttl.as_secs() as i64)?;
+            .insert_token(&token_hash(&token), id, now, add_secs(now, ttl))?;
         Ok(token)
     }
 
@@ -396,6 +396,9 @@ impl Authority {
         now: OffsetDateTime,
         method: &'static str,
     ) -> Result<(NewCert, Issued), CaError> {
+        // X.509 times have whole seconds: issue from a whole second so the notAfter reported to
+        // the caller (and recorded) is exactly the certificate's, not up to 1 s past it.
+        let now = now.replace_nanosecond(0).unwrap_or(now);
         let leaf = self
             .signer
             .issue_leaf(id, key, ttl, self.settings.max_ttl, now)?;
@@ -467,7 +470,7 @@ impl Authority {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         Ok(self
             .store()
-            .list(now, expiring_within.map(|d| now + d.as_secs() as i64))?)
+            .list(now, expiring_within.map(|d| add_secs(now, d)))?)
     }
 
     fn sign_crl(
@@ -501,6 +504,12 @@ impl Authority {
         };
         Ok((read("server/chain.pem")?, read("server/key.pem")?))
     }
+}
+
+/// `unix + d` in Unix seconds, saturating: an absurd operator-given duration must mean "very
+/// long", never wrap around to a time in the past.
+pub fn add_secs(unix: i64, d: Duration) -> i64 {
+    unix.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// SHA-256 of a token, hex: what the database stores instead of the token.

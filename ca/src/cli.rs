@@ -222,7 +222,8 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         } => {
             let ca = Authority::open(dir)?;
             let token = ca.create_token(spiffe_id, *token_ttl)?;
-            let until = OffsetDateTime::now_utc().unix_timestamp() + token_ttl.as_secs() as i64;
+            let until =
+                crate::authority::add_secs(OffsetDateTime::now_utc().unix_timestamp(), *token_ttl);
             eprintln!(
                 "one-time enrollment token for {spiffe_id}, usable once until {}",
                 rfc3339(until)

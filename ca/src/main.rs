@@ -38,6 +38,7 @@ fn serve(
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let authority = Arc::new(tether_ca::Authority::open(&cli.state_dir)?);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;

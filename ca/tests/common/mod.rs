@@ -1,0 +1,564 @@
+//! Shared fixtures for the `tether-ca` integration tests: a real CA state directory in a tempdir,
+//! the real HTTPS API started in-process on 127.0.0.1:0, a real TLS client (tokio-rustls + hyper,
+//! HTTP/1.1 or h2, with or without a client certificate) that trusts the CA's `bundle.pem`, and
+//! a way to run the real `tether-ca` binary.
+
+// Every test binary includes this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::KeyPair;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use tether_ca::{Authority, InitOptions, Settings};
+use tether_certs::{SpiffeId, TrustDomain};
+
+/// The trust domain every test CA speaks for.
+pub const TD: &str = "test.tether";
+pub const HOUR: Duration = Duration::from_secs(3600);
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// `spiffe://test.tether{path}`.
+pub fn id(path: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("test SPIFFE IDs are valid")
+}
+
+/// The options `tether-ca init` uses by default (root 365 d, intermediate 30 d, leaves 1 h by
+/// default and 24 h at most, CRLs valid 24 h).
+pub fn init_options(td: &str) -> InitOptions {
+    InitOptions {
+        trust_domain: TrustDomain::new(td).expect("test trust domains are valid"),
+        root_ttl: 365 * DAY,
+        intermediate_ttl: 30 * DAY,
+        extra_sans: vec![],
+        settings: Settings {
+            default_ttl: HOUR,
+            max_ttl: DAY,
+            crl_validity: DAY,
+        },
+    }
+}
+
+/// Creates a CA for `td` in `parent/ca` and returns that path.
+pub fn init_state_td(parent: &Path, td: &str) -> PathBuf {
+    let dir = parent.join("ca");
+    Authority::init(&dir, &init_options(td)).expect("init a fresh state dir");
+    dir
+}
+
+/// Creates a CA for [`TD`] in `parent/ca` and returns that path.
+pub fn init_state(parent: &Path) -> PathBuf {
+    init_state_td(parent, TD)
+}
+
+pub fn read(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref();
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A CA with its API running in-process.
+pub struct TestCa {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub authority: Arc<Authority>,
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestCa {
+    /// Inits a fresh state dir and serves it on 127.0.0.1:0.
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = init_state(tmp.path());
+        Self::serve(tmp, dir).await
+    }
+
+    /// Serves an existing state dir.
+    pub async fn serve(tmp: tempfile::TempDir, dir: PathBuf) -> Self {
+        let authority = Arc::new(Authority::open(&dir).expect("open the state dir"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let run = tether_ca::api::run(
+            listener,
+            authority.clone(),
+            prometheus::Registry::new(),
+            async move {
+                let _ = rx.await;
+            },
+        );
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                panic!("the CA API failed: {e}");
+            }
+        });
+        TestCa {
+            tmp,
+            dir,
+            authority,
+            addr,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// A client without a certificate.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, &self.dir.join("bundle.pem"), None)
+    }
+
+    /// A client presenting the CA's admin credential.
+    pub fn admin(&self) -> Client {
+        self.client_with(
+            &read(self.dir.join("admin/chain.pem")),
+            &read(self.dir.join("admin/key.pem")),
+        )
+    }
+
+    /// A client presenting `chain_pem` with `key_pem`.
+    pub fn client_with(&self, chain_pem: &str, key_pem: &str) -> Client {
+        Client::new(
+            self.addr,
+            &self.dir.join("bundle.pem"),
+            Some((chain_pem.to_string(), key_pem.to_string())),
+        )
+    }
+
+    /// A one-time token for `id`, valid 10 minutes.
+    pub fn token(&self, id: &SpiffeId) -> String {
+        self.authority
+            .create_token(id, Duration::from_secs(600))
+            .expect("create token")
+    }
+
+    /// Enrolls `id` over the API (token + fresh key) and returns the credential.
+    pub async fn enroll(&self, id: &SpiffeId) -> Enrolled {
+        let token = self.token(id);
+        let key = tether_certs::keys::generate_key().expect("key");
+        let csr = tether_certs::keys::generate_csr(&key, id).expect("csr");
+        let resp = self
+            .client()
+            .post_json(
+                "/v1/enroll",
+                &serde_json::json!({"token": token, "csr": csr}),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "enroll: {}", resp.text());
+        Enrolled::from_response(&resp.json(), key)
+    }
+
+    /// The newest CRL served by the API, verified against the intermediate.
+    pub async fn fetch_crl(&self) -> tether_certs::RevocationList {
+        let resp = self.client().get("/v1/crl").await;
+        assert_eq!(resp.status, StatusCode::OK, "GET /v1/crl: {}", resp.text());
+        self.verify_crl(&resp.body)
+    }
+
+    /// Parses and verifies a CRL (PEM or DER) against `DIR/intermediate/cert.pem`.
+    pub fn verify_crl(&self, crl: &[u8]) -> tether_certs::RevocationList {
+        verify_crl_in(&self.dir, crl)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Parses and verifies a CRL against the intermediate of the state dir `dir`.
+pub fn verify_crl_in(dir: &Path, crl: &[u8]) -> tether_certs::RevocationList {
+    let inter = tether_certs::pem::certificates(read(dir.join("intermediate/cert.pem")).as_bytes())
+        .expect("intermediate cert")
+        .remove(0);
+    tether_certs::RevocationList::parse_and_verify(crl, &inter).expect("CRL verifies")
+}
+
+/// A credential obtained by enrollment.
+pub struct Enrolled {
+    pub id: String,
+    pub serial: String,
+    pub key: KeyPair,
+    pub certificate: String,
+    pub chain: String,
+}
+
+impl Enrolled {
+    pub fn from_response(body: &Value, key: KeyPair) -> Self {
+        let s = |k: &str| {
+            body[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("response has no string {k}: {body}"))
+                .to_string()
+        };
+        Enrolled {
+            id: s("spiffe_id"),
+            serial: s("serial"),
+            key,
+            certificate: s("certificate"),
+            chain: s("chain"),
+        }
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+}
+
+/// What a certificate says, read with x509-parser.
+#[derive(Debug)]
+pub struct CertFacts {
+    pub serial: tether_certs::Serial,
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub other_sans: usize,
+    pub basic_constraints_ca: Option<bool>,
+    pub key_cert_sign: bool,
+    pub public_key: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Facts about the first certificate in `pem`.
+pub fn cert_facts(pem: &str) -> CertFacts {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let der = tether_certs::pem::certificates(pem.as_bytes())
+        .expect("PEM certificate")
+        .remove(0);
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&der).expect("certificate parses");
+    let mut facts = CertFacts {
+        serial: tether_certs::Serial::from_bytes(cert.raw_serial()),
+        uris: vec![],
+        dns: vec![],
+        other_sans: 0,
+        basic_constraints_ca: None,
+        key_cert_sign: false,
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::URI(u) => facts.uris.push(u.to_string()),
+                        GeneralName::DNSName(d) => facts.dns.push(d.to_string()),
+                        _ => facts.other_sans += 1,
+                    }
+                }
+            }
+            ParsedExtension::BasicConstraints(bc) => facts.basic_constraints_ca = Some(bc.ca),
+            ParsedExtension::KeyUsage(ku) => facts.key_cert_sign = ku.key_cert_sign(),
+            _ => {}
+        }
+    }
+    facts
+}
+
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `error` message of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {}", self.text()))
+            .to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header").to_string())
+    }
+}
+
+/// A TLS client for the CA API that trusts a bundle file and optionally presents a certificate.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    roots: Arc<rustls::RootCertStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, bundle: &Path, identity: Option<(String, String)>) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in tether_certs::pem::certificates(read(bundle).as_bytes()).expect("bundle PEM") {
+            roots.add(cert).expect("bundle root is usable");
+        }
+        let identity = identity.map(|(chain, key)| {
+            (
+                tether_certs::pem::certificates(chain.as_bytes()).expect("client chain PEM"),
+                Arc::new(tether_certs::pem::private_key(key.as_bytes()).expect("client key PEM")),
+            )
+        });
+        Client {
+            addr,
+            roots: Arc::new(roots),
+            identity,
+        }
+    }
+
+    fn config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let builder = rustls::ClientConfig::builder_with_provider(tether_certs::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3 is supported")
+            .with_root_certificates(self.roots.clone());
+        let mut config = match &self.identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .expect("client credential is usable"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+
+    /// A TLS connection to the API (server name `localhost`) negotiating `alpn`.
+    pub async fn connect(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        TlsConnector::from(self.config(alpn))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake with the CA API")
+    }
+
+    /// Sends one request over a fresh HTTP/1.1 connection.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Resp {
+        self.try_send(req).await.expect("HTTP/1.1 request")
+    }
+
+    /// Like [`Client::send`], returning transport errors instead of panicking.
+    pub async fn try_send(&self, req: Request<Full<Bytes>>) -> Result<Resp, String> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let tls = TlsConnector::from(self.config(b"http/1.1"))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        read_response(resp).await
+    }
+
+    /// Sends one request over a fresh h2 connection (ALPN `h2`).
+    pub async fn send_h2(&self, mut req: Request<Full<Bytes>>) -> Resp {
+        let tls = self.connect(b"h2").await;
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "the CA API negotiates h2"
+        );
+        // h2 needs :scheme and :authority.
+        let path = req.uri().path_and_query().map(|p| p.to_string());
+        *req.uri_mut() = format!("https://localhost{}", path.unwrap_or_default())
+            .parse()
+            .expect("uri");
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.expect("h2 request");
+        read_response(resp).await.expect("h2 body")
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(request(Method::GET, path, Bytes::new())).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
+        self.post_bytes(path, serde_json::to_vec(body).expect("JSON"))
+            .await
+    }
+
+    pub async fn post_bytes(&self, path: &str, body: impl Into<Bytes>) -> Resp {
+        let mut req = request(Method::POST, path, body.into());
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        self.send(req).await
+    }
+
+    /// Writes `raw` (a complete HTTP/1.1 request that asks for `Connection: close`) and returns
+    /// everything the server answers until it closes.
+    pub async fn raw_http1(&self, raw: &[u8]) -> String {
+        let mut tls = self.connect(b"http/1.1").await;
+        tls.write_all(raw).await.expect("write request");
+        tls.flush().await.expect("flush");
+        let mut out = Vec::new();
+        // The server may close without close_notify after answering; what was read counts.
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A request for `path` with a Host header.
+pub fn request(method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "localhost")
+        .body(Full::new(body))
+        .expect("request")
+}
+
+async fn read_response(resp: http::Response<hyper::body::Incoming>) -> Result<Resp, String> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, if present (labels in any order;
+/// the sample must carry exactly these labels).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    want.sort();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, got) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let inner = rest.strip_suffix('}').unwrap_or(rest);
+                let mut got: Vec<(String, String)> = inner
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                    .collect();
+                got.sort();
+                (n, got)
+            }
+            None => (series, vec![]),
+        };
+        if n == name && got == want {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
+/// The `tether-ca` binary with no `TETHER_CA_*` variables inherited from the environment.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether-ca"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TETHER_CA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("TETHER_LOG");
+    cmd
+}
+
+/// Runs `tether-ca --state-dir DIR ARGS…` and returns its output.
+pub fn ca_cli(dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .arg("--state-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run tether-ca")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Panics with both streams unless `o` succeeded.
+pub fn assert_ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Whether `tool` runs here (for optional `openssl`/`curl` checks).
+pub fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        || Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if !ok {
+        eprintln!("{tool} not found; skipping the {tool} part of this test");
+    }
+    ok
+}
