@@ -94,6 +94,35 @@ impl TrustBundle {
         &self.roots
     }
 
+    /// Whether `ca_der` is a CA certificate, valid at `now`, directly signed by one of the roots
+    /// (or is itself one of them): how a reader decides to trust the intermediate that signed a
+    /// CRL it fetched.
+    pub fn vouches_for(&self, ca_der: &[u8], now: OffsetDateTime) -> bool {
+        let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(ca_der) else {
+            return false;
+        };
+        let valid = cert.validity().not_before.to_datetime() <= now
+            && now <= cert.validity().not_after.to_datetime();
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        if !valid || !is_ca {
+            return false;
+        }
+        self.roots.iter().any(|root| {
+            if root.der.as_ref() == ca_der {
+                return true;
+            }
+            let Ok((_, r)) = x509_parser::certificate::X509Certificate::from_der(&root.der) else {
+                return false;
+            };
+            r.subject().as_raw() == cert.issuer().as_raw()
+                && cert.verify_signature(Some(r.public_key())).is_ok()
+        })
+    }
+
     /// The bundle as PEM, one certificate per root.
     pub fn to_pem(&self) -> String {
         self.roots

@@ -32,6 +32,17 @@ pub fn key_from_pem(pem: &str) -> Result<KeyPair, KeyError> {
     KeyPair::from_pem(pem).map_err(KeyError::Parse)
 }
 
+/// A PEM CSR for `key` that names no identity: for enrollment, where the token decides the
+/// identity and the sidecar may not know it yet.
+pub fn generate_anonymous_csr(key: &KeyPair) -> Result<String, KeyError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(KeyError::Csr)
+}
+
 /// A PEM CSR for `key`, naming `id` as its URI SAN.
 ///
 /// The SAN is a courtesy for humans reading the CSR: the CA decides the identity from the

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use crate::identity::IdentityStore;
+use crate::revocation::{OnStale, RevocationCache};
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -24,6 +25,10 @@ pub struct Admin {
     pub identity: IdentityStore,
     /// The registry `/metrics` renders.
     pub registry: Registry,
+    /// The revocation cache (CRL state for `/ready` and `/identity`).
+    pub revocation: Arc<RevocationCache>,
+    /// Notified to force a renewal now (`POST /rotate`); `None` in file mode.
+    pub rotate: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Serves the admin listener until `shutdown` resolves.
@@ -63,48 +68,71 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
         "/ready" => {
-            let creds = admin.identity.current();
-            if creds.is_valid_at(OffsetDateTime::now_utc()) {
-                text(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
+            let now = OffsetDateTime::now_utc();
+            let stale = admin.revocation.is_stale(now);
+            let unavailable = |msg: &str| text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {msg}\n"));
+            match admin.identity.current() {
+                None => unavailable("no certificate yet"),
+                Some(c) if !c.is_valid_at(now) => unavailable("certificate expired"),
+                Some(_) if stale && admin.revocation.on_stale() == OnStale::Deny => {
+                    unavailable("revocation list is stale (on_stale_crl = deny)")
+                }
+                Some(_) if stale => text(
+                    StatusCode::OK,
                     "text/plain",
-                    "not ready: certificate expired\n".into(),
-                )
+                    "ready, but the revocation list is stale (on_stale_crl = allow: failing open)\n".into(),
+                ),
+                Some(_) => text(StatusCode::OK, "text/plain", "ready\n".into()),
             }
         }
+        "/rotate" => match (&admin.rotate, req.method() == http::Method::POST) {
+            (_, false) => text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST /rotate\n".into()),
+            (None, true) => text(
+                StatusCode::CONFLICT,
+                "text/plain",
+                "this sidecar reads its certificate from files ([identity]); rotate by replacing them\n".into(),
+            ),
+            (Some(n), true) => {
+                n.notify_one();
+                text(StatusCode::ACCEPTED, "text/plain", "renewal requested\n".into())
+            }
+        },
         "/identity" => {
-            let c = admin.identity.current();
             let now = OffsetDateTime::now_utc();
-            let rfc = |t: OffsetDateTime| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
+            let rfc = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            let crl = admin.revocation.current().map(|crl| serde_json::json!({
+                "number": crl.number(),
+                "this_update": rfc(crl.this_update()),
+                "next_update": rfc(crl.next_update()),
+                "revoked": crl.revoked().len(),
+                "age_seconds": (now - crl.this_update()).whole_seconds(),
+                "stale": admin.revocation.is_stale(now),
+                "on_stale_crl": if admin.revocation.on_stale() == OnStale::Deny { "deny" } else { "allow" },
+            }));
+            let creds = admin.identity.current();
+            let outage = crate::lifecycle::time_until_outage(creds.as_deref(), &admin.revocation, now);
+            let body = match creds {
+                None => serde_json::json!({ "spiffe_id": null, "crl": crl }),
+                Some(c) => serde_json::json!({
+                    "spiffe_id": c.id.as_str(),
+                    "serial": c.serial.to_string(),
+                    "not_after": rfc(c.not_after),
+                    "seconds_until_expiry": (c.not_after - now).whole_seconds(),
+                    "seconds_until_outage": outage.map(|d| d.whole_seconds()),
+                    "bundle": c.bundle.roots().iter().map(|r| serde_json::json!({
+                        "trust_domain": r.trust_domain.as_str(),
+                        "fingerprint_sha256": r.fingerprint,
+                        "not_after": rfc(r.not_after),
+                    })).collect::<Vec<_>>(),
+                    "crl": crl,
+                }),
             };
-            let body = serde_json::json!({
-                "spiffe_id": c.id.as_str(),
-                "serial": c.serial.to_string(),
-                "not_after": rfc(c.not_after),
-                "seconds_until_expiry": (c.not_after - now).whole_seconds(),
-                "bundle": c.bundle.roots().iter().map(|r| serde_json::json!({
-                    "trust_domain": r.trust_domain.as_str(),
-                    "fingerprint_sha256": r.fingerprint,
-                    "not_after": rfc(r.not_after),
-                })).collect::<Vec<_>>(),
-                "crl": c.crl.as_ref().map(|crl| serde_json::json!({
-                    "number": crl.number(),
-                    "this_update": rfc(crl.this_update()),
-                    "next_update": rfc(crl.next_update()),
-                    "revoked": crl.revoked().len(),
-                    "age_seconds": (now - crl.this_update()).whole_seconds(),
-                })),
-            });
             text(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /live, /ready, /identity\n".into(),
+            "not found: try /metrics, /live, /ready, /identity, POST /rotate\n".into(),
         ),
     }
 }

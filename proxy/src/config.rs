@@ -62,6 +62,39 @@ pub struct IdentityFiles {
     pub crl: Option<PathBuf>,
 }
 
+/// Certificates from the CA: enroll once with a token, then renew over mTLS.
+#[derive(Debug, Clone)]
+pub struct CaSettings {
+    /// CA API base URLs, tried in order (failover).
+    pub urls: Vec<http::Uri>,
+    /// Initial trust anchors: verify the CA and peers until the CA publishes a newer bundle.
+    pub bundle: PathBuf,
+    /// File holding the one-time enrollment token (read at each enrollment attempt).
+    pub token_file: Option<PathBuf>,
+    /// The token itself, from `TETHER_PROXY_TOKEN`.
+    pub token: Option<String>,
+    /// Cached key (0600), certificate, bundle and CRL: the sidecar restarts from here.
+    pub state_dir: PathBuf,
+}
+
+/// Where the sidecar's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// `[identity]`: files, watched and reloaded when they change.
+    Files(IdentityFiles),
+    /// `[ca]`: enrollment and renewal against `tether-ca`.
+    Ca(CaSettings),
+}
+
+/// What to do when the CRL is stale, and when it counts as stale.
+#[derive(Debug, Clone)]
+pub struct CrlPolicy {
+    /// `deny` (fail closed, default) or `allow` (fail open with an alarm).
+    pub on_stale: crate::revocation::OnStale,
+    /// How long past nextUpdate a CRL is still fresh enough.
+    pub grace: Duration,
+}
+
 /// Peers → mTLS → policy → local app.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -126,13 +159,19 @@ impl Default for Limits {
     }
 }
 
+/// How long past nextUpdate a CRL still counts as fresh, by default: one hour covers a CA restart
+/// or a short outage without failing closed, and is far below the CA's 24 h CRL validity.
+pub const DEFAULT_CRL_GRACE: Duration = Duration::from_secs(3600);
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Runtime worker threads (`workers`; default: all cores).
     pub workers: usize,
     /// Where the certificates come from.
-    pub identity: IdentityFiles,
+    pub identity: IdentitySource,
+    /// Stale-CRL behaviour.
+    pub crl: CrlPolicy,
     /// Inbound listener, if any.
     pub inbound: Option<Inbound>,
     /// Outbound listener, if any.
@@ -149,7 +188,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     workers: Option<usize>,
-    identity: RawIdentity,
+    identity: Option<RawIdentity>,
+    ca: Option<RawCa>,
     inbound: Option<RawInbound>,
     outbound: Option<RawOutbound>,
     #[serde(default)]
@@ -166,6 +206,19 @@ struct RawIdentity {
     key: String,
     bundle: String,
     crl: Option<String>,
+    on_stale_crl: Option<crate::revocation::OnStale>,
+    crl_grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    urls: Vec<String>,
+    bundle: String,
+    token_file: Option<String>,
+    state_dir: String,
+    on_stale_crl: Option<crate::revocation::OnStale>,
+    crl_grace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +290,8 @@ pub struct Overrides {
     pub identity_bundle: Option<String>,
     /// `identity.crl`.
     pub identity_crl: Option<String>,
+    /// The enrollment token (`TETHER_PROXY_TOKEN`), instead of `ca.token_file`.
+    pub token: Option<String>,
 }
 
 impl Config {
@@ -305,11 +360,74 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1),
         };
-        let identity = IdentityFiles {
-            cert: path(&raw.identity.cert),
-            key: path(&raw.identity.key),
-            bundle: path(&raw.identity.bundle),
-            crl: raw.identity.crl.as_deref().map(path),
+        let (identity, on_stale, grace) = match (&raw.identity, &raw.ca) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "[identity] / [ca]",
+                    "configure one identity source, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    "[identity] / [ca]",
+                    "missing: certificates from files ([identity]) or from the CA ([ca])".into(),
+                ))
+            }
+            (Some(i), None) => (
+                IdentitySource::Files(IdentityFiles {
+                    cert: path(&i.cert),
+                    key: path(&i.key),
+                    bundle: path(&i.bundle),
+                    crl: i.crl.as_deref().map(path),
+                }),
+                i.on_stale_crl,
+                dur("identity.crl_grace", &i.crl_grace, DEFAULT_CRL_GRACE)?,
+            ),
+            (None, Some(c)) => {
+                if c.urls.is_empty() {
+                    return Err(err("ca.urls", "needs at least one https:// URL".into()));
+                }
+                let urls = c
+                    .urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        let key = format!("ca.urls[{i}]");
+                        let uri: http::Uri = u
+                            .parse()
+                            .map_err(|_| err(&key, format!("{u:?} is not a URL")))?;
+                        if uri.scheme_str() != Some("https") || uri.host().is_none() {
+                            return Err(err(
+                                &key,
+                                format!("{u:?} must be an https://host:port URL"),
+                            ));
+                        }
+                        Ok(uri)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let token = overrides.token.clone().filter(|t| !t.trim().is_empty());
+                if token.is_none() && c.token_file.is_none() {
+                    // Not fatal: a cached certificate in state_dir is enough to start.
+                    tracing::debug!(
+                        "no enrollment token configured; relying on the cached certificate"
+                    );
+                }
+                (
+                    IdentitySource::Ca(CaSettings {
+                        urls,
+                        bundle: path(&c.bundle),
+                        token_file: c.token_file.as_deref().map(path),
+                        token,
+                        state_dir: path(&c.state_dir),
+                    }),
+                    c.on_stale_crl,
+                    dur("ca.crl_grace", &c.crl_grace, DEFAULT_CRL_GRACE)?,
+                )
+            }
+        };
+        let crl = CrlPolicy {
+            on_stale: on_stale.unwrap_or_default(),
+            grace,
         };
         let inbound = match &raw.inbound {
             None => None,
@@ -412,6 +530,7 @@ impl Config {
         Ok(Config {
             workers,
             identity,
+            crl,
             inbound,
             outbound,
             services,
@@ -430,11 +549,13 @@ fn apply(raw: &mut RawConfig, o: &Overrides) {
             *field = v.clone();
         }
     };
-    set(&mut raw.identity.cert, &o.identity_cert);
-    set(&mut raw.identity.key, &o.identity_key);
-    set(&mut raw.identity.bundle, &o.identity_bundle);
-    if o.identity_crl.is_some() {
-        raw.identity.crl = o.identity_crl.clone();
+    if let Some(id) = raw.identity.as_mut() {
+        set(&mut id.cert, &o.identity_cert);
+        set(&mut id.key, &o.identity_key);
+        set(&mut id.bundle, &o.identity_bundle);
+        if o.identity_crl.is_some() {
+            id.crl = o.identity_crl.clone();
+        }
     }
     if let Some(i) = raw.inbound.as_mut() {
         set(&mut i.listen, &o.inbound_listen);

@@ -26,6 +26,7 @@ use crate::forward::{self, reply, RespBody, XFCC};
 use crate::identity::IdentityStore;
 use crate::metrics::{Metrics, OpenConnection};
 use crate::policy::{normalize_path, Decision, Mode as PolicyMode, PolicyHandle};
+use crate::revocation::RevocationCache;
 
 /// Everything the inbound side needs, shared by all its connections.
 pub struct Inbound {
@@ -37,6 +38,8 @@ pub struct Inbound {
     pub metrics: Metrics,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// The CRL in force and the live connections it may cut.
+    pub revocation: Arc<RevocationCache>,
     app: SocketAddr,
     app_authority: Authority,
     mode: Mode,
@@ -53,6 +56,7 @@ impl Inbound {
         policy: Arc<PolicyHandle>,
         metrics: Metrics,
         limits: Limits,
+        revocation: Arc<RevocationCache>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -67,6 +71,7 @@ impl Inbound {
             policy,
             metrics,
             limits,
+            revocation,
             app: config.app,
             app_authority,
             mode: config.mode,
@@ -80,6 +85,7 @@ impl Inbound {
 /// The verified caller of one connection.
 struct Peer {
     id: tether_certs::SpiffeId,
+    serial: tether_certs::Serial,
     xfcc: HeaderValue,
 }
 
@@ -114,9 +120,21 @@ async fn connection(
             .connections_open
             .with_label_values(&["inbound"]),
     );
-    let creds = inbound.identity.current();
-    let acceptor = TlsAcceptor::from(creds.server.clone());
     let handshakes = &inbound.metrics.handshakes;
+    // Fail closed: no certificate yet (enrollment pending), or a stale CRL under `deny`.
+    let Some(creds) = inbound.identity.current() else {
+        handshakes
+            .with_label_values(&["inbound", "no_identity"])
+            .inc();
+        return;
+    };
+    if !inbound.revocation.admits(time::OffsetDateTime::now_utc()) {
+        handshakes
+            .with_label_values(&["inbound", "stale_crl"])
+            .inc();
+        return;
+    }
+    let acceptor = TlsAcceptor::from(creds.server.clone());
     let tls =
         match tokio::time::timeout(inbound.limits.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
@@ -143,6 +161,7 @@ async fn connection(
             let xfcc = format!("By={};Hash={hash};URI={}", creds.id, info.id);
             Some(Peer {
                 id: info.id,
+                serial: info.serial,
                 xfcc: HeaderValue::from_str(&xfcc).ok()?,
             })
         })
@@ -151,9 +170,16 @@ async fn connection(
         return;
     };
     handshakes.with_label_values(&["inbound", "ok"]).inc();
+    // Closed the moment a newer CRL revokes this peer, not when it next idles out.
+    let live = inbound.revocation.watch(peer.serial.as_bytes());
     if inbound.mode == Mode::Tcp {
-        return tcp_connection(&inbound, &peer, tls).await;
+        tokio::select! {
+            _ = tcp_connection(&inbound, &peer, tls) => {}
+            _ = live.revoked() => tracing::info!("closed TCP connection of revoked peer {}", peer.id),
+        }
+        return;
     }
+    let peer_id = peer.id.clone();
     let peer = Arc::new(peer);
     let svc_inbound = inbound.clone();
     let svc = hyper::service::service_fn(move |req| {
@@ -165,8 +191,11 @@ async fn connection(
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!("inbound connection ended: {e}");
+    tokio::select! {
+        r = watcher.watch(conn) => if let Err(e) = r {
+            tracing::debug!("inbound connection ended: {e}");
+        },
+        _ = live.revoked() => tracing::info!("closed connection of revoked peer {peer_id}"),
     }
 }
 

@@ -4,23 +4,33 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML config file, validated once into typed values.
-//! - [`identity`]: our certificate, key, bundle and CRL as ready rustls configs, published on a
-//!   watch channel.
+//! - [`identity`]: our certificate, key and bundle as ready rustls configs, published on a watch
+//!   channel.
+//! - [`lifecycle`]: where certificates come from — enrollment, renewal, the CRL poller, bundle
+//!   updates (CA mode) or watched files (file mode).
+//! - [`ca_client`]: the client for the CA's HTTPS API, with URL failover.
+//! - [`revocation`]: the revocation cache: the CRL in force, staleness, cutting revoked
+//!   connections.
 //! - [`policy`]: the authorization policy (default deny, hot reload) and path normalization.
 //! - [`inbound`]: peers → mTLS → policy → the local app.
 //! - [`outbound`]: the local app → mTLS → peer sidecars, with pooled HTTP/2 connections.
 //! - [`forward`]: what both directions share: limits, hop-by-hop headers, upgrades, drain.
 //! - [`admin`]: `/metrics`, `/live`, `/ready`, `/identity`.
 //! - [`metrics`]: the Prometheus metrics on an injected registry.
+//! - [`fsutil`]: private directories and atomic file writes for the state directory.
 
 pub mod admin;
+pub mod ca_client;
 pub mod config;
 pub mod forward;
+pub mod fsutil;
 pub mod identity;
 pub mod inbound;
+pub mod lifecycle;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod revocation;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -100,9 +110,46 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let metrics = metrics::Metrics::register(&registry)?;
-    let creds = identity::Credentials::load(&cfg.identity)?;
-    metrics.cert_expiry.set(creds.not_after.unix_timestamp());
-    let store = identity::IdentityStore::new(creds);
+    let cache = revocation::RevocationCache::new(
+        cfg.crl.on_stale,
+        cfg.crl.grace,
+        metrics.revoked_closed.clone(),
+    );
+    let mut background = tokio::task::JoinSet::new();
+    let (store, rotate) = match &cfg.identity {
+        config::IdentitySource::Files(files) => {
+            let (creds, crl) = identity::Credentials::load_files(files, cache.revocation())?;
+            if let Some(crl) = crl {
+                // Nothing is held yet, so a rollback is impossible here.
+                let _ = cache.install(crl);
+            }
+            let store = identity::IdentityStore::new(creds);
+            background.spawn(lifecycle::watch_files(
+                files.clone(),
+                store.clone(),
+                cache.clone(),
+                metrics.clone(),
+            ));
+            (store, None)
+        }
+        config::IdentitySource::Ca(settings) => {
+            let store = identity::IdentityStore::default();
+            let mode = lifecycle::CaMode::start(
+                settings.clone(),
+                store.clone(),
+                cache.clone(),
+                metrics.clone(),
+            )?;
+            let rotate = Arc::new(tokio::sync::Notify::new());
+            background.spawn(mode.run(rotate.clone()));
+            (store, Some(rotate))
+        }
+    };
+    background.spawn(lifecycle::update_gauges(
+        store.clone(),
+        cache.clone(),
+        metrics.clone(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -131,6 +178,7 @@ pub async fn run(
             handle,
             metrics.clone(),
             cfg.limits.clone(),
+            cache.clone(),
         );
         let stop = stopped();
         tasks.spawn(async move {
@@ -143,6 +191,7 @@ pub async fn run(
         store.clone(),
         metrics.clone(),
         cfg.limits.clone(),
+        cache.clone(),
     );
     if let Some(listener) = listeners.outbound {
         tasks.spawn(outbound::run(listener, out.clone(), stopped()));
@@ -156,11 +205,14 @@ pub async fn run(
         let admin = Arc::new(admin::Admin {
             identity: store.clone(),
             registry: registry.clone(),
+            revocation: cache.clone(),
+            rotate: rotate.clone(),
         });
         tasks.spawn(admin::run(listener, admin, stopped()));
     }
     shutdown.await;
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    background.abort_all();
     Ok(())
 }

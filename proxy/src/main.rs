@@ -69,6 +69,10 @@ struct RunArgs {
     /// Overrides `[identity] crl`.
     #[arg(long, env = "TETHER_PROXY_IDENTITY_CRL")]
     identity_crl: Option<String>,
+    /// The one-time enrollment token for `[ca]` mode (instead of `ca.token_file`). Prefer the
+    /// environment variable: a flag shows up in `ps`.
+    #[arg(long, env = "TETHER_PROXY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +126,7 @@ fn run(args: RunArgs) -> ExitCode {
         identity_key: args.identity_key,
         identity_bundle: args.identity_bundle,
         identity_crl: args.identity_crl,
+        token: args.token,
     };
     let cfg = match Config::load(&args.config, &overrides) {
         Ok(c) => c,

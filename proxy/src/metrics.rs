@@ -2,7 +2,8 @@
 //! run several sidecars in one process and read each one's figures.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric the sidecar exports.
@@ -24,6 +25,18 @@ pub struct Metrics {
     pub cert_expiry: IntGauge,
     /// `tether_policy_reloads_total{result}`: `ok` or `error`.
     pub policy_reloads: IntCounterVec,
+    /// `tether_cert_refresh_total{result}`: `ok`, `error`, or `cache` (started from the cache).
+    pub cert_refresh: IntCounterVec,
+    /// `tether_crl_number`: the CRL in force.
+    pub crl_number: IntGauge,
+    /// `tether_crl_age_seconds`: now − thisUpdate of the CRL in force.
+    pub crl_age: Gauge,
+    /// `tether_crl_stale`: 1 while the CRL is past nextUpdate + grace.
+    pub crl_stale: IntGauge,
+    /// `tether_revoked_connections_closed_total`: live connections cut by a new CRL.
+    pub revoked_closed: IntCounter,
+    /// `tether_time_until_outage_seconds`: service left if nothing can be renewed from now on.
+    pub time_until_outage: Gauge,
 }
 
 impl Metrics {
@@ -76,6 +89,30 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            cert_refresh: IntCounterVec::new(
+                Opts::new(
+                    "tether_cert_refresh_total",
+                    "Certificate enrollments, renewals and reloads by result.",
+                ),
+                &["result"],
+            )?,
+            crl_number: IntGauge::new("tether_crl_number", "Number of the CRL in force.")?,
+            crl_age: Gauge::new(
+                "tether_crl_age_seconds",
+                "Seconds since thisUpdate of the CRL in force.",
+            )?,
+            crl_stale: IntGauge::new(
+                "tether_crl_stale",
+                "1 while the CRL is past nextUpdate + grace.",
+            )?,
+            revoked_closed: IntCounter::new(
+                "tether_revoked_connections_closed_total",
+                "Live connections closed because a new CRL revoked the peer.",
+            )?,
+            time_until_outage: Gauge::new(
+                "tether_time_until_outage_seconds",
+                "Seconds until this sidecar stops serving if nothing can be renewed from now on.",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_seconds.clone()))?;
@@ -84,6 +121,12 @@ impl Metrics {
         registry.register(Box::new(m.connections_open.clone()))?;
         registry.register(Box::new(m.cert_expiry.clone()))?;
         registry.register(Box::new(m.policy_reloads.clone()))?;
+        registry.register(Box::new(m.cert_refresh.clone()))?;
+        registry.register(Box::new(m.crl_number.clone()))?;
+        registry.register(Box::new(m.crl_age.clone()))?;
+        registry.register(Box::new(m.crl_stale.clone()))?;
+        registry.register(Box::new(m.revoked_closed.clone()))?;
+        registry.register(Box::new(m.time_until_outage.clone()))?;
         Ok(m)
     }
 }

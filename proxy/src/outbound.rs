@@ -28,6 +28,7 @@ use crate::config::{Limits, Mode, Service};
 use crate::forward::{self, reply, reply_owned, RespBody};
 use crate::identity::{Alpn, Credentials, IdentityStore};
 use crate::metrics::{Metrics, OpenConnection};
+use crate::revocation::RevocationCache;
 
 /// How long an address that failed to connect is skipped, so one dead replica does not add a
 /// connect timeout to every request while the others are healthy.
@@ -39,6 +40,7 @@ pub struct Outbound {
     routes: HashMap<String, Arc<Route>>,
     metrics: Metrics,
     limits: Limits,
+    revocation: Arc<RevocationCache>,
 }
 
 /// One peer service.
@@ -73,6 +75,7 @@ impl Outbound {
         identity: IdentityStore,
         metrics: Metrics,
         limits: Limits,
+        revocation: Arc<RevocationCache>,
     ) -> Arc<Self> {
         let routes = services
             .iter()
@@ -95,6 +98,7 @@ impl Outbound {
             })
             .collect();
         Arc::new(Outbound {
+            revocation,
             identity,
             routes,
             metrics,
@@ -170,10 +174,16 @@ pub async fn run_tcp(
                         .connections_open
                         .with_label_values(&["outbound"]),
                 );
-                let creds = outbound.identity.current();
+                let Some(creds) = usable_identity(&outbound) else {
+                    return;
+                };
                 match connect_any(&outbound, &route, &creds, Alpn::None).await {
                     Ok((mut tls, _)) => {
-                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls).await;
+                        let live = outbound.revocation.watch(&peer_serial(&tls));
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls) => {}
+                            _ = live.revoked() => tracing::info!("closed TCP connection to revoked peer of {}", route.name),
+                        }
                     }
                     Err(e) => tracing::warn!("outbound TCP to {}: {e:?}", route.name),
                 }
@@ -246,7 +256,15 @@ async fn forward_request(
     }
     let headers = req.headers_mut();
     forward::strip_hop_by_hop(headers, upgrade);
-    let creds = outbound.identity.current();
+    let Some(creds) = usable_identity(outbound) else {
+        return (
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sidecar has no usable certificate or revocation list yet\n",
+            ),
+            peer,
+        );
+    };
     if upgrade {
         return (forward_upgrade(outbound, route, &creds, req).await, peer);
     }
@@ -313,6 +331,7 @@ async fn h2_sender(
         }
         match connect(outbound, route, up.addr, creds, Alpn::H2).await {
             Ok(tls) => {
+                let serial = peer_serial(&tls);
                 let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
                 builder
                     .timer(TokioTimer::new())
@@ -320,9 +339,14 @@ async fn h2_sender(
                     .keep_alive_while_idle(false);
                 match builder.handshake(TokioIo::new(tls)).await {
                     Ok((sender, conn)) => {
+                        let live = outbound.revocation.watch(&serial);
+                        let name = route.name.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!("h2 connection to peer ended: {e}");
+                            tokio::select! {
+                                r = conn => if let Err(e) = r {
+                                    tracing::debug!("h2 connection to peer ended: {e}");
+                                },
+                                _ = live.revoked() => tracing::info!("closed connection to revoked peer of {name}"),
                             }
                         });
                         *slot = Some((creds.clone(), sender.clone()));
@@ -507,6 +531,33 @@ async fn forward_upgrade(
         ),
         Err(_) => reply(StatusCode::GATEWAY_TIMEOUT, "peer did not answer in time\n"),
     }
+}
+
+/// The current credentials if new connections may be made: there is a certificate, and the CRL
+/// is not stale under `on_stale_crl = "deny"` (fail closed). Counts the refusal otherwise.
+fn usable_identity(outbound: &Outbound) -> Option<Arc<Credentials>> {
+    let hs = &outbound.metrics.handshakes;
+    let Some(creds) = outbound.identity.current() else {
+        hs.with_label_values(&["outbound", "no_identity"]).inc();
+        return None;
+    };
+    if !outbound.revocation.admits(time::OffsetDateTime::now_utc()) {
+        hs.with_label_values(&["outbound", "stale_crl"]).inc();
+        return None;
+    }
+    Some(creds)
+}
+
+/// The serial of the peer's leaf on an established connection (empty if none, which the
+/// verifier makes impossible).
+fn peer_serial(tls: &TlsStream<TcpStream>) -> Vec<u8> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| tether_certs::svid::inspect_leaf(leaf, None).ok())
+        .map(|info| info.serial.as_bytes().to_vec())
+        .unwrap_or_default()
 }
 
 /// Whether a service is TCP (served by [`run_tcp`]).

@@ -1,0 +1,594 @@
+//! The identity lifecycle end to end with a real CA over HTTPS: enrollment with one-time tokens,
+//! rotation under continuous traffic with zero failed requests, a CA outage that stops nothing
+//! (and a restart from the cache while the CA is down), revocation reaching two sidecars and
+//! cutting a live connection, stale CRLs under `deny` and `allow`, and file-mode reloads that
+//! keep the last good credential when the new files are broken.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::sync::oneshot;
+
+const ALLOW_ALL: &str = "[[rule]]\nname = \"all\"\nfrom = [\"spiffe://demo.tether/*\"]\n";
+
+/// A CA served over HTTPS on 127.0.0.1:0 from `pki`'s state dir.
+struct CaServer {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CaServer {
+    async fn start(pki: &Pki) -> CaServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(pki, listener).await
+    }
+
+    async fn start_on(pki: &Pki, listener: tokio::net::TcpListener) -> CaServer {
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let authority = Arc::new(tether_ca::Authority::open(pki.ca.dir()).unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = tether_ca::api::run(listener, authority, prometheus::Registry::new(), async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        CaServer {
+            url,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+    }
+}
+
+fn token(pki: &Pki, path: &str) -> PathBuf {
+    let id = tether_certs::SpiffeId::parse(&id(path)).unwrap();
+    let t = pki.ca.create_token(&id, Duration::from_secs(600)).unwrap();
+    let p = pki
+        .dir
+        .path()
+        .join(format!("{}.token", path.replace('/', "_")));
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+fn ca_section(pki: &Pki, ca: &CaServer, token: Option<&Path>, state: &str, extra: &str) -> String {
+    let mut s = format!(
+        "[ca]\nurls = [\"{}\"]\nbundle = {:?}\nstate_dir = {:?}\n{extra}",
+        ca.url,
+        pki.ca.dir().join("bundle.pem"),
+        pki.dir.path().join(state)
+    );
+    if let Some(t) = token {
+        s.push_str(&format!("token_file = {t:?}\n"));
+    }
+    s
+}
+
+async fn inbound_ca_mode(
+    pki: &Pki,
+    ca: &CaServer,
+    name: &str,
+    app: std::net::SocketAddr,
+    token: Option<&Path>,
+) -> Sidecar {
+    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_ALL);
+    Sidecar::start(
+        pki.dir.path(),
+        name,
+        &format!(
+            "{}[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            ca_section(pki, ca, token, &format!("state-{name}"), "")
+        ),
+    )
+    .await
+}
+
+async fn outbound_ca_mode(
+    pki: &Pki,
+    ca: &CaServer,
+    name: &str,
+    services: &[(&str, &Sidecar, &str)],
+    token: Option<&Path>,
+) -> Sidecar {
+    let mut s = format!(
+        "{}[outbound]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        ca_section(pki, ca, token, &format!("state-{name}"), "")
+    );
+    for (svc, sidecar, identity) in services {
+        s.push_str(&format!(
+            "[services.{svc}]\naddress = [\"{}\"]\nidentity = \"{}\"\n",
+            sidecar.inbound.unwrap(),
+            id(identity)
+        ));
+    }
+    Sidecar::start(pki.dir.path(), name, &s).await
+}
+
+async fn ready(s: &Sidecar) -> bool {
+    get(s.admin.unwrap(), "admin", "/ready", &[]).await.0 == StatusCode::OK
+}
+
+async fn wait_ready(s: &Sidecar) {
+    for _ in 0..100 {
+        if ready(s).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sidecar never became ready");
+}
+
+async fn identity(s: &Sidecar) -> serde_json::Value {
+    let (_, body) = get(s.admin.unwrap(), "admin", "/identity", &[]).await;
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn enrolls_with_a_one_time_token_and_serves_mtls() {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let tb = token(&pki, "ns/default/sa/service-b");
+    let b = inbound_ca_mode(&pki, &ca, "b", app, Some(&tb)).await;
+    let a = outbound_ca_mode(
+        &pki,
+        &ca,
+        "a",
+        &[("service-b", &b, "ns/default/sa/service-b")],
+        Some(&token(&pki, "ns/default/sa/service-a")),
+    )
+    .await;
+    wait_ready(&b).await;
+    wait_ready(&a).await;
+    let (s, body) = get(a.outbound.unwrap(), "service-b", "/hello", &[]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(echo(&body)["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap()
+        .ends_with(&id("ns/default/sa/service-a")));
+
+    // The key never left the sidecar and is cached privately.
+    use std::os::unix::fs::PermissionsExt;
+    let key = pki.dir.path().join("state-b/key.pem");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(pki.dir.path().join("state-b/chain.pem").exists());
+    assert_eq!(
+        a.metric("tether_cert_refresh_total", &[("result", "ok")]),
+        1.0
+    );
+
+    // The same token cannot enroll a second sidecar: it stays unready and fails closed.
+    let c = inbound_ca_mode(&pki, &ca, "c", app, Some(&tb)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!ready(&c).await);
+    let pki_client = pki.issue("ns/default/sa/service-a");
+    assert!(raw_get(
+        c.inbound.unwrap(),
+        raw_client_config(Some(&pki_client)),
+        "/"
+    )
+    .await
+    .is_err());
+    assert!(c.metric("tether_tls_handshakes_total", &[("result", "no_identity")]) >= 1.0);
+    assert!(c.metric("tether_cert_refresh_total", &[("result", "error")]) >= 1.0);
+    ca.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_continuous_traffic_fails_no_request() {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let b = inbound_ca_mode(
+        &pki,
+        &ca,
+        "b",
+        app,
+        Some(&token(&pki, "ns/default/sa/service-b")),
+    )
+    .await;
+    let a = outbound_ca_mode(
+        &pki,
+        &ca,
+        "a",
+        &[("service-b", &b, "ns/default/sa/service-b")],
+        Some(&token(&pki, "ns/default/sa/service-a")),
+    )
+    .await;
+    wait_ready(&b).await;
+    wait_ready(&a).await;
+    let (serial_a, serial_b) = (
+        identity(&a).await["serial"].clone(),
+        identity(&b).await["serial"].clone(),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let out = a.outbound.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get(out, "service-b", "/data", &[]).await.0 {
+                    StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for s in [&a, &b] {
+            let (status, _) = send(s.admin.unwrap(), "admin", "POST", "/rotate", &[], "").await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    println!(
+        "rotation under load: {} ok, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert_ne!(
+        identity(&a).await["serial"],
+        serial_a,
+        "service-a's certificate rotated"
+    );
+    assert_ne!(
+        identity(&b).await["serial"],
+        serial_b,
+        "service-b's certificate rotated"
+    );
+    assert!(a.metric("tether_cert_refresh_total", &[("result", "ok")]) >= 4.0);
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn a_ca_outage_stops_nothing_and_a_restart_uses_the_cache() {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let b = inbound_ca_mode(
+        &pki,
+        &ca,
+        "b",
+        app,
+        Some(&token(&pki, "ns/default/sa/service-b")),
+    )
+    .await;
+    let a = outbound_ca_mode(
+        &pki,
+        &ca,
+        "a",
+        &[("service-b", &b, "ns/default/sa/service-b")],
+        Some(&token(&pki, "ns/default/sa/service-a")),
+    )
+    .await;
+    wait_ready(&b).await;
+    wait_ready(&a).await;
+    ca.stop().await;
+
+    assert_eq!(
+        get(a.outbound.unwrap(), "service-b", "/x", &[]).await.0,
+        StatusCode::OK
+    );
+    let outage = identity(&b).await["seconds_until_outage"].as_i64().unwrap();
+    assert!(
+        outage > 600 && outage <= 3600,
+        "time until outage is bounded by the 1 h leaf: {outage}"
+    );
+
+    // Restart service-b while the CA is down: it serves from its cached certificate and CRL.
+    let serial = identity(&b).await["serial"].clone();
+    b.stop().await.unwrap();
+    let b2 = inbound_ca_mode(&pki, &ca_placeholder(), "b", app, None).await;
+    assert!(ready(&b2).await, "restarted from the cache without the CA");
+    assert_eq!(identity(&b2).await["serial"], serial);
+    assert_eq!(
+        b2.metric("tether_cert_refresh_total", &[("result", "cache")]),
+        1.0
+    );
+    let a2 = outbound_ca_mode(
+        &pki,
+        &ca_placeholder(),
+        "a",
+        &[("service-b", &b2, "ns/default/sa/service-b")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        get(a2.outbound.unwrap(), "service-b", "/x", &[]).await.0,
+        StatusCode::OK
+    );
+}
+
+/// A CA URL nobody listens on.
+fn ca_placeholder() -> CaServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    CaServer {
+        url: format!("https://127.0.0.1:{port}"),
+        stop: None,
+        task: tokio::spawn(async {}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_two_sidecars_and_cuts_a_live_connection() {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let b1 = inbound_ca_mode(&pki, &ca, "b1", app, Some(&token(&pki, "ns/default/sa/b1"))).await;
+    let b2 = inbound_ca_mode(&pki, &ca, "b2", app, Some(&token(&pki, "ns/default/sa/b2"))).await;
+    let a = outbound_ca_mode(
+        &pki,
+        &ca,
+        "a",
+        &[
+            ("b1", &b1, "ns/default/sa/b1"),
+            ("b2", &b2, "ns/default/sa/b2"),
+        ],
+        Some(&token(&pki, "ns/default/sa/service-a")),
+    )
+    .await;
+    for s in [&b1, &b2, &a] {
+        wait_ready(s).await;
+    }
+    // Live HTTP/2 connections from a to both.
+    assert_eq!(
+        get(a.outbound.unwrap(), "b1", "/", &[]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(a.outbound.unwrap(), "b2", "/", &[]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        b1.metric("tether_connections_open", &[("direction", "inbound")]),
+        1.0
+    );
+
+    let serial: tether_certs::Serial = identity(&a).await["serial"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        pki.ca.revoke(&serial, None).unwrap(),
+        tether_ca::store::RevokeOutcome::Revoked { .. }
+    ));
+    let cut = |s: &Sidecar| s.metric("tether_revoked_connections_closed_total", &[]) >= 1.0;
+    assert!(
+        eventually(Duration::from_secs(5), || cut(&b1) && cut(&b2)).await,
+        "both sidecars cut the live connection"
+    );
+    println!(
+        "revocation reached both sidecars in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        b1.metric("tether_connections_open", &[("direction", "inbound")]),
+        0.0
+    );
+    // New connections from the revoked identity are refused at the handshake.
+    let (s, _) = get(a.outbound.unwrap(), "b1", "/", &[]).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(
+        eventually(Duration::from_secs(2), || b1
+            .metric("tether_tls_handshakes_total", &[("result", "revoked")])
+            >= 1.0)
+        .await
+    );
+    ca.stop().await;
+}
+
+/// A CRL from the real intermediate with the given nextUpdate offset, written to a file.
+fn crl_file(pki: &Pki, name: &str, number: u64, next_update_in: time::Duration) -> PathBuf {
+    let state = pki.ca.dir();
+    let read = |p: &str| std::fs::read_to_string(state.join(p)).unwrap();
+    let inter = tether_certs::issue::Signer::from_pem(
+        &read("intermediate/cert.pem"),
+        &read("intermediate/key.pem"),
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let der = tether_certs::crl::build(
+        &inter,
+        number,
+        now - time::Duration::hours(30),
+        now + next_update_in,
+        &[],
+    )
+    .unwrap();
+    let p = pki.dir.path().join(name);
+    std::fs::write(&p, tether_certs::pem::encode("X509 CRL", &der)).unwrap();
+    p
+}
+
+async fn file_mode_with_crl(pki: &Pki, crl: &Path, extra: &str) -> Sidecar {
+    let app = start_app().await;
+    let bdir = pki.issue("ns/default/sa/service-b");
+    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_ALL);
+    Sidecar::start(
+        pki.dir.path(),
+        "b",
+        &format!(
+            "{}crl_grace = \"1s\"\n{extra}[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            identity_section(&bdir, Some(crl))
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_stale_crl_fails_closed_under_deny() {
+    let pki = Pki::new();
+    let crl = crl_file(&pki, "stale.pem", 1, -time::Duration::hours(1));
+    let b = file_mode_with_crl(&pki, &crl, "").await;
+    let a = pki.issue("ns/default/sa/service-a");
+    assert!(
+        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        b.metric("tether_tls_handshakes_total", &[("result", "stale_crl")]),
+        1.0
+    );
+    let (s, body) = get(b.admin.unwrap(), "admin", "/ready", &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("stale"), "{body}");
+    assert_eq!(identity(&b).await["crl"]["stale"], true);
+    assert_eq!(identity(&b).await["seconds_until_outage"], 0);
+}
+
+#[tokio::test]
+async fn a_stale_crl_fails_open_with_an_alarm_under_allow() {
+    let pki = Pki::new();
+    let crl = crl_file(&pki, "stale.pem", 1, -time::Duration::hours(1));
+    let b = file_mode_with_crl(&pki, &crl, "on_stale_crl = \"allow\"\n").await;
+    let a = pki.issue("ns/default/sa/service-a");
+    assert_eq!(
+        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/")
+            .await
+            .unwrap(),
+        StatusCode::OK
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || b.metric("tether_crl_stale", &[])
+            == 1.0)
+        .await
+    );
+    let (s, body) = get(b.admin.unwrap(), "admin", "/ready", &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("stale"), "/ready must say so: {body}");
+}
+
+#[tokio::test]
+async fn file_mode_reloads_new_files_and_keeps_the_old_credential_on_broken_ones() {
+    let pki = Pki::new();
+    let crl = crl_file(&pki, "crl.pem", 1, time::Duration::hours(24));
+    let b = file_mode_with_crl(&pki, &crl, "").await;
+    let cfg_dir = pki.dir.path().join("ns_default_sa_service-b");
+    let first = identity(&b).await["serial"].clone();
+
+    // A new certificate + key, written key first then chain (the in-between state mismatches and
+    // must be skipped, not crash or publish).
+    let fresh = pki.issue("ns/default/sa/fresh-b");
+    std::fs::copy(fresh.join("key.pem"), cfg_dir.join("key.pem")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        identity(&b).await["serial"],
+        first,
+        "a mismatched key+cert is not published"
+    );
+    std::fs::copy(fresh.join("chain.pem"), cfg_dir.join("chain.pem")).unwrap();
+    let mut reloaded = false;
+    for _ in 0..60 {
+        if identity(&b).await["spiffe_id"] == id("ns/default/sa/fresh-b") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "the new certificate was never picked up");
+    assert!(b.metric("tether_cert_refresh_total", &[("result", "error")]) >= 1.0);
+    let second = identity(&b).await["serial"].clone();
+
+    // Garbage: logged, counted, and the last good credential keeps serving.
+    std::fs::write(cfg_dir.join("chain.pem"), "not a certificate").unwrap();
+    let errors = b.metric("tether_cert_refresh_total", &[("result", "error")]);
+    assert!(
+        eventually(Duration::from_secs(4), || b
+            .metric("tether_cert_refresh_total", &[("result", "error")])
+            > errors)
+        .await
+    );
+    assert_eq!(identity(&b).await["serial"], second);
+    let a = pki.issue("ns/default/sa/service-a");
+    assert_eq!(
+        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/")
+            .await
+            .unwrap(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn crls_that_are_forged_foreign_or_garbage_are_refused() {
+    let pki = Pki::new();
+    let bundle = tether_certs::TrustBundle::from_pem(
+        &std::fs::read(pki.ca.dir().join("bundle.pem")).unwrap(),
+    )
+    .unwrap();
+    let inter = tether_certs::pem::certificates(
+        &std::fs::read(pki.ca.dir().join("intermediate/cert.pem")).unwrap(),
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let good = std::fs::read(crl_file(&pki, "good.pem", 7, time::Duration::hours(1))).unwrap();
+    let crl = tether_proxy::lifecycle::verify_crl(&good, &bundle, &inter, now).unwrap();
+    assert_eq!(crl.number(), 7);
+
+    // Signed by another CA (same trust domain name): its intermediate is not vouched for.
+    let other = Pki::new();
+    let foreign = std::fs::read(crl_file(
+        &other,
+        "foreign.pem",
+        99,
+        time::Duration::hours(1),
+    ))
+    .unwrap();
+    let other_inter = std::fs::read(other.ca.dir().join("intermediate/cert.pem")).unwrap();
+    let mut with_issuer = foreign.clone();
+    with_issuer.extend_from_slice(&other_inter);
+    assert!(tether_proxy::lifecycle::verify_crl(&with_issuer, &bundle, &inter, now).is_err());
+
+    // A flipped signature byte.
+    let der = tether_certs::pem::block(&good, "X509 CRL").unwrap();
+    let mut bad = der.clone();
+    let last = bad.len() - 3;
+    bad[last] ^= 0x55;
+    let forged = tether_certs::pem::encode("X509 CRL", &bad);
+    assert!(tether_proxy::lifecycle::verify_crl(forged.as_bytes(), &bundle, &inter, now).is_err());
+
+    // Garbage and empty bodies.
+    assert!(
+        tether_proxy::lifecycle::verify_crl(b"<html>oops</html>", &bundle, &inter, now).is_err()
+    );
+    assert!(tether_proxy::lifecycle::verify_crl(b"", &bundle, &inter, now).is_err());
+}
