@@ -4,9 +4,9 @@
 //! |---|---|---|
 //! | `POST /v1/enroll` | one-time token in the body | `{token, csr}` → leaf + chain + bundle |
 //! | `POST /v1/renew` | client certificate (mTLS) | `{csr}` → leaf for the *same* identity |
-//! | `GET /v1/bundle` | none | trust bundle, PEM |
-//! | `GET /v1/crl` | none | current CRL, PEM; `ETag`, `If-None-Match`, long-poll `?after=N&wait=30s` |
-//! | `POST /v1/revoke` | admin client certificate | `{serial, reason?}` |
+//! | `GET /v1/bundle` | none | trust bundle, PEM; `x-tether-bundle-version` |
+//! | `GET /v1/crl` | none (a client certificate is recorded in the fleet) | current CRL + the intermediate that signed it (+ its cross-certificate during a rotation), PEM; `ETag`, `If-None-Match`, long-poll `?after=N&wait=30s`; `x-tether-crl-number`, `x-tether-bundle-version` |
+//! | `POST /v1/revoke` | admin client certificate | `{serial, reason?}` or `{id, before?, reason?}` |
 //! | `GET /metrics` | none | Prometheus text |
 //!
 //! The TLS layer asks every client for a certificate but does not judge it: rustls still checks
@@ -14,11 +14,22 @@
 //! identity verify the chain themselves through [`Authority::authenticate`]. That is what lets a
 //! renewal with an expired or revoked certificate get a clear 403 instead of a bare TLS alert,
 //! and lets enrollment (no certificate yet) share the listener.
+//!
+//! **The fleet.** A sidecar polls `GET /v1/crl` with its current certificate and the headers
+//! `x-tether-instance` (an opaque per-process id) and `x-tether-bundle-version`; a poll with
+//! `after=N` acknowledges CRL N. Every such poll whose certificate authenticates upserts the
+//! sidecar's row in the `fleet` table (see [`crate::fleet`]); one that does not is still answered.
+//!
+//! **Rotation without restart.** The server re-reads `meta.bundle_version` with its CRL check
+//! (every [`CRL_POLL_INTERVAL`]); when the CLI rotated or retired a root it reloads the signer,
+//! the bundle and its own TLS certificate (new handshakes get the new one; open connections are
+//! undisturbed) *before* it announces any newer CRL, so a long-poller woken by the rotation's CRL
+//! already gets the new bundle version with it. If the reload fails, the old state keeps serving,
+//! every poll tries again, and the failure is logged every ten seconds until it succeeds.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,10 +38,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::Registry;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,7 +46,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::authority::{Authority, CaError};
 use crate::metrics::Metrics;
-use crate::store::RevokeOutcome;
+
+mod revocation;
+mod tls;
+
+use revocation::RevokeBody;
+use tls::{certified_key, tls_config, ServerCert};
 
 /// Largest request body accepted: a P-256 CSR in PEM is under 1 KiB; anything near this limit
 /// is not a CSR.
@@ -52,6 +65,18 @@ pub const MAX_LONG_POLL: Duration = Duration::from_secs(55);
 pub const CRL_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// A TLS handshake that takes longer than this is dropped, so idle sockets cannot pin tasks.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `tether_ca_fleet_size` is recounted: a gauge over a one-minute window needs no
+/// finer resolution.
+pub const FLEET_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the CRL's age is checked for re-signing and old fleet rows are pruned.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Request header: the polling sidecar's per-process id.
+pub const INSTANCE_HEADER: &str = "x-tether-instance";
+/// Request header (the sidecar's) and response header (the CA's): a trust bundle version.
+pub const BUNDLE_VERSION_HEADER: &str = "x-tether-bundle-version";
+/// Response header: the CRL number of the answer (or of the current CRL, on a 304).
+pub const CRL_NUMBER_HEADER: &str = "x-tether-crl-number";
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +98,7 @@ struct State {
     registry: Registry,
     crl_number: watch::Receiver<u64>,
     crl_tx: watch::Sender<u64>,
+    server_cert: Arc<ServerCert>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves. Also keeps the CRL fresh: re-signs it
@@ -84,10 +110,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
     let metrics = Metrics::register(&registry)?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority)?));
+    let server_cert = Arc::new(ServerCert {
+        current: RwLock::new(Arc::new(certified_key(&authority)?)),
+        version: authority.bundle_version().into(),
+    });
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&authority, server_cert.clone())?));
     let refresh = authority.settings().crl_validity / 2;
     let first = blocking(&authority, move |a| a.current_crl(refresh)).await?;
     metrics.crl_number.set(first.number as i64);
+    metrics
+        .bundle_version
+        .set(authority.bundle_version() as i64);
     let (crl_tx, crl_number) = watch::channel(first.number);
     let state = Arc::new(State {
         authority,
@@ -95,8 +128,9 @@ pub async fn run(
         registry,
         crl_number,
         crl_tx,
+        server_cert,
     });
-    let publisher = tokio::spawn(keep_crl_fresh(state.clone(), refresh));
+    let publisher = tokio::spawn(watch_database(state.clone(), refresh));
     tokio::pin!(shutdown);
     loop {
         let (tcp, _) = tokio::select! {
@@ -174,36 +208,105 @@ pub async fn run_metrics(
     }
 }
 
-fn tls_config(authority: &Authority) -> Result<rustls::ServerConfig, ApiError> {
-    let (chain_pem, key_pem) = authority.server_credential()?;
-    let chain = tether_certs::pem::certificates(chain_pem.as_bytes())
-        .map_err(|e| ApiError::Tls(format!("server/chain.pem: {e}")))?;
-    let key = tether_certs::pem::private_key(key_pem.as_bytes())
-        .map_err(|e| ApiError::Tls(format!("server/key.pem: {e}")))?;
-    tether_certs::verify::server_config(chain, key, Arc::new(DeferredClientAuth::new()))
-        .map_err(|e| ApiError::Tls(e.to_string()))
-}
+/// How often a failure that repeats every poll is logged again: often enough to be seen, not
+/// ten times a second.
+const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-async fn keep_crl_fresh(state: Arc<State>, refresh: Duration) {
-    let mut last_refresh_check = Instant::now();
-    loop {
-        tokio::time::sleep(CRL_POLL_INTERVAL).await;
-        let check_refresh = last_refresh_check.elapsed() >= Duration::from_secs(10);
-        let result = blocking(&state.authority, move |a| {
-            if check_refresh {
-                a.current_crl(refresh)?;
-            }
-            a.latest_crl_number()
-        })
-        .await;
-        if check_refresh {
-            last_refresh_check = Instant::now();
-        }
-        match result {
-            Ok(n) => publish(&state, n),
-            Err(e) => tracing::warn!("CRL refresh failed (the last CRL stays published): {e}"),
+/// Logs a warning at most once per [`REPEAT_WARNING_EVERY`].
+#[derive(Default)]
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
+        if self.0.is_none_or(|t| t.elapsed() >= REPEAT_WARNING_EVERY) {
+            tracing::warn!("{message}");
+            self.0 = Some(Instant::now());
         }
     }
+}
+
+/// Watches the database for what other processes change, every [`CRL_POLL_INTERVAL`]: a
+/// rotation or retirement (reload, then swap the TLS certificate), new CRLs (wake long-polls);
+/// and does the housekeeping: re-sign the CRL at half its validity, count and prune the fleet.
+async fn watch_database(state: Arc<State>, refresh: Duration) {
+    let mut last_housekeeping = Instant::now();
+    let mut last_fleet_count: Option<Instant> = None;
+    let (mut reload_warning, mut crl_warning) = (Throttle::default(), Throttle::default());
+    loop {
+        tokio::time::sleep(CRL_POLL_INTERVAL).await;
+        // Reload first: a CRL signed by a new intermediate is announced only once this server
+        // serves the bundle that trusts it.
+        let reloaded = match blocking(&state.authority, |a| a.reload()).await {
+            Ok(_) => reload_server_cert(&state).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = reloaded {
+            reload_warning.warn(format_args!(
+                "reloading the CA after a root rotation failed (the old signer, bundle and TLS \
+                 certificate stay in use; retrying every poll): {e}"
+            ));
+        }
+        let housekeeping = last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL;
+        let count_fleet = last_fleet_count.is_none_or(|t| t.elapsed() >= FLEET_COUNT_INTERVAL);
+        let result = blocking(&state.authority, move |a| {
+            if housekeeping {
+                a.current_crl(refresh)?;
+                if let Err(e) = a.prune_fleet() {
+                    tracing::warn!("pruning old fleet rows failed: {e}");
+                }
+            }
+            let fleet = if count_fleet {
+                Some(a.fleet_size()?)
+            } else {
+                None
+            };
+            Ok((a.latest_crl_number()?, fleet))
+        })
+        .await;
+        if housekeeping {
+            last_housekeeping = Instant::now();
+        }
+        match result {
+            Ok((n, fleet)) => {
+                if let Some(size) = fleet {
+                    state.metrics.fleet_size.set(size as i64);
+                    last_fleet_count = Some(Instant::now());
+                }
+                publish(&state, n);
+            }
+            Err(e) => crl_warning.warn(format_args!(
+                "CRL refresh failed (the last CRL stays published): {e}"
+            )),
+        }
+    }
+}
+
+/// Swaps in the current generation's TLS certificate if the authority was reloaded since it was
+/// loaded. On failure the old certificate keeps serving (and the next poll tries again).
+async fn reload_server_cert(state: &Arc<State>) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let version = state.authority.bundle_version();
+    if state.server_cert.version.load(Ordering::Acquire) == version {
+        return Ok(());
+    }
+    let a = state.authority.clone();
+    let key = tokio::task::spawn_blocking(move || certified_key(&a))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    *state
+        .server_cert
+        .current
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+    state.server_cert.version.store(version, Ordering::Release);
+    state.metrics.bundle_version.set(version as i64);
+    tracing::info!(
+        "trust bundle version {version}: signing with generation {} and serving its TLS \
+         certificate",
+        state.authority.generation()
+    );
+    Ok(())
 }
 
 fn publish(state: &State, number: u64) {
@@ -347,158 +450,28 @@ async fn route(
         "revoke" => {
             let peer = peer.to_vec();
             let body: RevokeBody = json_body(req).await?;
-            let serial: tether_certs::Serial =
-                body.serial
-                    .parse()
-                    .map_err(|e: tether_certs::serial::SerialError| {
-                        (StatusCode::BAD_REQUEST, e.to_string())
-                    })?;
-            let reason = match body.reason.as_deref() {
-                Some(r) => Some(
-                    r.parse()
-                        .map_err(|e: String| (StatusCode::BAD_REQUEST, e))?,
-                ),
-                None => None,
-            };
-            let wanted = serial.clone();
-            let outcome = blocking(&state.authority, move |a| {
-                let caller = a.authenticate(&peer)?;
-                if !a.is_admin(&caller.id) {
-                    return Err(CaError::Forbidden(format!(
-                        "{} may not revoke; only the admin identity may",
-                        caller.id
-                    )));
-                }
-                a.revoke(&wanted, reason)
-            })
-            .await
-            .map_err(fail)?;
-            let body = match outcome {
-                RevokeOutcome::Revoked { crl_number } => {
-                    state.metrics.revocations.inc();
-                    publish(state, crl_number);
-                    serde_json::json!({"serial": body.serial, "status": "revoked", "crl_number": crl_number})
-                }
-                RevokeOutcome::AlreadyRevoked(at) => {
-                    serde_json::json!({"serial": body.serial, "status": "already_revoked", "revoked_at": at})
-                }
-                RevokeOutcome::Unknown => {
-                    return Err((
-                        StatusCode::NOT_FOUND,
-                        format!("no certificate with serial {serial} was issued by this CA"),
-                    ))
-                }
-            };
-            Ok(json(StatusCode::OK, &body))
+            revocation::revoke(state, peer, body).await
         }
-        "bundle" => Ok(text(
-            StatusCode::OK,
-            "application/x-pem-file",
-            state.authority.bundle_pem().to_string(),
-        )),
-        "crl" => crl(state, req).await,
+        "bundle" => {
+            let keys_version = state.authority.bundle_version();
+            let mut resp = text(
+                StatusCode::OK,
+                "application/x-pem-file",
+                state.authority.bundle_pem(),
+            );
+            resp.headers_mut().insert(
+                BUNDLE_VERSION_HEADER,
+                header_value(&keys_version.to_string()),
+            );
+            Ok(resp)
+        }
+        "crl" => revocation::crl(state, peer, req).await,
         _ => Ok(text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             crate::metrics::render(&state.registry),
         )),
     }
-}
-
-/// `GET /v1/crl[?after=N&wait=DUR]`.
-async fn crl(state: &State, req: Request<Incoming>) -> Result<Resp, Fail> {
-    let query: HashMap<String, String> = req
-        .uri()
-        .query()
-        .map(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let after = match query.get("after") {
-        Some(a) => Some(
-            a.parse::<u64>()
-                .map_err(|_| bad(format!("after={a:?} is not a CRL number")))?,
-        ),
-        None => None,
-    };
-    let wait = match query.get("wait") {
-        Some(w) => humantime::parse_duration(w)
-            .map_err(|e| bad(format!("wait={w:?}: {e} (e.g. wait=30s)")))?
-            .min(MAX_LONG_POLL),
-        None => Duration::ZERO,
-    };
-    let mut rx = state.crl_number.clone();
-    let current = *rx.borrow();
-    if let Some(after) = after {
-        if current <= after {
-            let waiting = Waiting::start(&state.metrics.crl_waiters);
-            let woke = tokio::time::timeout(wait, rx.wait_for(|n| *n > after)).await;
-            drop(waiting);
-            if !matches!(woke, Ok(Ok(_))) {
-                return Ok(not_modified(current));
-            }
-        }
-    }
-    let crl = blocking(&state.authority, |a| a.latest_crl())
-        .await
-        .map_err(fail)?
-        .ok_or_else(|| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no CRL published yet".to_string(),
-            )
-        })?;
-    let etag = format!("\"{}\"", crl.number);
-    if after.is_none()
-        && req
-            .headers()
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            == Some(etag.as_str())
-    {
-        return Ok(not_modified(crl.number));
-    }
-    let mut resp = text(
-        StatusCode::OK,
-        "application/pkix-crl",
-        tether_certs::pem::encode("X509 CRL", &crl.der),
-    );
-    let h = resp.headers_mut();
-    h.insert(header::ETAG, header_value(&etag));
-    h.insert("x-tether-crl-number", header_value(&crl.number.to_string()));
-    Ok(resp)
-}
-
-/// Counts one long-poll in `tether_ca_crl_waiters` for as long as it lives. A guard rather than
-/// inc/dec around the wait: hyper drops the request future when the client disconnects mid-poll,
-/// and the count must go down then too.
-struct Waiting<'a>(&'a prometheus::IntGauge);
-
-impl<'a> Waiting<'a> {
-    fn start(gauge: &'a prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Waiting(gauge)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn not_modified(number: u64) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    resp.headers_mut()
-        .insert(header::ETAG, header_value(&format!("\"{number}\"")));
-    resp.headers_mut()
-        .insert("x-tether-crl-number", header_value(&number.to_string()));
-    resp
 }
 
 fn header_value(s: &str) -> http::HeaderValue {
@@ -517,13 +490,6 @@ struct EnrollBody {
 #[serde(deny_unknown_fields)]
 struct RenewBody {
     csr: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeBody {
-    serial: String,
-    reason: Option<String>,
 }
 
 async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fail> {
@@ -597,60 +563,4 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Resp {
 
 fn error(status: StatusCode, msg: &str) -> Resp {
     json(status, &serde_json::json!({ "error": msg }))
-}
-
-/// Asks for a client certificate and checks the handshake signature, but leaves judging the
-/// certificate to the handler (see the module docs).
-#[derive(Debug)]
-struct DeferredClientAuth {
-    algs: rustls::crypto::WebPkiSupportedAlgorithms,
-}
-
-impl DeferredClientAuth {
-    fn new() -> Self {
-        DeferredClientAuth {
-            algs: tether_certs::provider().signature_verification_algorithms,
-        }
-    }
-}
-
-impl ClientCertVerifier for DeferredClientAuth {
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }

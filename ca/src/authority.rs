@@ -3,19 +3,40 @@
 //!
 //! State directory layout (private keys 0600, directories 0700):
 //! ```text
-//! DIR/ca.db                    SQLite: certificates, revocations, tokens, CRLs, settings
-//! DIR/bundle.pem               the published trust bundle (roots)
-//! DIR/root/{cert,key}.pem      root CA (can be moved offline once the intermediate exists)
-//! DIR/intermediate/{cert,key}.pem   issuing CA
-//! DIR/server/{chain,key}.pem   TLS certificate of the CA's own API
+//! DIR/ca.db                    SQLite: certificates, revocations, tokens, CRLs, settings,
+//!                              generations (which is current, which roots are retired), fleet
+//! DIR/bundle.pem               the published trust bundle: every root not retired
+//! DIR/root/{cert,key}.pem      generation 1 root (can be moved offline once the intermediate exists)
+//! DIR/intermediate/{cert,key}.pem   generation 1 issuing CA
+//! DIR/generations/<N>/root/{cert,key}.pem           generation N ≥ 2 (one per `root rotate`)
+//! DIR/generations/<N>/intermediate/{cert,key}.pem
+//! DIR/generations/<N>/intermediate/cross.pem        the same intermediate certified by the
+//!                                                   previous root (if its key was here)
+//! DIR/generations/<N>/{server,admin}/…              the credentials re-issued by rotation N
+//! DIR/server/{chain,key}.pem   TLS certificate of the CA's own API (the current generation's)
 //! DIR/admin/{cert,chain,key,bundle}.pem   admin client credential (spiffe://TD/tether/admin)
 //! ```
+//!
+//! A *generation* is one root + issuing intermediate pair. `init` makes generation 1 in the
+//! layout that predates rotation; `root rotate` makes generation N+1 under `generations/`, and
+//! from then on it signs every leaf and CRL. `ca.db` is the source of truth: `meta.generation`
+//! names the current pair, the `generations` table records each pair (fingerprints, expiry, the
+//! bundle version that added its root, whether it is retired), and every certificate and CRL
+//! row records the generation that signed it (rows from before rotation default to 1).
+//! `bundle.pem`, `server/` and `admin/` are published copies of what `ca.db` says is current.
+//!
+//! While the root that was current before a rotation is still in the bundle, every chain the CA
+//! hands out (leaves, its own TLS certificate, the admin credential, the certificates after a CRL)
+//! ends with the new intermediate's cross-certificate from that root, so a peer or sidecar that
+//! has not fetched the new bundle yet still accepts them; retiring that root drops it.
+//!
+//! A running server notices a rotation or retirement made by the CLI (it polls
+//! `meta.bundle_version`) and calls [`Authority::reload`]; until then any write it attempts with
+//! the old generation is refused by the store and retried with the reloaded one, so nothing is
+//! ever signed by a superseded intermediate after the rotation committed.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use rand::RngCore;
@@ -23,11 +44,17 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
 use tether_certs::crl::{CrlEntry, Reason};
-use tether_certs::issue::{IssueError, Signer};
+use tether_certs::issue::IssueError;
 use tether_certs::verify::{ExpectedPeer, Revocation, SvidVerifier, VerifyError};
 use tether_certs::{svid::Usage, RevocationList, Serial, SpiffeId, TrustBundle, TrustDomain};
 
-use crate::store::{IssuedRecord, NewCert, RevokeOutcome, Store, StoreError, StoredCrl};
+use crate::state::{self, generation_dir, io_err, Keys};
+use crate::store::{
+    IdentityRevocation, IssuedRecord, NewCert, RenewalGate, RevokeOutcome, ServedCrl, Store,
+    StoreError, StoredCrl,
+};
+
+pub use crate::state::{add_secs, create_private_dir, write_file};
 
 /// Why an authority operation failed. The variant decides the HTTP status the API answers with.
 #[derive(Debug, thiserror::Error)]
@@ -120,10 +147,8 @@ pub const ADMIN_PATH: &str = "/tether/admin";
 pub struct Authority {
     dir: PathBuf,
     trust_domain: TrustDomain,
-    signer: Signer,
-    bundle: TrustBundle,
-    bundle_pem: String,
     settings: Settings,
+    keys: RwLock<Arc<Keys>>,
     store: Mutex<Store>,
 }
 
@@ -132,7 +157,7 @@ impl Authority {
     /// sibling temporary directory and renamed into place, so a failed init leaves nothing behind.
     pub fn init(dir: &Path, opts: &InitOptions) -> Result<(), CaError> {
         if dir.exists()
-            && fs::read_dir(dir)
+            && std::fs::read_dir(dir)
                 .map(|mut d| d.next().is_some())
                 .unwrap_or(true)
         {
@@ -145,14 +170,14 @@ impl Authority {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
         let tmp = parent.join(format!(
             ".{}.init-{}",
             dir.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
             std::process::id()
         ));
-        let result = build_state(&tmp, opts).and_then(|()| {
-            fs::rename(&tmp, dir).map_err(|e| {
+        let result = state::build_state(&tmp, opts).and_then(|()| {
+            std::fs::rename(&tmp, dir).map_err(|e| {
                 CaError::State(format!(
                     "could not move new state into {}: {e}",
                     dir.display()
@@ -160,12 +185,13 @@ impl Authority {
             })
         });
         if result.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(&tmp);
         }
         result
     }
 
-    /// Opens the CA in `dir`.
+    /// Opens the CA in `dir`, upgrading a state dir from before root rotation in place, and
+    /// brings the published files (`bundle.pem`, `server/`, `admin/`) in line with `ca.db`.
     pub fn open(dir: &Path) -> Result<Self, CaError> {
         let db = dir.join("ca.db");
         if !db.exists() {
@@ -174,7 +200,7 @@ impl Authority {
                 dir.display()
             )));
         }
-        let store = Store::open(&db)?;
+        let mut store = Store::open(&db)?;
         let meta = |k: &str| -> Result<String, CaError> {
             store
                 .meta(k)?
@@ -193,25 +219,21 @@ impl Authority {
             max_ttl: secs("max_ttl")?,
             crl_validity: secs("crl_validity")?,
         };
-        let read = |rel: &str| {
-            let p = dir.join(rel);
-            fs::read_to_string(&p).map_err(|e| io_err(&p, e))
-        };
-        let signer = Signer::from_pem(
-            &read("intermediate/cert.pem")?,
-            &read("intermediate/key.pem")?,
-        )
-        .map_err(|e| CaError::State(format!("intermediate: {e}")))?;
-        let bundle_pem = read("bundle.pem")?;
-        let bundle = TrustBundle::from_pem(bundle_pem.as_bytes())
-            .map_err(|e| CaError::State(format!("bundle.pem: {e}")))?;
+        state::adopt_first_generation(dir, &mut store)?;
+        let keys = state::load_keys(dir, &store)?;
+        if let Err(e) = state::publish_files(dir, &keys) {
+            // The database is right and every reader of these copies tolerates a stale one for
+            // a while; the next open or rotation tries again.
+            tracing::warn!(
+                "could not refresh the published files in {}: {e}",
+                dir.display()
+            );
+        }
         Ok(Authority {
             dir: dir.to_path_buf(),
             trust_domain,
-            signer,
-            bundle,
-            bundle_pem,
             settings,
+            keys: RwLock::new(Arc::new(keys)),
             store: Mutex::new(store),
         })
     }
@@ -231,25 +253,78 @@ impl Authority {
         &self.settings
     }
 
-    /// The trust bundle.
-    pub fn bundle(&self) -> &TrustBundle {
-        &self.bundle
+    /// The trust bundle this process uses (every root not retired, as of the last reload).
+    pub fn bundle(&self) -> TrustBundle {
+        self.keys().bundle.clone()
     }
 
     /// The trust bundle as PEM.
-    pub fn bundle_pem(&self) -> &str {
-        &self.bundle_pem
+    pub fn bundle_pem(&self) -> String {
+        self.keys().bundle_pem.clone()
+    }
+
+    /// The version of [`Authority::bundle`] (1 after init, +1 per rotate and per retire).
+    pub fn bundle_version(&self) -> u64 {
+        self.keys().bundle_version
+    }
+
+    /// The current generation (the one that signs).
+    pub fn generation(&self) -> u64 {
+        self.keys().generation
     }
 
     /// The issuing intermediate's certificate.
-    pub fn intermediate(&self) -> &CertificateDer<'static> {
-        self.signer.cert()
+    pub fn intermediate(&self) -> CertificateDer<'static> {
+        self.keys().signer.cert().clone()
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn keys(&self) -> Arc<Keys> {
+        // Only ever replaced whole, so a poisoned lock still holds a complete value.
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back on drop), so a poisoned lock is still safe to use.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bundle version recorded in `ca.db` (which another process may have changed).
+    pub fn stored_bundle_version(&self) -> Result<u64, CaError> {
+        Ok(self.store().bundle_version()?)
+    }
+
+    /// Reloads the signer and bundle if `ca.db` says the bundle changed (another process rotated
+    /// or retired a root); returns whether it did. If reloading fails, the old signer and bundle
+    /// stay in use and the error says why — the store still refuses to record anything they sign
+    /// after a rotation, so a failed reload stops issuance rather than issuing from the old pair.
+    pub fn reload(&self) -> Result<bool, CaError> {
+        if self.stored_bundle_version()? == self.bundle_version() {
+            return Ok(false);
+        }
+        self.load()?;
+        Ok(true)
+    }
+
+    pub(crate) fn load(&self) -> Result<(), CaError> {
+        let keys = state::load_keys(&self.dir, &self.store())?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(())
+    }
+
+    /// Runs `f` with the current keys; if the store says another process rotated meanwhile,
+    /// reloads and runs it once more with the new ones.
+    pub(crate) fn with_current_keys<T>(
+        &self,
+        mut f: impl FnMut(&Keys) -> Result<T, CaError>,
+    ) -> Result<T, CaError> {
+        match f(&self.keys()) {
+            Err(CaError::Store(StoreError::StaleGeneration { .. })) => {
+                self.load()?;
+                f(&self.keys())
+            }
+            other => other,
+        }
     }
 
     /// Makes a one-time enrollment token for `id`, valid for `ttl`. Only its SHA-256 is stored.
@@ -273,39 +348,54 @@ impl Authority {
     pub fn enroll(&self, token: &str, csr: &[u8]) -> Result<Issued, CaError> {
         let key = tether_certs::issue::parse_csr(csr)?;
         let now = OffsetDateTime::now_utc();
-        let mut store = self.store();
-        store.consume_token_and_record(
-            &token_hash(token),
-            now.unix_timestamp(),
-            |row| {
-                let row =
-                    row.ok_or_else(|| CaError::Unauthorized("unknown enrollment token".into()))?;
-                if row.used_at.is_some() {
-                    return Err(CaError::Unauthorized(
-                        "enrollment token was already used".into(),
-                    ));
-                }
-                if row.expires_at <= now.unix_timestamp() {
-                    return Err(CaError::Unauthorized("enrollment token has expired".into()));
-                }
-                SpiffeId::parse(&row.spiffe_id)
-                    .map_err(|e| StoreError::Corrupt(format!("token identity: {e}")).into())
-            },
-            |id| self.sign(id, &key, self.settings.default_ttl, now, "enroll"),
-        )
+        let hash = token_hash(token);
+        self.with_current_keys(|keys| {
+            self.store().consume_token_and_record(
+                &hash,
+                now.unix_timestamp(),
+                |row| {
+                    let row = row
+                        .ok_or_else(|| CaError::Unauthorized("unknown enrollment token".into()))?;
+                    if row.used_at.is_some() {
+                        return Err(CaError::Unauthorized(
+                            "enrollment token was already used".into(),
+                        ));
+                    }
+                    if row.expires_at <= now.unix_timestamp() {
+                        return Err(CaError::Unauthorized("enrollment token has expired".into()));
+                    }
+                    SpiffeId::parse(&row.spiffe_id)
+                        .map_err(|e| StoreError::Corrupt(format!("token identity: {e}")).into())
+                },
+                |id| self.sign(keys, id, &key, self.settings.default_ttl, now, "enroll"),
+            )
+        })
     }
 
     /// Renewal: the caller's current certificate chain (from the mTLS handshake) must verify
-    /// against the bundle, be unexpired, and be unrevoked in the database; the new leaf names the
-    /// *same* identity over the CSR's fresh key.
+    /// against the bundle and be unexpired; the new leaf names the *same* identity over the CSR's
+    /// fresh key. Whether the presented certificate is unrevoked is decided in the transaction
+    /// that records the new leaf ([`Store::record_renewal`]), so a revocation cannot slip in
+    /// between the check and the issuance.
     pub fn renew(&self, peer_chain: &[CertificateDer<'_>], csr: &[u8]) -> Result<Issued, CaError> {
-        let leaf = self.authenticate(peer_chain)?;
+        let leaf = self.verify_chain(peer_chain)?;
         let key = tether_certs::issue::parse_csr(csr)?;
         let now = OffsetDateTime::now_utc();
-        let (record, issued) =
-            self.sign(&leaf.id, &key, self.settings.default_ttl, now, "renew")?;
-        self.store().record(&record)?;
-        Ok(issued)
+        self.with_current_keys(|keys| {
+            let (record, issued) = self.sign(
+                keys,
+                &leaf.id,
+                &key,
+                self.settings.default_ttl,
+                now,
+                "renew",
+            )?;
+            match self.store().record_renewal(&leaf.serial, &record)? {
+                RenewalGate::Recorded => Ok(issued),
+                RenewalGate::Revoked => Err(revoked(&leaf.serial)),
+                RenewalGate::Unknown => Err(not_ours(&leaf.serial)),
+            }
+        })
     }
 
     /// Checks a client chain presented over mTLS: chain to the bundle, X509-SVID rules, not
@@ -315,11 +405,24 @@ impl Authority {
         &self,
         peer_chain: &[CertificateDer<'_>],
     ) -> Result<tether_certs::svid::LeafInfo, CaError> {
+        let info = self.verify_chain(peer_chain)?;
+        match self.store().certificate(&info.serial)? {
+            None => Err(not_ours(&info.serial)),
+            Some(r) if r.revoked_at.is_some() => Err(revoked(&info.serial)),
+            Some(_) => Ok(info),
+        }
+    }
+
+    /// Chain to the bundle, X509-SVID rules, validity period — no database lookup.
+    fn verify_chain(
+        &self,
+        peer_chain: &[CertificateDer<'_>],
+    ) -> Result<tether_certs::svid::LeafInfo, CaError> {
         let (leaf, intermediates) = peer_chain.split_first().ok_or_else(|| {
             CaError::Unauthorized("a client certificate is required (mTLS)".into())
         })?;
-        let verifier = SvidVerifier::new(&self.bundle, Revocation::new(Default::default()));
-        let info = verifier
+        let verifier = SvidVerifier::new(&self.keys().bundle, Revocation::new(Default::default()));
+        verifier
             .verify(
                 leaf,
                 intermediates,
@@ -332,18 +435,7 @@ impl Authority {
                     "client certificate has expired; enroll again with a new token".into(),
                 ),
                 other => CaError::Forbidden(other.to_string()),
-            })?;
-        match self.store().certificate(&info.serial)? {
-            None => Err(CaError::Forbidden(format!(
-                "client certificate {} was not issued by this CA",
-                info.serial
-            ))),
-            Some(r) if r.revoked_at.is_some() => Err(CaError::Forbidden(format!(
-                "client certificate {} is revoked",
-                info.serial
-            ))),
-            Some(_) => Ok(info),
-        }
+            })
     }
 
     /// Whether `info` is the admin identity of this trust domain.
@@ -362,18 +454,21 @@ impl Authority {
         self.check_member(id)?;
         let key = tether_certs::keys::generate_key().map_err(|e| CaError::Sign(e.to_string()))?;
         let now = OffsetDateTime::now_utc();
-        let (record, issued) = self.sign(id, &key, ttl, now, "cli")?;
-        create_private_dir(out)?;
-        // Files first, then the record: a failed write leaves no certificate whose key is lost.
-        write_file(&out.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&out.join("cert.pem"), issued.certificate.as_bytes(), 0o644)?;
-        write_file(&out.join("chain.pem"), issued.chain.as_bytes(), 0o644)?;
-        write_file(&out.join("bundle.pem"), issued.bundle.as_bytes(), 0o644)?;
-        self.store().record(&record)?;
-        Ok(issued)
+        self.with_current_keys(|keys| {
+            let (record, issued) = self.sign(keys, id, &key, ttl, now, "cli")?;
+            create_private_dir(out)?;
+            // Files first, then the record: a failed write leaves no certificate whose key is
+            // lost.
+            write_file(&out.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
+            write_file(&out.join("cert.pem"), issued.certificate.as_bytes(), 0o644)?;
+            write_file(&out.join("chain.pem"), issued.chain.as_bytes(), 0o644)?;
+            write_file(&out.join("bundle.pem"), issued.bundle.as_bytes(), 0o644)?;
+            self.store().record(&record)?;
+            Ok(issued)
+        })
     }
 
-    fn check_member(&self, id: &SpiffeId) -> Result<(), CaError> {
+    pub(crate) fn check_member(&self, id: &SpiffeId) -> Result<(), CaError> {
         if !id.is_member_of(&self.trust_domain) {
             return Err(CaError::BadRequest(format!(
                 "{id} is not in this CA's trust domain {}",
@@ -390,6 +485,7 @@ impl Authority {
 
     fn sign(
         &self,
+        keys: &Keys,
         id: &SpiffeId,
         key: &impl rcgen::PublicKeyData,
         ttl: Duration,
@@ -399,14 +495,11 @@ impl Authority {
         // X.509 times have whole seconds: issue from a whole second so the notAfter reported to
         // the caller (and recorded) is exactly the certificate's, not up to 1 s past it.
         let now = now.replace_nanosecond(0).unwrap_or(now);
-        let leaf = self
+        let leaf = keys
             .signer
             .issue_leaf(id, key, ttl, self.settings.max_ttl, now)?;
         let certificate = tether_certs::pem::encode("CERTIFICATE", &leaf.der);
-        let not_after = leaf
-            .not_after
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let not_after = rfc3339(leaf.not_after);
         let note = leaf.shortened_to_issuer.then(|| {
             format!("lifetime shortened to end with the issuing CA certificate at {not_after}")
         });
@@ -414,9 +507,9 @@ impl Authority {
             spiffe_id: id.to_string(),
             serial: leaf.serial.to_string(),
             not_after,
-            chain: format!("{certificate}{}", self.signer.cert_pem()),
+            chain: format!("{certificate}{}", keys.chain_tail),
             certificate,
-            bundle: self.bundle_pem.clone(),
+            bundle: keys.bundle_pem.clone(),
             note,
         };
         let record = NewCert {
@@ -427,6 +520,7 @@ impl Authority {
             issued_at: now,
             method,
             der: leaf.der.to_vec(),
+            generation: keys.generation,
         };
         Ok((record, issued))
     }
@@ -438,21 +532,52 @@ impl Authority {
         reason: Option<Reason>,
     ) -> Result<RevokeOutcome, CaError> {
         let now = OffsetDateTime::now_utc();
-        self.store()
-            .revoke_and_publish(serial, reason, now, |n, e| self.sign_crl(n, e, now))
+        self.with_current_keys(|keys| {
+            self.store()
+                .revoke_and_publish(serial, reason, now, keys.generation, |n, e| {
+                    self.sign_crl(keys, n, e, now)
+                })
+        })
+    }
+
+    /// Revokes every unrevoked, unexpired certificate of `id` issued before `before` (default:
+    /// everything issued so far) and publishes one CRL listing them, atomically. Sidecars enforce
+    /// it for certificates they have never seen, because the CRL lists every such serial.
+    pub fn revoke_identity(
+        &self,
+        id: &SpiffeId,
+        before: Option<OffsetDateTime>,
+        reason: Option<Reason>,
+    ) -> Result<IdentityRevocation, CaError> {
+        self.check_member(id)?;
+        // `issued_at` is whole seconds, so "issued before T" is `issued_at < ceil(T)`.
+        let before = before.map(|t| t.unix_timestamp() + i64::from(t.nanosecond() > 0));
+        let now = OffsetDateTime::now_utc();
+        self.with_current_keys(|keys| {
+            self.store().revoke_identity_and_publish(
+                id.as_str(),
+                before,
+                reason,
+                now,
+                keys.generation,
+                |n, e| self.sign_crl(keys, n, e, now),
+            )
+        })
     }
 
     /// The current CRL; a new one (same entries, next number) is published first when the
     /// newest is older than `refresh_after`, or when there is none.
     pub fn current_crl(&self, refresh_after: Duration) -> Result<StoredCrl, CaError> {
         let now = OffsetDateTime::now_utc();
-        let mut store = self.store();
-        if let Some(crl) = store.latest_crl()? {
-            if now.unix_timestamp() - crl.this_update < refresh_after.as_secs() as i64 {
-                return Ok(crl);
+        self.with_current_keys(|keys| {
+            let mut store = self.store();
+            if let Some(crl) = store.latest_crl()? {
+                if now.unix_timestamp() - crl.this_update < refresh_after.as_secs() as i64 {
+                    return Ok(crl);
+                }
             }
-        }
-        store.publish_crl(now, |n, e| self.sign_crl(n, e, now))
+            store.publish_crl(now, keys.generation, |n, e| self.sign_crl(keys, n, e, now))
+        })
     }
 
     /// The newest CRL number in the database (0 if none).
@@ -465,6 +590,12 @@ impl Authority {
         Ok(self.store().latest_crl()?)
     }
 
+    /// CRL `number` and the certificates that vouch for its signer: the intermediate that signed
+    /// it, then its cross-certificate from the previous root while that root is in the bundle.
+    pub fn crl_with_issuer(&self, number: u64) -> Result<Option<ServedCrl>, CaError> {
+        Ok(self.store().crl_with_issuer(number)?)
+    }
+
     /// Issued certificates (see [`Store::list`]).
     pub fn list(&self, expiring_within: Option<Duration>) -> Result<Vec<IssuedRecord>, CaError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -475,206 +606,79 @@ impl Authority {
 
     fn sign_crl(
         &self,
+        keys: &Keys,
         number: u64,
         entries: &[CrlEntry],
         now: OffsetDateTime,
     ) -> Result<StoredCrl, CaError> {
-        let next = now + self.settings.crl_validity;
-        let der = tether_certs::crl::build(&self.signer, number, now, next, entries)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(StoredCrl {
+        state::sign_crl(
+            &keys.signer,
+            keys.generation,
             number,
-            this_update: now.unix_timestamp(),
-            next_update: next.unix_timestamp(),
-            der,
-        })
+            entries,
+            now,
+            self.settings.crl_validity,
+        )
     }
 
-    /// Parses a stored CRL back (used by tests and the CLI to double-check what was published).
+    /// Parses a CRL back and verifies it against the current intermediate (used by tests and the
+    /// CLI to double-check what was published).
     pub fn verify_crl(&self, der: &[u8]) -> Result<RevocationList, CaError> {
-        RevocationList::parse_and_verify(der, self.signer.cert())
+        RevocationList::parse_and_verify(der, self.keys().signer.cert())
             .map_err(|e| CaError::Sign(e.to_string()))
     }
 
-    /// The API's server credential (chain PEM, key PEM) from the state dir.
+    /// The API's server credential (chain PEM, key PEM) of the current generation. The chain is
+    /// the server certificate followed by the current intermediate and, while the previous root
+    /// is in the bundle, the intermediate's cross-certificate from it — so a client that has not
+    /// fetched the new bundle yet still trusts the API after a rotation.
     pub fn server_credential(&self) -> Result<(String, String), CaError> {
-        let read = |rel: &str| {
-            let p = self.dir.join(rel);
-            fs::read_to_string(&p).map_err(|e| io_err(&p, e))
-        };
-        Ok((read("server/chain.pem")?, read("server/key.pem")?))
+        let keys = self.keys();
+        let d = generation_dir(&self.dir, keys.generation).join("server");
+        let chain = state::with_tail(&state::read(&d.join("chain.pem"))?, &keys.chain_tail)?;
+        Ok((chain, state::read(&d.join("key.pem"))?))
     }
 }
 
-/// `unix + d` in Unix seconds, saturating: an absurd operator-given duration must mean "very
-/// long", never wrap around to a time in the past.
-pub fn add_secs(unix: i64, d: Duration) -> i64 {
-    unix.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+fn revoked(serial: &Serial) -> CaError {
+    CaError::Forbidden(format!("client certificate {serial} is revoked"))
+}
+
+fn not_ours(serial: &Serial) -> CaError {
+    CaError::Forbidden(format!(
+        "client certificate {serial} was not issued by this CA"
+    ))
+}
+
+/// `t` as RFC 3339 (`2025-01-31T12:00:00Z`).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Unix seconds as RFC 3339 (the number itself if it is out of range).
+pub fn unix_rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .map(rfc3339)
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+/// `d` the way operators write it (`7d`, `36h`, `90s`): the largest unit that divides it.
+/// (humantime would print 40 days as "1month 9days 13h 26m 24s".)
+pub fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// SHA-256 of a token, hex: what the database stores instead of the token.
 fn token_hash(token: &str) -> String {
     tether_certs::bundle::fingerprint(token.as_bytes())
-}
-
-fn io_err(path: &Path, e: std::io::Error) -> CaError {
-    CaError::State(format!("{}: {e}", path.display()))
-}
-
-/// Creates `dir` (and parents) with mode 0700 if missing.
-pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io_err(dir, e))
-}
-
-/// Writes `bytes` to `path` atomically (temp file + rename) with `mode`, so a crash never leaves
-/// a half-written key or certificate and a key is never readable by others, even briefly.
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io_err(path, e))
-}
-
-fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError> {
-    let now = OffsetDateTime::now_utc();
-    let td = &opts.trust_domain;
-    let sign_err = |e: IssueError| CaError::Sign(e.to_string());
-    create_private_dir(tmp)?;
-    let (root, root_key) =
-        tether_certs::issue::new_root(td, opts.root_ttl, now).map_err(sign_err)?;
-    let (inter, inter_key) = root
-        .issue_intermediate(td, opts.intermediate_ttl, now)
-        .map_err(sign_err)?;
-    for (name, signer, key) in [
-        ("root", &root, &root_key),
-        ("intermediate", &inter, &inter_key),
-    ] {
-        let d = tmp.join(name);
-        create_private_dir(&d)?;
-        write_file(&d.join("cert.pem"), signer.cert_pem().as_bytes(), 0o644)?;
-        write_file(&d.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
-    }
-    let bundle_pem = root.cert_pem();
-    write_file(&tmp.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
-
-    let mut store = Store::open(&tmp.join("ca.db"))?;
-    store.set_meta("trust_domain", td.as_str())?;
-    store.set_meta(
-        "default_ttl",
-        &opts.settings.default_ttl.as_secs().to_string(),
-    )?;
-    store.set_meta("max_ttl", &opts.settings.max_ttl.as_secs().to_string())?;
-    store.set_meta(
-        "crl_validity",
-        &opts.settings.crl_validity.as_secs().to_string(),
-    )?;
-
-    // The API's server certificate: DNS localhost, 127.0.0.1 and ::1, plus what was asked for.
-    let mut sans = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    sans.extend(opts.extra_sans.iter().cloned());
-    let server_key =
-        tether_certs::keys::generate_key().map_err(|e| CaError::Sign(e.to_string()))?;
-    let server = inter
-        .issue_server(&server_key, &sans, opts.intermediate_ttl, now)
-        .map_err(sign_err)?;
-    let server_dir = tmp.join("server");
-    create_private_dir(&server_dir)?;
-    let server_chain = format!(
-        "{}{}",
-        tether_certs::pem::encode("CERTIFICATE", &server.der),
-        inter.cert_pem()
-    );
-    write_file(
-        &server_dir.join("chain.pem"),
-        server_chain.as_bytes(),
-        0o644,
-    )?;
-    write_file(
-        &server_dir.join("key.pem"),
-        server_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    store.record(&NewCert {
-        serial: server.serial,
-        spiffe_id: format!("dns:{}", sans.join(",")),
-        not_before: server.not_before,
-        not_after: server.not_after,
-        issued_at: now,
-        method: "server",
-        der: server.der.to_vec(),
-    })?;
-
-    // The admin client credential for the CLI's calls to the API (revoke).
-    let admin_id = SpiffeId::from_parts(td, ADMIN_PATH)
-        .map_err(|e| CaError::State(format!("admin identity: {e}")))?;
-    let admin_key = tether_certs::keys::generate_key().map_err(|e| CaError::Sign(e.to_string()))?;
-    let admin = inter
-        .issue_leaf(
-            &admin_id,
-            &admin_key,
-            opts.intermediate_ttl,
-            opts.intermediate_ttl,
-            now,
-        )
-        .map_err(sign_err)?;
-    let admin_dir = tmp.join("admin");
-    create_private_dir(&admin_dir)?;
-    let admin_pem = tether_certs::pem::encode("CERTIFICATE", &admin.der);
-    write_file(&admin_dir.join("cert.pem"), admin_pem.as_bytes(), 0o644)?;
-    write_file(
-        &admin_dir.join("chain.pem"),
-        format!("{admin_pem}{}", inter.cert_pem()).as_bytes(),
-        0o644,
-    )?;
-    write_file(
-        &admin_dir.join("key.pem"),
-        admin_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&admin_dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
-    store.record(&NewCert {
-        serial: admin.serial,
-        spiffe_id: admin_id.to_string(),
-        not_before: admin.not_before,
-        not_after: admin.not_after,
-        issued_at: now,
-        method: "admin",
-        der: admin.der.to_vec(),
-    })?;
-
-    // CRL number 1, empty, so readers have a signed list from the first second.
-    let validity = opts.settings.crl_validity;
-    store.publish_crl(now, |number, entries| -> Result<StoredCrl, CaError> {
-        let next = now + validity;
-        let der = tether_certs::crl::build(&inter, number, now, next, entries)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(StoredCrl {
-            number,
-            this_update: now.unix_timestamp(),
-            next_update: next.unix_timestamp(),
-            der,
-        })
-    })?;
-    Ok(())
 }
 
 /// Shared handle type used by the API.

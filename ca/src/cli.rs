@@ -2,8 +2,11 @@
 //!
 //! Which commands talk to what: `serve` runs the HTTPS API; every other command works directly on
 //! the state directory (SQLite serializes them with a running server), so they work whether or
-//! not the server runs, and a revocation made here reaches long-polling sidecars within the
-//! server's poll interval (100 ms).
+//! not the server runs, and a revocation or root rotation made here reaches a running server
+//! (and through it the long-polling sidecars) within the server's poll interval (100 ms).
+//!
+//! Exit status: 0 on success; 1 when the command failed or found a problem (`check` found
+//! something, `revoke --wait` timed out, `root retire` was refused); 2 on a usage error.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,8 +18,11 @@ use time::OffsetDateTime;
 use tether_certs::crl::Reason;
 use tether_certs::{Serial, SpiffeId, TrustDomain};
 
+use crate::authority::unix_rfc3339 as rfc3339;
 use crate::authority::{Authority, CaError, InitOptions, Settings};
-use crate::store::RevokeOutcome;
+use crate::rotation::RotateOptions;
+
+mod report;
 
 /// Tether's certificate authority: issues short-lived SPIFFE X509-SVIDs, records them in SQLite,
 /// revokes them and publishes signed CRLs.
@@ -96,15 +102,31 @@ pub enum Command {
         #[arg(long, env = "TETHER_CA_TTL", default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
-    /// Revoke one certificate by serial (hex, colons allowed) and publish a new CRL.
+    /// Revoke one certificate by serial (hex, colons allowed), or with --id every certificate of an
+    /// identity, and publish a new CRL listing them.
     Revoke {
-        /// The serial, as `list` prints it.
-        #[arg(value_parser = parse_serial)]
-        serial: Serial,
+        /// The serial, as `list` prints it. Give this or --id.
+        #[arg(value_parser = parse_serial, required_unless_present = "id", conflicts_with = "id")]
+        serial: Option<Serial>,
+        /// Revoke every unrevoked, unexpired certificate of this identity (issued before
+        /// --before), in one transaction with one new CRL.
+        #[arg(long, value_parser = parse_id)]
+        id: Option<SpiffeId>,
+        /// With --id: only certificates issued before this time (RFC 3339, e.g.
+        /// 2025-01-31T12:00:00Z). Default: every certificate issued so far.
+        #[arg(long, requires = "id", conflicts_with = "serial", value_parser = parse_time)]
+        before: Option<OffsetDateTime>,
         /// unspecified, key-compromise, ca-compromise, affiliation-changed, superseded,
         /// cessation-of-operation or privilege-withdrawn.
         #[arg(long, env = "TETHER_CA_REASON", value_parser = parse_reason)]
         reason: Option<Reason>,
+        /// Then wait until every sidecar that polled the CA in the last minute has acknowledged
+        /// the new CRL; exit 1 listing those that did not.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (no environment fallback: it only means something with --wait).
+        #[arg(long, requires = "wait", default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Write the current CRL (PEM) to --out or stdout; re-signs it first if it is past half its
     /// validity.
@@ -118,6 +140,64 @@ pub enum Command {
         /// Only unrevoked certificates that expire within this window.
         #[arg(long, env = "TETHER_CA_EXPIRING_WITHIN", value_parser = parse_duration)]
         expiring_within: Option<Duration>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The sidecars that polled for CRLs with a client certificate: instance, identity, serial,
+    /// certificate not-after, CRL number held, bundle version held, last seen.
+    Fleet {
+        /// Only sidecars seen within this window.
+        #[arg(long, env = "TETHER_CA_WITHIN", default_value = "60s", value_parser = parse_duration)]
+        within: Duration,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Root rotation: rotate, list, retire.
+    Root {
+        /// What to do with the roots.
+        #[command(subcommand)]
+        command: RootCommand,
+    },
+    /// Exit 1 with one line per problem (root or intermediate expiring within the window, stale
+    /// CRL, a leaf outliving its issuer, a sidecar whose certificate is expiring unrenewed);
+    /// else print "ok".
+    Check {
+        /// How far ahead to look.
+        #[arg(long, env = "TETHER_CA_WARN_WITHIN", default_value = "7d", value_parser = parse_duration)]
+        warn_within: Duration,
+    },
+}
+
+/// `tether-ca root …`.
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Make a new root + intermediate; the bundle holds old + new, new certificates are signed by
+    /// the new intermediate, and the API certificate and admin credential are re-issued. A
+    /// running server picks it up without restart.
+    Rotate {
+        /// Lifetime of the new root.
+        #[arg(long, env = "TETHER_CA_ROOT_TTL", default_value = "365d", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Lifetime of the new intermediate (capped at the root's).
+        #[arg(long, env = "TETHER_CA_INTERMEDIATE_TTL", default_value = "30d", value_parser = parse_duration)]
+        intermediate_ttl: Duration,
+    },
+    /// Remove a root from the bundle. Refused while unexpired, unrevoked certificates chain to it
+    /// or sidecars seen in the last minute hold a bundle without the current root (unless
+    /// --force); always refused for the current root and the last one.
+    Retire {
+        /// The root's SHA-256 fingerprint (or at least its first 8 hex digits), as `root list`
+        /// prints it.
+        fingerprint: String,
+        /// Retire even though certificates or sidecars still depend on it (they will fail).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every root: generation, fingerprint, trust domain, not-after, status (current, trusted,
+    /// retired).
+    List {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -160,14 +240,9 @@ fn parse_reason(s: &str) -> Result<Reason, String> {
     s.parse()
 }
 
-fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
+fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{e}; use an RFC 3339 time like 2025-01-31T12:00:00Z"))
 }
 
 /// Runs every command except `serve` (which needs a runtime; see `main.rs`).
@@ -248,20 +323,30 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
                 println!("  {}", out.join(f).display());
             }
         }
-        Command::Revoke { serial, reason } => {
+        Command::Revoke {
+            serial,
+            id,
+            before,
+            reason,
+            wait,
+            timeout,
+        } => {
             let ca = Authority::open(dir)?;
-            match ca.revoke(serial, *reason)? {
-                RevokeOutcome::Revoked { crl_number } => {
-                    println!("revoked {serial}; CRL number {crl_number} published")
+            let published = match (serial, id) {
+                (Some(serial), _) => report::revoke_serial(&ca, serial, *reason)?,
+                (None, Some(id)) => report::revoke_identity(&ca, id, *before, *reason)?,
+                (None, None) => {
+                    return Err(CliError::Other("give a SERIAL or --id SPIFFE_ID".into()))
                 }
-                RevokeOutcome::AlreadyRevoked(at) => {
-                    println!("{serial} was already revoked at {}; nothing changed", rfc3339(at))
-                }
-                RevokeOutcome::Unknown => {
-                    return Err(CliError::Other(format!(
-                        "no certificate with serial {serial} was issued by this CA (see `tether-ca list`)"
-                    )))
-                }
+            };
+            if *wait {
+                // Nothing new published (already revoked, nothing matched): the newest CRL lists
+                // everything revoked, so that is the one to wait for.
+                let number = match published {
+                    Some(n) => n,
+                    None => ca.latest_crl_number()?,
+                };
+                report::wait(&ca, number, *timeout)?;
             }
         }
         Command::Crl { out } => {
@@ -309,6 +394,27 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
                 }
             }
         }
+        Command::Fleet { within, json } => report::fleet(&Authority::open(dir)?, *within, *json)?,
+        Command::Root { command } => {
+            let ca = Authority::open(dir)?;
+            match command {
+                RootCommand::Rotate {
+                    ttl,
+                    intermediate_ttl,
+                } => report::rotate(
+                    &ca,
+                    &RotateOptions {
+                        root_ttl: *ttl,
+                        intermediate_ttl: *intermediate_ttl,
+                    },
+                )?,
+                RootCommand::Retire { fingerprint, force } => {
+                    report::retire(&ca, fingerprint, *force)?
+                }
+                RootCommand::List { json } => report::roots(&ca, *json)?,
+            }
+        }
+        Command::Check { warn_within } => report::check(&Authority::open(dir)?, *warn_within)?,
     }
     Ok(())
 }

@@ -23,6 +23,11 @@ pub struct Metrics {
     pub crl_waiters: IntGauge,
     /// `tether_ca_issuance_duration_seconds`: CSR parse + sign + commit.
     pub issuance_seconds: Histogram,
+    /// `tether_ca_fleet_size`: sidecars that polled for CRLs with a client certificate within
+    /// the last minute.
+    pub fleet_size: IntGauge,
+    /// `tether_ca_bundle_version`: the version of the trust bundle this server publishes.
+    pub bundle_version: IntGauge,
 }
 
 impl Metrics {
@@ -38,7 +43,7 @@ impl Metrics {
             )?,
             revocations: prometheus::IntCounter::new(
                 "tether_ca_revocations_total",
-                "Certificates revoked through the API.",
+                "Certificates revoked through the API (one per certificate, also by identity).",
             )?,
             failures: IntCounterVec::new(
                 Opts::new(
@@ -72,6 +77,14 @@ impl Metrics {
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 ]),
             )?,
+            fleet_size: IntGauge::new(
+                "tether_ca_fleet_size",
+                "Sidecars that polled for CRLs with a client certificate in the last minute.",
+            )?,
+            bundle_version: IntGauge::new(
+                "tether_ca_bundle_version",
+                "Version of the trust bundle this server publishes.",
+            )?,
         };
         registry.register(Box::new(m.issued.clone()))?;
         registry.register(Box::new(m.revocations.clone()))?;
@@ -81,6 +94,8 @@ impl Metrics {
         registry.register(Box::new(m.crl_publishes.clone()))?;
         registry.register(Box::new(m.crl_waiters.clone()))?;
         registry.register(Box::new(m.issuance_seconds.clone()))?;
+        registry.register(Box::new(m.fleet_size.clone()))?;
+        registry.register(Box::new(m.bundle_version.clone()))?;
         Ok(m)
     }
 }

@@ -1,4 +1,6 @@
-//! The CA's database: issued certificates, revocations, enrollment tokens and signed CRLs.
+//! The CA's database: issued certificates, revocations, enrollment tokens, signed CRLs, the CA
+//! generations (root + intermediate pairs, see [`crate::authority`]) and the fleet of sidecars
+//! that poll for CRLs.
 //!
 //! SQLite (bundled) in WAL mode with `synchronous=NORMAL`: a transaction is durable once
 //! `COMMIT` returns as far as a process crash or kill is concerned (the WAL is written before
@@ -10,6 +12,13 @@
 //! revocation + publish the CRL that lists it) runs inside one `BEGIN IMMEDIATE` transaction, so
 //! a CA killed at any moment either did all of it or none of it. The CLI and the server open the
 //! same file; SQLite's locking (with a busy timeout) serializes them.
+//!
+//! Every signing transaction also checks that the generation it signs with is still the current
+//! one (`meta.generation`), so a server that has not yet noticed a `root rotate` made by the CLI
+//! can never record a leaf or a CRL from a superseded intermediate: it gets
+//! [`StoreError::StaleGeneration`], reloads and tries again.
+//!
+//! Older databases are upgraded in place when opened (new columns default to generation 1).
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,8 +26,16 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use time::OffsetDateTime;
 
-use tether_certs::crl::{CrlEntry, Reason};
 use tether_certs::{Serial, SpiffeId};
+
+mod fleet;
+mod generations;
+mod revocation;
+
+pub use fleet::FleetMember;
+pub use generations::{Generation, NewGeneration, RetireBlockers, RetireOutcome, Rotation};
+use revocation::publish_in;
+pub use revocation::{IdentityRevocation, RevokeOutcome, ServedCrl, StoredCrl};
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +46,15 @@ pub enum StoreError {
     /// A stored row does not parse (the file was edited or is from another version).
     #[error("database row is corrupt: {0}")]
     Corrupt(String),
+    /// The caller signs with a generation that is no longer the current one (another process
+    /// rotated the root): reload the CA material and try again. Nothing was written.
+    #[error("the CA was rotated to generation {current} while signing with generation {used}")]
+    StaleGeneration {
+        /// The generation the caller signed with.
+        used: u64,
+        /// The current generation in the database.
+        current: u64,
+    },
 }
 
 /// One issued certificate as recorded.
@@ -50,6 +76,8 @@ pub struct IssuedRecord {
     pub revoked_at: Option<i64>,
     /// Why, if said.
     pub reason: Option<String>,
+    /// The CA generation whose intermediate signed it.
+    pub generation: u64,
 }
 
 /// A token row looked up for enrollment.
@@ -63,30 +91,14 @@ pub struct TokenRecord {
     pub used_at: Option<i64>,
 }
 
-/// A stored, signed CRL.
-#[derive(Debug, Clone)]
-pub struct StoredCrl {
-    /// CRL number.
-    pub number: u64,
-    /// thisUpdate, Unix seconds.
-    pub this_update: i64,
-    /// nextUpdate, Unix seconds.
-    pub next_update: i64,
-    /// DER.
-    pub der: Vec<u8>,
-}
-
-/// What a revocation did.
+/// Whether a renewal was recorded (see [`Store::record_renewal`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevokeOutcome {
-    /// Newly revoked; the CRL with this number lists it.
-    Revoked {
-        /// The CRL published in the same transaction.
-        crl_number: u64,
-    },
-    /// It was revoked before (at this Unix time); nothing changed.
-    AlreadyRevoked(i64),
-    /// This CA never issued that serial.
+pub enum RenewalGate {
+    /// The presented certificate was unrevoked and the new leaf is recorded.
+    Recorded,
+    /// The presented certificate is revoked; nothing was recorded.
+    Revoked,
+    /// This CA never issued the presented certificate; nothing was recorded.
     Unknown,
 }
 
@@ -101,7 +113,8 @@ CREATE TABLE IF NOT EXISTS certificates (
     method TEXT NOT NULL,
     der BLOB NOT NULL,
     revoked_at INTEGER,
-    reason TEXT
+    reason TEXT,
+    generation INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS certificates_by_id ON certificates (spiffe_id);
 CREATE INDEX IF NOT EXISTS certificates_by_not_after ON certificates (not_after);
@@ -116,9 +129,47 @@ CREATE TABLE IF NOT EXISTS crls (
     number INTEGER PRIMARY KEY,
     this_update INTEGER NOT NULL,
     next_update INTEGER NOT NULL,
-    der BLOB NOT NULL
+    der BLOB NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS generations (
+    generation INTEGER PRIMARY KEY,
+    root_fingerprint TEXT NOT NULL UNIQUE,
+    root_der BLOB NOT NULL,
+    root_not_after INTEGER NOT NULL,
+    intermediate_fingerprint TEXT NOT NULL,
+    intermediate_der BLOB NOT NULL,
+    intermediate_not_after INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    bundle_version INTEGER NOT NULL,
+    retired_at INTEGER,
+    cross_der BLOB,
+    cross_generation INTEGER
+);
+CREATE TABLE IF NOT EXISTS fleet (
+    instance TEXT PRIMARY KEY,
+    spiffe_id TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    cert_not_after INTEGER NOT NULL,
+    crl_number INTEGER NOT NULL,
+    bundle_version INTEGER,
+    last_seen INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fleet_by_last_seen ON fleet (last_seen);
 ";
+
+/// Indexes on columns that databases from before generations lack until [`migrate`] adds them.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS certificates_by_generation ON certificates (generation, not_after);
+";
+
+/// Columns added since the first schema: (table, column, declaration).
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("certificates", "generation", "INTEGER NOT NULL DEFAULT 1"),
+    ("crls", "generation", "INTEGER NOT NULL DEFAULT 1"),
+    ("generations", "cross_der", "BLOB"),
+    ("generations", "cross_generation", "INTEGER"),
+];
 
 /// An open database.
 pub struct Store {
@@ -135,7 +186,19 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
+        conn.execute_batch(INDEXES)?;
         Ok(Store { conn })
+    }
+
+    /// The current CA generation (`meta.generation`; 1 for databases from before rotation).
+    pub fn current_generation(&self) -> Result<u64, StoreError> {
+        current_generation(&self.conn)
+    }
+
+    /// The published bundle's version (`meta.bundle_version`; 1 until the first rotation).
+    pub fn bundle_version(&self) -> Result<u64, StoreError> {
+        meta_u64(&self.conn, "bundle_version")
     }
 
     /// A setting from the `meta` table.
@@ -223,6 +286,36 @@ impl Store {
         Ok(())
     }
 
+    /// Records a renewed leaf only if the certificate the caller presented (`presented`) is still
+    /// unrevoked — the check and the insert are one immediate transaction, so a revocation that
+    /// commits while the new leaf is being signed either lands before (the renewal is refused) or
+    /// after (the CRL lists the old serial and the new leaf is the caller's to keep, exactly as if
+    /// the renewal had come a moment earlier); it can never slip in between.
+    pub fn record_renewal(
+        &mut self,
+        presented: &Serial,
+        cert: &NewCert,
+    ) -> Result<RenewalGate, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let state: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked_at FROM certificates WHERE serial = ?1",
+                [presented.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match state {
+            None => return Ok(RenewalGate::Unknown),
+            Some(Some(_)) => return Ok(RenewalGate::Revoked),
+            Some(None) => {}
+        }
+        insert_cert(&tx, cert)?;
+        tx.commit()?;
+        Ok(RenewalGate::Recorded)
+    }
+
     /// The record for `serial`, if this CA issued it.
     pub fn certificate(&self, serial: &Serial) -> Result<Option<IssuedRecord>, StoreError> {
         Ok(self
@@ -230,6 +323,20 @@ impl Store {
             .query_row(
                 &format!("{SELECT_CERT} WHERE serial = ?1"),
                 [serial.to_string()],
+                row_to_record,
+            )
+            .optional()?)
+    }
+
+    /// The newest certificate issued with `method` (`server`, `admin`, …).
+    pub fn newest_of_method(&self, method: &str) -> Result<Option<IssuedRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "{SELECT_CERT} WHERE method = ?1 ORDER BY issued_at DESC, rowid DESC LIMIT 1"
+                ),
+                [method],
                 row_to_record,
             )
             .optional()?)
@@ -264,94 +371,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// The newest CRL, if any was published.
-    pub fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT number, this_update, next_update, der FROM crls
-                 ORDER BY number DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok(StoredCrl {
-                        number: r.get::<_, i64>(0)? as u64,
-                        this_update: r.get(1)?,
-                        next_update: r.get(2)?,
-                        der: r.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
-    }
-
-    /// The newest CRL number (0 when none was published): a cheap query for change polling.
-    pub fn latest_crl_number(&self) -> Result<u64, StoreError> {
-        let n: Option<i64> = self
-            .conn
-            .query_row("SELECT max(number) FROM crls", [], |r| r.get(0))?;
-        Ok(n.unwrap_or(0) as u64)
-    }
-
-    /// Revokes `serial` (if it is not already) and publishes a new CRL in the same transaction.
-    ///
-    /// `sign` receives the next CRL number and every revoked, not yet expired entry, and returns
-    /// the signed CRL with its thisUpdate/nextUpdate.
-    pub fn revoke_and_publish<E: From<StoreError>>(
-        &mut self,
-        serial: &Serial,
-        reason: Option<Reason>,
-        now: OffsetDateTime,
-        sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
-    ) -> Result<RevokeOutcome, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let state: Option<Option<i64>> = tx
-            .query_row(
-                "SELECT revoked_at FROM certificates WHERE serial = ?1",
-                [serial.to_string()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(StoreError::from)?;
-        match state {
-            None => return Ok(RevokeOutcome::Unknown),
-            Some(Some(at)) => return Ok(RevokeOutcome::AlreadyRevoked(at)),
-            Some(None) => {}
-        }
-        tx.execute(
-            "UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3",
-            params![
-                now.unix_timestamp(),
-                reason.map(|r| r.as_str()),
-                serial.to_string()
-            ],
-        )
-        .map_err(StoreError::from)?;
-        let crl = publish_in(&tx, now, sign)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(RevokeOutcome::Revoked {
-            crl_number: crl.number,
-        })
-    }
-
-    /// Publishes a new CRL (next number, same revoked entries): used at init and to re-sign
-    /// before nextUpdate so readers never see a stale list while the CA is up.
-    pub fn publish_crl<E: From<StoreError>>(
-        &mut self,
-        now: OffsetDateTime,
-        sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
-    ) -> Result<StoredCrl, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let crl = publish_in(&tx, now, sign)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(crl)
-    }
 }
 
 /// A certificate to record.
@@ -371,10 +390,12 @@ pub struct NewCert {
     pub method: &'static str,
     /// The certificate.
     pub der: Vec<u8>,
+    /// The generation whose intermediate signed it; must be the current one when recorded.
+    pub generation: u64,
 }
 
 const SELECT_CERT: &str = "SELECT serial, spiffe_id, not_before, not_after, issued_at, method,
-    revoked_at, reason FROM certificates";
+    revoked_at, reason, generation FROM certificates";
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
     Ok(IssuedRecord {
@@ -386,15 +407,76 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
         method: r.get(5)?,
         revoked_at: r.get(6)?,
         reason: r.get(7)?,
+        generation: r.get::<_, i64>(8)? as u64,
     })
 }
 
+/// Adds the columns a database from an older version lacks. Checked first without a write lock,
+/// so opening an up-to-date database never waits for a writer.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let missing = |conn: &Connection| -> Result<Vec<(&str, &str, &str)>, StoreError> {
+        let mut out = Vec::new();
+        for (table, column, decl) in ADDED_COLUMNS {
+            let mut stmt =
+                conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+            let names = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            if !names.iter().any(|n| n == column) {
+                out.push((table, column, decl));
+            }
+        }
+        Ok(out)
+    };
+    if missing(conn)?.is_empty() {
+        return Ok(());
+    }
+    // Two processes may open an old database at once: re-check under the write lock.
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    for (table, column, decl) in missing(&tx)? {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn meta_u64(conn: &Connection, key: &str) -> Result<u64, StoreError> {
+    let value: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    match value {
+        // Databases from before rotation have neither key: generation 1, bundle version 1.
+        None => Ok(1),
+        Some(v) => v
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("meta {key} = {v:?} is not a number"))),
+    }
+}
+
+fn current_generation(conn: &Connection) -> Result<u64, StoreError> {
+    meta_u64(conn, "generation")
+}
+
+/// Fails with [`StoreError::StaleGeneration`] unless `generation` is the current one.
+fn ensure_current(conn: &Connection, generation: u64) -> Result<(), StoreError> {
+    let current = current_generation(conn)?;
+    if current != generation {
+        return Err(StoreError::StaleGeneration {
+            used: generation,
+            current,
+        });
+    }
+    Ok(())
+}
+
 fn insert_cert(tx: &rusqlite::Transaction<'_>, c: &NewCert) -> Result<(), StoreError> {
+    ensure_current(tx, c.generation)?;
     // The serial is the primary key: a (astronomically unlikely) collision fails the insert and
     // so the whole issuance, rather than ever reusing a serial.
     tx.execute(
-        "INSERT INTO certificates (serial, spiffe_id, not_before, not_after, issued_at, method, der)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO certificates
+             (serial, spiffe_id, not_before, not_after, issued_at, method, der, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             c.serial.to_string(),
             c.spiffe_id,
@@ -403,54 +485,8 @@ fn insert_cert(tx: &rusqlite::Transaction<'_>, c: &NewCert) -> Result<(), StoreE
             c.issued_at.unix_timestamp(),
             c.method,
             c.der,
+            c.generation as i64,
         ],
     )?;
     Ok(())
-}
-
-fn publish_in<E: From<StoreError>>(
-    tx: &rusqlite::Transaction<'_>,
-    now: OffsetDateTime,
-    sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
-) -> Result<StoredCrl, E> {
-    let last: Option<i64> = tx
-        .query_row("SELECT max(number) FROM crls", [], |r| r.get(0))
-        .map_err(StoreError::from)?;
-    let number = last.unwrap_or(0) as u64 + 1;
-    // Entries stay listed until their certificate has expired (with the issuance clock-skew
-    // margin): after that every verifier rejects the certificate on its own.
-    let keep_after = (now - tether_certs::issue::CLOCK_SKEW).unix_timestamp();
-    let mut stmt = tx
-        .prepare(
-            "SELECT serial, revoked_at, reason FROM certificates
-             WHERE revoked_at IS NOT NULL AND not_after > ?1 ORDER BY revoked_at",
-        )
-        .map_err(StoreError::from)?;
-    let rows = stmt
-        .query_map([keep_after], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<String>>(2)?,
-            ))
-        })
-        .map_err(StoreError::from)?;
-    let mut entries = Vec::new();
-    for row in rows {
-        let (serial, at, reason) = row.map_err(StoreError::from)?;
-        let corrupt = |what: &str| StoreError::Corrupt(format!("revoked {serial}: {what}"));
-        entries.push(CrlEntry {
-            serial: serial.parse().map_err(|_| corrupt("bad serial"))?,
-            revoked_at: OffsetDateTime::from_unix_timestamp(at).map_err(|_| corrupt("bad time"))?,
-            reason: reason.and_then(|r| r.parse().ok()),
-        });
-    }
-    drop(stmt);
-    let crl = sign(number, &entries)?;
-    tx.execute(
-        "INSERT INTO crls (number, this_update, next_update, der) VALUES (?1, ?2, ?3, ?4)",
-        params![crl.number as i64, crl.this_update, crl.next_update, crl.der],
-    )
-    .map_err(StoreError::from)?;
-    Ok(crl)
 }

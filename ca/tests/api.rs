@@ -562,6 +562,7 @@ async fn renew_with_an_expired_certificate_is_403() {
             issued_at,
             method: "enroll",
             der: leaf.der.to_vec(),
+            generation: 1,
         })
         .unwrap();
     let chain = format!(

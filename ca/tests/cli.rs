@@ -525,7 +525,7 @@ fn revoke_errors_exit_1_or_2_with_a_message() {
     );
 
     let out = ca_cli(&dir, &["revoke", "xyz!"]);
-    assert_usage_error(&out, &["<SERIAL>", "xyz!"]);
+    assert_usage_error(&out, &["SERIAL", "xyz!"]);
 
     let serial = cli_issue(&dir, "/ns/default/sa/web", "1h", &tmp.path().join("w"));
     let out = ca_cli(&dir, &["revoke", &serial, "--reason", "bored"]);

@@ -246,6 +246,33 @@ impl Signer {
         let signer = Signer::from_der(cert.der().clone(), clone_key(&key)?)?;
         Ok((signer, key))
     }
+
+    /// Like [`Signer::issue_intermediate`], and also returns a *cross-certificate*: the same
+    /// intermediate (same subject, same key, its own serial) certified by `also_by`, valid no
+    /// longer than `also_by`. During a root rotation a chain that carries it verifies against
+    /// `also_by`'s root as well as this one, so peers that do not have the new root yet still
+    /// accept what the new intermediate signs (leaves, CRLs, the CA's own TLS certificate).
+    pub fn issue_intermediate_cross_signed(
+        &self,
+        td: &TrustDomain,
+        ttl: Duration,
+        now: OffsetDateTime,
+        also_by: &Signer,
+    ) -> Result<(Signer, KeyPair, CertificateDer<'static>), IssueError> {
+        let key = crate::keys::generate_key().map_err(|e| IssueError::CaMaterial(e.to_string()))?;
+        let mut params = ca_params(td, "intermediate", ttl, now)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.not_after = params.not_after.min(self.not_after);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let signer = Signer::from_der(cert.der().clone(), clone_key(&key)?)?;
+        // Same subject and key (so it names the same issuer for everything the intermediate
+        // signs), a serial of its own, and never past the certifying root.
+        params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+        params.not_after = params.not_after.min(also_by.not_after);
+        let cross = params.signed_by(&key, &also_by.issuer)?;
+        Ok((signer, key, cross.der().clone()))
+    }
 }
 
 /// A new self-signed root CA for `td` (path length 1: root → intermediate → leaf).

@@ -562,3 +562,201 @@ pub fn have(tool: &str) -> bool {
     }
     ok
 }
+
+// ---------------------------------------------------------------------------------------------
+// Identity lifecycle: sidecar polls, the fleet, rotation.
+// ---------------------------------------------------------------------------------------------
+
+impl TestCa {
+    /// Inits a state dir with `opts` and serves it on 127.0.0.1:0.
+    pub async fn start_with(opts: InitOptions) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ca");
+        Authority::init(&dir, &opts).expect("init a fresh state dir");
+        Self::serve(tmp, dir).await
+    }
+
+    /// A client that trusts exactly the roots in `bundle_pem` (no client certificate).
+    pub fn client_trusting(&self, bundle_pem: &str) -> Client {
+        let path = self.tmp.path().join(format!("trust-{}.pem", rand_suffix()));
+        std::fs::write(&path, bundle_pem).expect("write bundle");
+        Client::new(self.addr, &path, None)
+    }
+
+    /// A client presenting `chain_pem`/`key_pem` that trusts exactly `bundle_pem`.
+    pub fn client_trusting_with(&self, bundle_pem: &str, chain_pem: &str, key_pem: &str) -> Client {
+        let path = self.tmp.path().join(format!("trust-{}.pem", rand_suffix()));
+        std::fs::write(&path, bundle_pem).expect("write bundle");
+        Client::new(
+            self.addr,
+            &path,
+            Some((chain_pem.to_string(), key_pem.to_string())),
+        )
+    }
+}
+
+fn rand_suffix() -> String {
+    tether_certs::Serial::random().to_string()
+}
+
+/// `GET /v1/crl?{query}` as a sidecar sends it: with its instance id and bundle version when
+/// given (and its client certificate, if `client` has one).
+pub async fn poll_crl(
+    client: &Client,
+    query: &str,
+    instance: Option<&str>,
+    bundle_version: Option<u64>,
+) -> Resp {
+    let mut req = request(Method::GET, &format!("/v1/crl?{query}"), Bytes::new());
+    if let Some(i) = instance {
+        req.headers_mut()
+            .insert("x-tether-instance", i.parse().expect("header value"));
+    }
+    if let Some(v) = bundle_version {
+        req.headers_mut().insert(
+            "x-tether-bundle-version",
+            v.to_string().parse().expect("header value"),
+        );
+    }
+    client.send(req).await
+}
+
+/// A simulated sidecar: long-polls the CRL with its client certificate and re-polls with the
+/// number of each CRL it receives (acknowledging it), until dropped.
+pub struct Sidecar {
+    pub instance: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sidecar {
+    /// Starts polling from CRL number `after`, reporting `bundle_version`.
+    pub fn start(client: Client, instance: &str, after: u64, bundle_version: u64) -> Self {
+        let name = instance.to_string();
+        let task = tokio::spawn(async move {
+            let mut after = after;
+            loop {
+                let r = poll_crl(
+                    &client,
+                    &format!("after={after}&wait=30s"),
+                    Some(&name),
+                    Some(bundle_version),
+                )
+                .await;
+                if r.status == StatusCode::OK {
+                    after = r
+                        .header("x-tether-crl-number")
+                        .expect("x-tether-crl-number")
+                        .parse()
+                        .expect("a number");
+                }
+            }
+        });
+        Sidecar {
+            instance: instance.to_string(),
+            task,
+        }
+    }
+
+    /// Stops polling (the in-flight poll's connection is dropped).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the certificate `cert_der` carries a signature made by `issuer_der`'s key.
+pub fn signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).expect("cert");
+    let (_, issuer) =
+        x509_parser::certificate::X509Certificate::from_der(issuer_der).expect("issuer");
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// Every certificate in `pem`, DER.
+pub fn ders(pem: &str) -> Vec<Vec<u8>> {
+    tether_certs::pem::certificates(pem.as_bytes())
+        .expect("PEM certificates")
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// Whether the leaf chain `chain_pem` (leaf + intermediate) verifies as a client SVID against
+/// exactly the roots in `bundle_pem`.
+pub fn chains_to(chain_pem: &str, bundle_pem: &str) -> bool {
+    let bundle = tether_certs::TrustBundle::from_pem(bundle_pem.as_bytes()).expect("bundle");
+    let chain = tether_certs::pem::certificates(chain_pem.as_bytes()).expect("chain");
+    let verifier = tether_certs::verify::SvidVerifier::new(
+        &bundle,
+        tether_certs::verify::Revocation::new(Default::default()),
+    );
+    verifier
+        .verify(
+            &chain[0],
+            &chain[1..],
+            tether_certs::svid::Usage::Client,
+            rustls_pki_types::UnixTime::now(),
+            &tether_certs::verify::ExpectedPeer::AnyInBundle,
+        )
+        .is_ok()
+}
+
+/// Splits a `GET /v1/crl` body into the CRL and the certificates that follow it (the signer,
+/// then any cross-certificate of it), checks the CRL's signature against the first and that
+/// every other one names the same subject, and returns them.
+pub fn crl_and_signers(body: &[u8]) -> (tether_certs::RevocationList, Vec<Vec<u8>>) {
+    let text = std::str::from_utf8(body).expect("PEM is text");
+    assert!(
+        text.starts_with("-----BEGIN X509 CRL-----"),
+        "the CRL comes first: {text}"
+    );
+    let certs = ders(text);
+    assert!(!certs.is_empty(), "the signer follows the CRL: {text}");
+    let crl = tether_certs::RevocationList::parse_and_verify(body, &certs[0])
+        .expect("the CRL verifies against the certificate served with it");
+    for other in &certs[1..] {
+        tether_certs::RevocationList::parse_and_verify(body, other)
+            .expect("every certificate after the CRL certifies its signer's name and key");
+    }
+    (crl, certs)
+}
+
+/// [`crl_and_signers`] for a body with exactly one certificate after the CRL.
+pub fn crl_and_signer(body: &[u8]) -> (tether_certs::RevocationList, Vec<u8>) {
+    let (crl, mut certs) = crl_and_signers(body);
+    assert_eq!(certs.len(), 1, "exactly one certificate follows the CRL");
+    (crl, certs.remove(0))
+}
+
+/// `x-tether-bundle-version` of a response, as a number.
+pub fn bundle_version(r: &Resp) -> u64 {
+    r.header("x-tether-bundle-version")
+        .unwrap_or_else(|| panic!("no x-tether-bundle-version on a {} response", r.status))
+        .parse()
+        .expect("x-tether-bundle-version is a number")
+}

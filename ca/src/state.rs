@@ -1,0 +1,493 @@
+//! The state directory on disk: where each generation's CA material lives, how `init` lays it
+//! out, how the current signer and bundle are loaded, and the files published for operators
+//! (`bundle.pem`, `server/`, `admin/`). The layout is documented in [`crate::authority`].
+//!
+//! `ca.db` is the source of truth for which generation is current and which roots the bundle
+//! holds; the published files are copies that [`publish_files`] rewrites whenever they differ
+//! (after a rotation or retirement, and on every open, so a process killed between committing a
+//! rotation and copying the files leaves nothing stale behind for long).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use tether_certs::issue::{IssueError, Signer};
+use tether_certs::{SpiffeId, TrustBundle, TrustDomain};
+
+use crate::authority::{CaError, InitOptions, ADMIN_PATH};
+use crate::store::{NewCert, NewGeneration, Store, StoredCrl};
+
+/// The CA material currently in use: loaded at open, replaced whole on reload.
+pub(crate) struct Keys {
+    /// The current generation (signs leaves and CRLs).
+    pub generation: u64,
+    /// The published bundle's version.
+    pub bundle_version: u64,
+    /// The current generation's intermediate and key.
+    pub signer: Signer,
+    /// Every root not retired.
+    pub bundle: TrustBundle,
+    /// `bundle` as PEM.
+    pub bundle_pem: String,
+    /// What follows a leaf in every chain handed out (PEM): the current intermediate, then its
+    /// cross-certificate from the previous root while that root is in the bundle.
+    pub chain_tail: String,
+}
+
+/// Where generation `generation`'s `root/`, `intermediate/`, `server/` and `admin/` live:
+/// the state dir itself for generation 1 (the layout from before rotation existed), and
+/// `generations/<N>/` after that.
+pub(crate) fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
+    if generation <= 1 {
+        dir.to_path_buf()
+    } else {
+        dir.join("generations").join(generation.to_string())
+    }
+}
+
+/// `unix + d` in Unix seconds, saturating: an absurd operator-given duration must mean "very
+/// long", never wrap around to a time in the past.
+pub fn add_secs(unix: i64, d: Duration) -> i64 {
+    unix.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn io_err(path: &Path, e: std::io::Error) -> CaError {
+    CaError::State(format!("{}: {e}", path.display()))
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, CaError> {
+    fs::read_to_string(path).map_err(|e| io_err(path, e))
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_err(dir, e))
+}
+
+/// Writes `bytes` to `path` atomically (temp file + rename) with `mode`, so a crash never leaves
+/// a half-written key or certificate and a key is never readable by others, even briefly.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io_err(path, e))
+}
+
+/// [`write_file`] unless `path` already holds exactly `bytes`.
+fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    write_file(path, bytes, mode)
+}
+
+/// Writes a CA certificate and its key (0600) to `dir/{cert,key}.pem`.
+fn write_ca(dir: &Path, signer: &Signer, key: &rcgen::KeyPair) -> Result<(), CaError> {
+    create_private_dir(dir)?;
+    write_file(&dir.join("cert.pem"), signer.cert_pem().as_bytes(), 0o644)?;
+    write_file(&dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)
+}
+
+fn sign_err(e: IssueError) -> CaError {
+    CaError::Sign(e.to_string())
+}
+
+/// A new root + intermediate pair.
+pub(crate) struct Pair {
+    pub root: Signer,
+    pub intermediate: Signer,
+    /// The intermediate certified by the previous root, and that root's generation.
+    pub cross: Option<(CertificateDer<'static>, u64)>,
+}
+
+impl Pair {
+    /// What the `generations` table records about it.
+    pub fn describe(&self, now: OffsetDateTime) -> NewGeneration {
+        NewGeneration {
+            root_der: self.root.cert().to_vec(),
+            root_not_after: self.root.not_after(),
+            intermediate_der: self.intermediate.cert().to_vec(),
+            intermediate_not_after: self.intermediate.not_after(),
+            cross: self.cross.as_ref().map(|(der, g)| (der.to_vec(), *g)),
+            created_at: now,
+        }
+    }
+
+    /// What follows a leaf in a chain: the intermediate, then the cross-certificate if any.
+    pub fn chain_tail(&self) -> String {
+        let mut tail = self.intermediate.cert_pem();
+        if let Some((der, _)) = &self.cross {
+            tail.push_str(&tether_certs::pem::encode("CERTIFICATE", der));
+        }
+        tail
+    }
+}
+
+/// A new root + intermediate for `td`, written to `out/root/` and `out/intermediate/`; with
+/// `cross_by` (the previous root and its generation) the intermediate is also certified by that
+/// root, written to `out/intermediate/cross.pem`.
+pub(crate) fn new_pair(
+    out: &Path,
+    td: &TrustDomain,
+    root_ttl: Duration,
+    intermediate_ttl: Duration,
+    now: OffsetDateTime,
+    cross_by: Option<(&Signer, u64)>,
+) -> Result<Pair, CaError> {
+    let (root, root_key) = tether_certs::issue::new_root(td, root_ttl, now).map_err(sign_err)?;
+    let (intermediate, inter_key, cross) = match cross_by {
+        Some((previous, generation)) => {
+            let (inter, key, cross) = root
+                .issue_intermediate_cross_signed(td, intermediate_ttl, now, previous)
+                .map_err(sign_err)?;
+            (inter, key, Some((cross, generation)))
+        }
+        None => {
+            let (inter, key) = root
+                .issue_intermediate(td, intermediate_ttl, now)
+                .map_err(sign_err)?;
+            (inter, key, None)
+        }
+    };
+    write_ca(&out.join("root"), &root, &root_key)?;
+    write_ca(&out.join("intermediate"), &intermediate, &inter_key)?;
+    if let Some((der, _)) = &cross {
+        write_file(
+            &out.join("intermediate/cross.pem"),
+            tether_certs::pem::encode("CERTIFICATE", der).as_bytes(),
+            0o644,
+        )?;
+    }
+    Ok(Pair {
+        root,
+        intermediate,
+        cross,
+    })
+}
+
+/// The root of `generation` with its key, if the key is on disk (it may have been moved
+/// offline).
+pub(crate) fn load_root(dir: &Path, generation: u64) -> Option<Signer> {
+    let d = generation_dir(dir, generation).join("root");
+    let cert = fs::read_to_string(d.join("cert.pem")).ok()?;
+    let key = fs::read_to_string(d.join("key.pem")).ok()?;
+    Signer::from_pem(&cert, &key).ok()
+}
+
+/// The first certificate of `chain_pem` (the leaf) followed by `tail`.
+pub(crate) fn with_tail(chain_pem: &str, tail: &str) -> Result<String, CaError> {
+    let leaf = tether_certs::pem::certificates(chain_pem.as_bytes())
+        .map_err(|e| CaError::State(format!("certificate chain: {e}")))?
+        .remove(0);
+    Ok(format!(
+        "{}{tail}",
+        tether_certs::pem::encode("CERTIFICATE", &leaf)
+    ))
+}
+
+/// What the CA's own credentials (API server certificate, admin client credential) are made of.
+pub(crate) struct CredentialSpec<'a> {
+    /// The trust domain (the admin identity is `spiffe://TD/tether/admin`).
+    pub td: &'a TrustDomain,
+    /// DNS names and IPs of the API's certificate.
+    pub sans: &'a [String],
+    /// Lifetime of both, capped at the issuing intermediate's.
+    pub ttl: Duration,
+    /// The bundle written next to the admin credential.
+    pub bundle_pem: &'a str,
+    /// What follows each leaf in its chain (see [`Pair::chain_tail`]).
+    pub chain_tail: &'a str,
+}
+
+/// The API's server certificate and the admin client credential, issued by `inter` and written
+/// to `out/server/{chain,key}.pem` and `out/admin/{cert,chain,key,bundle}.pem`. Returns the
+/// records to store, tagged `generation`.
+pub(crate) fn issue_credentials(
+    out: &Path,
+    inter: &Signer,
+    spec: &CredentialSpec<'_>,
+    now: OffsetDateTime,
+    generation: u64,
+) -> Result<[NewCert; 2], CaError> {
+    let CredentialSpec {
+        td,
+        sans,
+        ttl,
+        bundle_pem,
+        chain_tail,
+    } = *spec;
+    let new_key = || tether_certs::keys::generate_key().map_err(|e| CaError::Sign(e.to_string()));
+    let server_key = new_key()?;
+    let server = inter
+        .issue_server(&server_key, sans, ttl, now)
+        .map_err(sign_err)?;
+    let server_dir = out.join("server");
+    create_private_dir(&server_dir)?;
+    let server_chain = format!(
+        "{}{chain_tail}",
+        tether_certs::pem::encode("CERTIFICATE", &server.der),
+    );
+    write_file(
+        &server_dir.join("chain.pem"),
+        server_chain.as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &server_dir.join("key.pem"),
+        server_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+
+    let admin_id = SpiffeId::from_parts(td, ADMIN_PATH)
+        .map_err(|e| CaError::State(format!("admin identity: {e}")))?;
+    let admin_key = new_key()?;
+    let admin = inter
+        .issue_leaf(&admin_id, &admin_key, ttl, ttl, now)
+        .map_err(sign_err)?;
+    let admin_dir = out.join("admin");
+    create_private_dir(&admin_dir)?;
+    let admin_pem = tether_certs::pem::encode("CERTIFICATE", &admin.der);
+    write_file(&admin_dir.join("cert.pem"), admin_pem.as_bytes(), 0o644)?;
+    write_file(
+        &admin_dir.join("chain.pem"),
+        format!("{admin_pem}{chain_tail}").as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &admin_dir.join("key.pem"),
+        admin_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(&admin_dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+    Ok([
+        NewCert {
+            serial: server.serial,
+            spiffe_id: server_label(sans),
+            not_before: server.not_before,
+            not_after: server.not_after,
+            issued_at: now,
+            method: "server",
+            der: server.der.to_vec(),
+            generation,
+        },
+        NewCert {
+            serial: admin.serial,
+            spiffe_id: admin_id.to_string(),
+            not_before: admin.not_before,
+            not_after: admin.not_after,
+            issued_at: now,
+            method: "admin",
+            der: admin.der.to_vec(),
+            generation,
+        },
+    ])
+}
+
+/// How the API's server certificate is labelled in the `certificates` table (it has no SPIFFE
+/// ID): `dns:` and its names, comma-separated — also how a rotation recovers the names.
+fn server_label(sans: &[String]) -> String {
+    format!("dns:{}", sans.join(","))
+}
+
+/// The names of the newest API server certificate, from its label.
+pub(crate) fn server_sans(store: &Store) -> Result<Vec<String>, CaError> {
+    let label = store.newest_of_method("server")?.map(|r| r.spiffe_id);
+    Ok(
+        match label.as_deref().and_then(|l| l.strip_prefix("dns:")) {
+            Some(names) => names.split(',').map(str::to_string).collect(),
+            None => default_sans(),
+        },
+    )
+}
+
+/// The API certificate always covers the local names.
+fn default_sans() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+/// Lays out a new state directory in `tmp` (renamed into place by the caller).
+pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError> {
+    let now = OffsetDateTime::now_utc();
+    let td = &opts.trust_domain;
+    create_private_dir(tmp)?;
+    let pair = new_pair(tmp, td, opts.root_ttl, opts.intermediate_ttl, now, None)?;
+    let bundle_pem = pair.root.cert_pem();
+    write_file(&tmp.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+
+    let mut store = Store::open(&tmp.join("ca.db"))?;
+    store.set_meta("trust_domain", td.as_str())?;
+    let settings = &opts.settings;
+    store.set_meta("default_ttl", &settings.default_ttl.as_secs().to_string())?;
+    store.set_meta("max_ttl", &settings.max_ttl.as_secs().to_string())?;
+    store.set_meta("crl_validity", &settings.crl_validity.as_secs().to_string())?;
+    store.ensure_first_generation(&pair.describe(now))?;
+
+    let mut sans = default_sans();
+    sans.extend(opts.extra_sans.iter().cloned());
+    let spec = CredentialSpec {
+        td,
+        sans: &sans,
+        ttl: opts.intermediate_ttl,
+        bundle_pem: &bundle_pem,
+        chain_tail: &pair.chain_tail(),
+    };
+    for cert in issue_credentials(tmp, &pair.intermediate, &spec, now, 1)? {
+        store.record(&cert)?;
+    }
+
+    // CRL number 1, empty, so readers have a signed list from the first second.
+    let validity = opts.settings.crl_validity;
+    store.publish_crl(now, 1, |number, entries| -> Result<StoredCrl, CaError> {
+        sign_crl(&pair.intermediate, 1, number, entries, now, validity)
+    })?;
+    Ok(())
+}
+
+/// Signs CRL `number` with `signer` (of `generation`), valid for `validity` from `now`.
+pub(crate) fn sign_crl(
+    signer: &Signer,
+    generation: u64,
+    number: u64,
+    entries: &[tether_certs::crl::CrlEntry],
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<StoredCrl, CaError> {
+    let next = now + validity;
+    let der = tether_certs::crl::build(signer, number, now, next, entries)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    Ok(StoredCrl {
+        number,
+        this_update: now.unix_timestamp(),
+        next_update: next.unix_timestamp(),
+        der,
+        generation,
+    })
+}
+
+/// Records generation 1 from `root/cert.pem` and `intermediate/` for a database made before
+/// root rotation existed (a no-op when a generation is recorded).
+pub(crate) fn adopt_first_generation(dir: &Path, store: &mut Store) -> Result<(), CaError> {
+    if !store.generations()?.is_empty() {
+        return Ok(());
+    }
+    // The root's key may have been moved offline, so the root is read as a certificate only.
+    let root_pem = read(&dir.join("root/cert.pem"))?;
+    let root = TrustBundle::from_pem(root_pem.as_bytes())
+        .map_err(|e| CaError::State(format!("root/cert.pem: {e}")))?;
+    let root = root
+        .roots()
+        .first()
+        .ok_or_else(|| CaError::State("root/cert.pem holds no certificate".into()))?;
+    let inter = load_signer(dir, 1)?;
+    store.ensure_first_generation(&NewGeneration {
+        root_der: root.der.to_vec(),
+        root_not_after: root.not_after,
+        intermediate_der: inter.cert().to_vec(),
+        intermediate_not_after: inter.not_after(),
+        cross: None,
+        created_at: OffsetDateTime::now_utc(),
+    })?;
+    Ok(())
+}
+
+fn load_signer(dir: &Path, generation: u64) -> Result<Signer, CaError> {
+    let d = generation_dir(dir, generation).join("intermediate");
+    Signer::from_pem(&read(&d.join("cert.pem"))?, &read(&d.join("key.pem"))?)
+        .map_err(|e| CaError::State(format!("{}: {e}", d.display())))
+}
+
+/// Loads the current generation's signer and the bundle of every unretired root, as `ca.db`
+/// says they are.
+pub(crate) fn load_keys(dir: &Path, store: &Store) -> Result<Keys, CaError> {
+    let (generation, bundle_version, generations) = store.trust_state()?;
+    let current = generations
+        .iter()
+        .find(|g| g.generation == generation)
+        .ok_or_else(|| {
+            CaError::State(format!(
+                "ca.db names generation {generation}, which it does not record"
+            ))
+        })?;
+    let signer = load_signer(dir, generation)?;
+    if signer.cert().as_ref() != current.intermediate_der.as_slice() {
+        return Err(CaError::State(format!(
+            "the intermediate on disk for generation {generation} is not the one ca.db records"
+        )));
+    }
+    let mut bundle = TrustBundle::default();
+    for g in generations.iter().filter(|g| g.retired_at.is_none()) {
+        bundle
+            .push(g.root_der.clone().into())
+            .map_err(|e| CaError::State(format!("root of generation {}: {e}", g.generation)))?;
+    }
+    let bundle_pem = bundle.to_pem();
+    let mut chain_tail = signer.cert_pem();
+    let cross_trusted = current.cross_generation.is_some_and(|x| {
+        generations
+            .iter()
+            .any(|g| g.generation == x && g.retired_at.is_none())
+    });
+    if let (Some(der), true) = (&current.cross_der, cross_trusted) {
+        chain_tail.push_str(&tether_certs::pem::encode("CERTIFICATE", der));
+    }
+    Ok(Keys {
+        generation,
+        bundle_version,
+        signer,
+        bundle,
+        bundle_pem,
+        chain_tail,
+    })
+}
+
+/// Brings the published files in line with `keys`: `bundle.pem` and `admin/bundle.pem` hold the
+/// current bundle, `server/` and `admin/` the current generation's credentials, their chains
+/// ending in the current chain tail (the cross-certificate is dropped once its root is retired).
+pub(crate) fn publish_files(dir: &Path, keys: &Keys) -> Result<(), CaError> {
+    write_if_changed(&dir.join("bundle.pem"), keys.bundle_pem.as_bytes(), 0o644)?;
+    let source = generation_dir(dir, keys.generation);
+    for sub in ["server", "admin"] {
+        create_private_dir(&dir.join(sub))?;
+        let chain = with_tail(
+            &read(&source.join(sub).join("chain.pem"))?,
+            &keys.chain_tail,
+        )?;
+        write_if_changed(&dir.join(sub).join("chain.pem"), chain.as_bytes(), 0o644)?;
+    }
+    if keys.generation > 1 {
+        for (sub, name, mode) in [
+            ("server", "key.pem", 0o600),
+            ("admin", "cert.pem", 0o644),
+            ("admin", "key.pem", 0o600),
+        ] {
+            let from = source.join(sub).join(name);
+            let bytes = fs::read(&from).map_err(|e| io_err(&from, e))?;
+            write_if_changed(&dir.join(sub).join(name), &bytes, mode)?;
+        }
+    }
+    write_if_changed(
+        &dir.join("admin/bundle.pem"),
+        keys.bundle_pem.as_bytes(),
+        0o644,
+    )
+}

@@ -1,0 +1,411 @@
+//! The `generations` table: every root + issuing intermediate pair the CA has made, which of
+//! them the published bundle still holds, and the transactions that rotate to a new pair and
+//! retire an old root.
+//!
+//! `meta.generation` names the current pair (it signs every new leaf and CRL);
+//! `meta.bundle_version` counts changes to the published bundle (1 after init, +1 per rotate and
+//! per retire). Each row remembers the bundle version that first included its root, which is
+//! what a sidecar must have reported before the previous root may be retired.
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use time::OffsetDateTime;
+
+use tether_certs::crl::CrlEntry;
+
+use super::fleet::{members_since, FleetMember};
+use super::{
+    current_generation, insert_cert, meta_u64, publish_in, row_to_record, IssuedRecord, NewCert,
+    Store, StoreError, StoredCrl, SELECT_CERT,
+};
+
+/// One root + intermediate pair as recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    /// 1 for the pair made by `init`, then 2, 3, … per `root rotate`.
+    pub generation: u64,
+    /// SHA-256 of the root certificate, lowercase hex (how operators name a root).
+    pub root_fingerprint: String,
+    /// The root certificate.
+    #[serde(skip)]
+    pub root_der: Vec<u8>,
+    /// The root's notAfter, Unix seconds.
+    pub root_not_after: i64,
+    /// SHA-256 of the intermediate certificate, lowercase hex.
+    pub intermediate_fingerprint: String,
+    /// The intermediate certificate.
+    #[serde(skip)]
+    pub intermediate_der: Vec<u8>,
+    /// The intermediate's notAfter, Unix seconds.
+    pub intermediate_not_after: i64,
+    /// The same intermediate certified by the root that was current before it (see
+    /// [`tether_certs::issue::Signer::issue_intermediate_cross_signed`]), if that root's key was
+    /// at hand when rotating.
+    #[serde(skip)]
+    pub cross_der: Option<Vec<u8>>,
+    /// The generation whose root certified `cross_der`.
+    pub cross_generation: Option<u64>,
+    /// When the pair was made, Unix seconds.
+    pub created_at: i64,
+    /// The bundle version that first included this root.
+    pub bundle_version: u64,
+    /// When the root was removed from the bundle, if it was.
+    pub retired_at: Option<i64>,
+}
+
+/// A pair to record (fingerprints and dates already computed by the caller).
+#[derive(Debug, Clone)]
+pub struct NewGeneration {
+    /// The root certificate.
+    pub root_der: Vec<u8>,
+    /// The root's notAfter.
+    pub root_not_after: OffsetDateTime,
+    /// The intermediate certificate.
+    pub intermediate_der: Vec<u8>,
+    /// The intermediate's notAfter.
+    pub intermediate_not_after: OffsetDateTime,
+    /// The intermediate certified by the previous root, and that root's generation.
+    pub cross: Option<(Vec<u8>, u64)>,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+}
+
+/// What still depends on a root that someone wants to retire.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RetireBlockers {
+    /// Unexpired, unrevoked certificates issued under that root.
+    pub leaves: Vec<IssuedRecord>,
+    /// Sidecars seen recently that have not reported a bundle with the current root.
+    pub fleet: Vec<FleetMember>,
+    /// The bundle version a sidecar must hold (the one that added the current root).
+    pub required_bundle_version: u64,
+}
+
+impl RetireBlockers {
+    /// Whether nothing blocks.
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty() && self.fleet.is_empty()
+    }
+}
+
+/// What `retire` did.
+#[derive(Debug, Clone)]
+pub enum RetireOutcome {
+    /// Removed from the bundle; `overridden` is what `--force` ignored (empty without force).
+    Retired {
+        /// The new bundle version.
+        bundle_version: u64,
+        /// The CRL published to wake long-polling sidecars.
+        crl_number: u64,
+        /// Blockers ignored because of `force`.
+        overridden: RetireBlockers,
+    },
+    /// Refused: these still depend on the root.
+    Blocked(RetireBlockers),
+    /// Refused for a reason no `--force` overrides (current root, already retired, unknown).
+    NotRetirable(String),
+}
+
+/// Result of a rotation transaction.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The new generation.
+    pub generation: u64,
+    /// The new bundle version.
+    pub bundle_version: u64,
+    /// The CRL signed by the new intermediate, published in the same transaction.
+    pub crl: StoredCrl,
+    /// Serials of the API server and admin credentials that the new ones superseded (revoked).
+    pub superseded: Vec<String>,
+}
+
+const SELECT_GENERATION: &str = "SELECT generation, root_fingerprint, root_der, root_not_after,
+    intermediate_fingerprint, intermediate_der, intermediate_not_after, created_at,
+    bundle_version, retired_at, cross_der, cross_generation FROM generations";
+
+fn row_to_generation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Generation> {
+    Ok(Generation {
+        generation: r.get::<_, i64>(0)? as u64,
+        root_fingerprint: r.get(1)?,
+        root_der: r.get(2)?,
+        root_not_after: r.get(3)?,
+        intermediate_fingerprint: r.get(4)?,
+        intermediate_der: r.get(5)?,
+        intermediate_not_after: r.get(6)?,
+        created_at: r.get(7)?,
+        bundle_version: r.get::<_, i64>(8)? as u64,
+        retired_at: r.get(9)?,
+        cross_der: r.get(10)?,
+        cross_generation: r.get::<_, Option<i64>>(11)?.map(|g| g as u64),
+    })
+}
+
+fn insert_generation(
+    tx: &rusqlite::Transaction<'_>,
+    generation: u64,
+    g: &NewGeneration,
+    bundle_version: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO generations (generation, root_fingerprint, root_der, root_not_after,
+             intermediate_fingerprint, intermediate_der, intermediate_not_after, created_at,
+             bundle_version, cross_der, cross_generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            generation as i64,
+            tether_certs::bundle::fingerprint(&g.root_der),
+            g.root_der,
+            g.root_not_after.unix_timestamp(),
+            tether_certs::bundle::fingerprint(&g.intermediate_der),
+            g.intermediate_der,
+            g.intermediate_not_after.unix_timestamp(),
+            g.created_at.unix_timestamp(),
+            bundle_version as i64,
+            g.cross.as_ref().map(|(der, _)| der),
+            g.cross.as_ref().map(|(_, generation)| *generation as i64),
+        ],
+    )?;
+    Ok(())
+}
+
+fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: u64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value.to_string()],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Unrevoked, unexpired certificates whose notAfter is past their issuing intermediate's,
+    /// with that intermediate's notAfter (the CA never issues one; `check` looks anyway, since a
+    /// database restored from elsewhere or edited by hand could hold one).
+    pub fn leaves_outliving_issuer(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(IssuedRecord, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.serial, c.spiffe_id, c.not_before, c.not_after, c.issued_at, c.method,
+                    c.revoked_at, c.reason, c.generation, g.intermediate_not_after
+             FROM certificates c JOIN generations g ON g.generation = c.generation
+             WHERE c.revoked_at IS NULL AND c.not_after > ?1
+               AND c.not_after > g.intermediate_not_after
+             ORDER BY c.not_after",
+        )?;
+        let rows = stmt.query_map([now], |r| Ok((row_to_record(r)?, r.get(9)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every generation, oldest first.
+    pub fn generations(&self) -> Result<Vec<Generation>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))?;
+        let rows = stmt.query_map([], row_to_generation)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A consistent snapshot of (current generation, bundle version, every generation) — what a
+    /// reload needs, read in one transaction so a rotation committing meanwhile is seen whole
+    /// or not at all.
+    pub fn trust_state(&self) -> Result<(u64, u64, Vec<Generation>), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let generation = current_generation(&tx)?;
+        let version = meta_u64(&tx, "bundle_version")?;
+        let all = {
+            let mut stmt = tx.prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))?;
+            let rows = stmt.query_map([], row_to_generation)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.finish()?;
+        Ok((generation, version, all))
+    }
+
+    /// Records generation 1 if no generation is recorded yet (at init, and when a database from
+    /// before root rotation is opened). Sets `meta.generation` and `meta.bundle_version` to 1 if
+    /// they are missing.
+    pub fn ensure_first_generation(&mut self, first: &NewGeneration) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let any: Option<i64> = tx
+            .query_row("SELECT generation FROM generations LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if any.is_none() {
+            insert_generation(&tx, 1, first, 1)?;
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '1'),
+                                                            ('bundle_version', '1')",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes `new` the current generation in one transaction: records it with the next
+    /// generation number (`place` is told that number first, to move the staged files into
+    /// place), bumps the bundle version, records the re-issued API server and admin credentials
+    /// (`credentials`, which must carry generation 0 — replaced by the new number here) and
+    /// revokes the ones they supersede, and publishes a CRL signed by the new intermediate
+    /// (`sign(generation, number, entries)`).
+    pub fn rotate<E: From<StoreError>>(
+        &mut self,
+        new: &NewGeneration,
+        credentials: &[NewCert],
+        now: OffsetDateTime,
+        place: impl FnOnce(u64) -> Result<(), E>,
+        sign: impl FnOnce(u64, u64, &[CrlEntry]) -> Result<StoredCrl, E>,
+    ) -> Result<Rotation, E> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let last: Option<i64> = tx
+            .query_row("SELECT max(generation) FROM generations", [], |r| r.get(0))
+            .map_err(StoreError::from)?;
+        let generation = last.unwrap_or(0) as u64 + 1;
+        place(generation)?;
+        let bundle_version = meta_u64(&tx, "bundle_version")? + 1;
+        insert_generation(&tx, generation, new, bundle_version)?;
+        set_meta(&tx, "generation", generation)?;
+        set_meta(&tx, "bundle_version", bundle_version)?;
+        let superseded: Vec<String> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT serial FROM certificates
+                     WHERE method IN ('server', 'admin') AND revoked_at IS NULL",
+                )
+                .map_err(StoreError::from)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(StoreError::from)?;
+            rows.collect::<Result<_, _>>().map_err(StoreError::from)?
+        };
+        for serial in &superseded {
+            tx.execute(
+                "UPDATE certificates SET revoked_at = ?1, reason = 'superseded'
+                 WHERE serial = ?2",
+                params![now.unix_timestamp(), serial],
+            )
+            .map_err(StoreError::from)?;
+        }
+        for cert in credentials {
+            let cert = NewCert {
+                generation,
+                ..cert.clone()
+            };
+            insert_cert(&tx, &cert)?;
+        }
+        let crl = publish_in(&tx, now, generation, |n, e| sign(generation, n, e))?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(Rotation {
+            generation,
+            bundle_version,
+            crl,
+            superseded,
+        })
+    }
+
+    /// Removes `generation`'s root from the bundle (bumps the bundle version and publishes a CRL
+    /// so long-polling sidecars hear of it at once) unless something still depends on it:
+    /// unexpired, unrevoked leaves it issued, or sidecars seen since `fleet_since` that have not
+    /// reported the bundle that added the current root. `force` retires anyway and returns what
+    /// it overrode. The CRL is signed by `signing_generation`, which must be current.
+    pub fn retire<E: From<StoreError>>(
+        &mut self,
+        generation: u64,
+        force: bool,
+        now: OffsetDateTime,
+        fleet_since: i64,
+        signing_generation: u64,
+        sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
+    ) -> Result<RetireOutcome, E> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let current = current_generation(&tx)?;
+        let all = {
+            let mut stmt = tx
+                .prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))
+                .map_err(StoreError::from)?;
+            let rows = stmt
+                .query_map([], row_to_generation)
+                .map_err(StoreError::from)?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)?
+        };
+        let Some(target) = all.iter().find(|g| g.generation == generation) else {
+            return Ok(RetireOutcome::NotRetirable(format!(
+                "no generation {generation}"
+            )));
+        };
+        if let Some(at) = target.retired_at {
+            return Ok(RetireOutcome::NotRetirable(format!(
+                "root {} was already retired (at Unix time {at})",
+                target.root_fingerprint
+            )));
+        }
+        if generation == current {
+            return Ok(RetireOutcome::NotRetirable(format!(
+                "root {} is the current root (it signs every new certificate); rotate first",
+                target.root_fingerprint
+            )));
+        }
+        let live = all.iter().filter(|g| g.retired_at.is_none()).count();
+        if live <= 1 {
+            return Ok(RetireOutcome::NotRetirable(format!(
+                "root {} is the last root in the bundle",
+                target.root_fingerprint
+            )));
+        }
+        let required_bundle_version = all
+            .iter()
+            .find(|g| g.generation == current)
+            .map(|g| g.bundle_version)
+            .ok_or_else(|| StoreError::Corrupt(format!("current generation {current} missing")))?;
+        let leaves = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "{SELECT_CERT} WHERE generation = ?1 AND revoked_at IS NULL
+                     AND not_after > ?2 ORDER BY not_after"
+                ))
+                .map_err(StoreError::from)?;
+            let rows = stmt
+                .query_map(
+                    params![generation as i64, now.unix_timestamp()],
+                    row_to_record,
+                )
+                .map_err(StoreError::from)?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)?
+        };
+        let fleet = members_since(&tx, fleet_since)?
+            .into_iter()
+            .filter(|m| m.bundle_version.is_none_or(|v| v < required_bundle_version))
+            .collect();
+        let blockers = RetireBlockers {
+            leaves,
+            fleet,
+            required_bundle_version,
+        };
+        if !blockers.is_empty() && !force {
+            return Ok(RetireOutcome::Blocked(blockers));
+        }
+        let bundle_version = meta_u64(&tx, "bundle_version")? + 1;
+        tx.execute(
+            "UPDATE generations SET retired_at = ?1 WHERE generation = ?2",
+            params![now.unix_timestamp(), generation as i64],
+        )
+        .map_err(StoreError::from)?;
+        set_meta(&tx, "bundle_version", bundle_version)?;
+        let crl = publish_in(&tx, now, signing_generation, sign)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(RetireOutcome::Retired {
+            bundle_version,
+            crl_number: crl.number,
+            overridden: blockers,
+        })
+    }
+}

@@ -1,0 +1,293 @@
+//! CRLs and revocations: revoke a serial or an identity and publish the CRL that lists it in the
+//! same transaction; re-publish; read CRLs back.
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use time::OffsetDateTime;
+
+use tether_certs::crl::{CrlEntry, Reason};
+use tether_certs::Serial;
+
+use super::{ensure_current, Store, StoreError};
+
+/// A stored, signed CRL.
+#[derive(Debug, Clone)]
+pub struct StoredCrl {
+    /// CRL number.
+    pub number: u64,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// DER.
+    pub der: Vec<u8>,
+    /// The CA generation whose intermediate signed it.
+    pub generation: u64,
+}
+
+/// A CRL with the certificates (DER) that vouch for its signer, signer first.
+#[derive(Debug, Clone)]
+pub struct ServedCrl {
+    /// The CRL.
+    pub crl: StoredCrl,
+    /// The intermediate that signed it, then its cross-certificate while that one's root is
+    /// trusted.
+    pub issuers: Vec<Vec<u8>>,
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// Newly revoked; the CRL with this number lists it.
+    Revoked {
+        /// The CRL published in the same transaction.
+        crl_number: u64,
+    },
+    /// It was revoked before (at this Unix time); nothing changed.
+    AlreadyRevoked(i64),
+    /// This CA never issued that serial.
+    Unknown,
+}
+
+/// What a revocation by identity did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityRevocation {
+    /// The serials newly revoked (none when nothing matched).
+    pub serials: Vec<String>,
+    /// The CRL published in the same transaction, if anything was revoked.
+    pub crl_number: Option<u64>,
+}
+
+impl Store {
+    /// The newest CRL, if any was published.
+    pub fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT number, this_update, next_update, der, generation FROM crls
+                 ORDER BY number DESC LIMIT 1",
+                [],
+                row_to_crl,
+            )
+            .optional()?)
+    }
+
+    /// CRL `number` with the certificates that vouch for its signer (what `GET /v1/crl` serves):
+    /// the intermediate that signed it, then — while the root that certified it is still in the
+    /// bundle — that intermediate's cross-certificate from the previous root.
+    pub fn crl_with_issuer(&self, number: u64) -> Result<Option<ServedCrl>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT c.number, c.this_update, c.next_update, c.der, c.generation,
+                        g.intermediate_der,
+                        CASE WHEN x.retired_at IS NULL THEN g.cross_der END
+                 FROM crls c JOIN generations g ON g.generation = c.generation
+                 LEFT JOIN generations x ON x.generation = g.cross_generation
+                 WHERE c.number = ?1",
+                [number as i64],
+                |r| {
+                    let mut issuers = vec![r.get::<_, Vec<u8>>(5)?];
+                    issuers.extend(r.get::<_, Option<Vec<u8>>>(6)?);
+                    Ok(ServedCrl {
+                        crl: row_to_crl(r)?,
+                        issuers,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The newest CRL number (0 when none was published): a cheap query for change polling.
+    pub fn latest_crl_number(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row("SELECT max(number) FROM crls", [], |r| r.get(0))?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    /// Revokes `serial` (if it is not already) and publishes a new CRL in the same transaction.
+    ///
+    /// `sign` receives the next CRL number and every revoked, not yet expired entry, and returns
+    /// the signed CRL with its thisUpdate/nextUpdate.
+    pub fn revoke_and_publish<E: From<StoreError>>(
+        &mut self,
+        serial: &Serial,
+        reason: Option<Reason>,
+        now: OffsetDateTime,
+        generation: u64,
+        sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
+    ) -> Result<RevokeOutcome, E> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let state: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked_at FROM certificates WHERE serial = ?1",
+                [serial.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::from)?;
+        match state {
+            None => return Ok(RevokeOutcome::Unknown),
+            Some(Some(at)) => return Ok(RevokeOutcome::AlreadyRevoked(at)),
+            Some(None) => {}
+        }
+        tx.execute(
+            "UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3",
+            params![
+                now.unix_timestamp(),
+                reason.map(|r| r.as_str()),
+                serial.to_string()
+            ],
+        )
+        .map_err(StoreError::from)?;
+        let crl = publish_in(&tx, now, generation, sign)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(RevokeOutcome::Revoked {
+            crl_number: crl.number,
+        })
+    }
+
+    /// Revokes every unrevoked, unexpired certificate of `spiffe_id` issued before `before`
+    /// (Unix seconds, exclusive; `None`: everything issued so far) and publishes one CRL listing
+    /// them, in one transaction. Nothing matching → nothing written and no CRL.
+    ///
+    /// "Unexpired" uses the same clock-skew margin as the CRL itself, so every certificate a
+    /// verifier could still accept is covered.
+    pub fn revoke_identity_and_publish<E: From<StoreError>>(
+        &mut self,
+        spiffe_id: &str,
+        before: Option<i64>,
+        reason: Option<Reason>,
+        now: OffsetDateTime,
+        generation: u64,
+        sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
+    ) -> Result<IdentityRevocation, E> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let live_after = (now - tether_certs::issue::CLOCK_SKEW).unix_timestamp();
+        let serials: Vec<String> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT serial FROM certificates
+                     WHERE spiffe_id = ?1 AND revoked_at IS NULL AND not_after > ?2
+                       AND issued_at < ?3
+                     ORDER BY issued_at, serial",
+                )
+                .map_err(StoreError::from)?;
+            let rows = stmt
+                .query_map(
+                    params![spiffe_id, live_after, before.unwrap_or(i64::MAX)],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::from)?;
+            rows.collect::<Result<_, _>>().map_err(StoreError::from)?
+        };
+        if serials.is_empty() {
+            return Ok(IdentityRevocation {
+                serials,
+                crl_number: None,
+            });
+        }
+        for serial in &serials {
+            tx.execute(
+                "UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3",
+                params![now.unix_timestamp(), reason.map(|r| r.as_str()), serial],
+            )
+            .map_err(StoreError::from)?;
+        }
+        let crl = publish_in(&tx, now, generation, sign)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(IdentityRevocation {
+            serials,
+            crl_number: Some(crl.number),
+        })
+    }
+
+    /// Publishes a new CRL (next number, same revoked entries): used at init and to re-sign
+    /// before nextUpdate so readers never see a stale list while the CA is up.
+    pub fn publish_crl<E: From<StoreError>>(
+        &mut self,
+        now: OffsetDateTime,
+        generation: u64,
+        sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
+    ) -> Result<StoredCrl, E> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let crl = publish_in(&tx, now, generation, sign)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(crl)
+    }
+}
+
+pub(super) fn row_to_crl(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCrl> {
+    Ok(StoredCrl {
+        number: r.get::<_, i64>(0)? as u64,
+        this_update: r.get(1)?,
+        next_update: r.get(2)?,
+        der: r.get(3)?,
+        generation: r.get::<_, i64>(4)? as u64,
+    })
+}
+
+pub(super) fn publish_in<E: From<StoreError>>(
+    tx: &rusqlite::Transaction<'_>,
+    now: OffsetDateTime,
+    generation: u64,
+    sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
+) -> Result<StoredCrl, E> {
+    ensure_current(tx, generation)?;
+    let last: Option<i64> = tx
+        .query_row("SELECT max(number) FROM crls", [], |r| r.get(0))
+        .map_err(StoreError::from)?;
+    let number = last.unwrap_or(0) as u64 + 1;
+    // Entries stay listed until their certificate has expired (with the issuance clock-skew
+    // margin): after that every verifier rejects the certificate on its own.
+    let keep_after = (now - tether_certs::issue::CLOCK_SKEW).unix_timestamp();
+    let mut stmt = tx
+        .prepare(
+            "SELECT serial, revoked_at, reason FROM certificates
+             WHERE revoked_at IS NOT NULL AND not_after > ?1 ORDER BY revoked_at",
+        )
+        .map_err(StoreError::from)?;
+    let rows = stmt
+        .query_map([keep_after], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })
+        .map_err(StoreError::from)?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (serial, at, reason) = row.map_err(StoreError::from)?;
+        let corrupt = |what: &str| StoreError::Corrupt(format!("revoked {serial}: {what}"));
+        entries.push(CrlEntry {
+            serial: serial.parse().map_err(|_| corrupt("bad serial"))?,
+            revoked_at: OffsetDateTime::from_unix_timestamp(at).map_err(|_| corrupt("bad time"))?,
+            reason: reason.and_then(|r| r.parse().ok()),
+        });
+    }
+    drop(stmt);
+    let crl = sign(number, &entries)?;
+    tx.execute(
+        "INSERT INTO crls (number, this_update, next_update, der, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            crl.number as i64,
+            crl.this_update,
+            crl.next_update,
+            crl.der,
+            generation as i64
+        ],
+    )
+    .map_err(StoreError::from)?;
+    Ok(crl)
+}

@@ -1,0 +1,249 @@
+//! The sidecar's side of the CRL contract and the fleet it builds: every `GET /v1/crl` answer
+//! (200 and 304) and `GET /v1/bundle` carry `x-tether-bundle-version`; a 200 body is the CRL
+//! followed by the certificate of the intermediate that signed it; a poll with a valid client
+//! certificate records the sidecar (instance, identity, serial, expiry, the CRL number it
+//! acknowledges, its bundle version) in the `fleet` table, which `tether-ca fleet` prints and
+//! `tether_ca_fleet_size` counts; a poll whose certificate does not authenticate records
+//! nothing and is still answered.
+
+mod common;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+
+use common::*;
+
+#[tokio::test]
+async fn crl_and_bundle_answers_carry_the_bundle_version_and_the_signer() {
+    let ca = TestCa::start().await;
+    let client = ca.client();
+
+    let r = client.get("/v1/crl").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(bundle_version(&r), 1, "1 after init");
+    let (crl, signer) = crl_and_signer(&r.body);
+    assert_eq!(
+        signer,
+        ders(&read(ca.dir.join("intermediate/cert.pem")))[0],
+        "the certificate after the CRL is the intermediate that signed it"
+    );
+    // And that intermediate chains to the published bundle.
+    let root = ders(&read(ca.dir.join("bundle.pem")))[0].clone();
+    assert!(signed_by(&signer, &root));
+    let n = crl.number();
+
+    // 304 from a long-poll that timed out, and from If-None-Match.
+    let r = client.get(&format!("/v1/crl?after={n}&wait=100ms")).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(bundle_version(&r), 1);
+    let mut req = request(http::Method::GET, "/v1/crl", bytes::Bytes::new());
+    req.headers_mut()
+        .insert("if-none-match", format!("\"{n}\"").parse().unwrap());
+    let r = client.send(req).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(bundle_version(&r), 1);
+
+    let r = client.get("/v1/bundle").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(bundle_version(&r), 1);
+}
+
+#[tokio::test]
+async fn a_poll_with_a_client_certificate_records_the_sidecar() {
+    let ca = TestCa::start().await;
+    let web = id("/ns/default/sa/web");
+    let cred = ca.enroll(&web).await;
+    let sidecar = ca.client_with(&cred.chain, &cred.key_pem());
+    let n = ca.authority.latest_crl_number().unwrap();
+    assert!(ca
+        .authority
+        .fleet(Duration::from_secs(60))
+        .unwrap()
+        .is_empty());
+
+    let before = now_unix();
+    let r = poll_crl(&sidecar, &format!("after={n}"), Some("web-7f3a"), Some(1)).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+
+    let fleet = ca.authority.fleet(Duration::from_secs(60)).unwrap();
+    assert_eq!(fleet.len(), 1, "{fleet:?}");
+    let m = &fleet[0];
+    assert_eq!(m.instance, "web-7f3a");
+    assert_eq!(m.spiffe_id, web.as_str());
+    assert_eq!(m.serial, cred.serial);
+    assert_eq!(m.cert_not_after, cert_facts(&cred.certificate).not_after);
+    assert_eq!(m.crl_number, n, "after=N acknowledges N");
+    assert_eq!(m.bundle_version, Some(1));
+    assert!(m.last_seen >= before && m.last_seen <= now_unix());
+
+    // The next poll updates the same row (a sidecar that is behind gets the CRL at once).
+    let r = poll_crl(&sidecar, "after=0&wait=5s", Some("web-7f3a"), Some(7)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let fleet = ca.authority.fleet(Duration::from_secs(60)).unwrap();
+    assert_eq!(fleet.len(), 1);
+    assert_eq!(fleet[0].crl_number, 0);
+    assert_eq!(fleet[0].bundle_version, Some(7));
+
+    // Without an instance header the serial names the row; without a bundle version it is
+    // unknown; without `after` the sidecar holds no CRL (0).
+    let r = poll_crl(&sidecar, "", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let fleet = ca.authority.fleet(Duration::from_secs(60)).unwrap();
+    assert_eq!(fleet.len(), 2);
+    let by_serial = fleet.iter().find(|m| m.instance == cred.serial).unwrap();
+    assert_eq!(by_serial.bundle_version, None);
+    assert_eq!(by_serial.crl_number, 0);
+
+    // An unusable instance id (control characters, absurd length) falls back to the serial too.
+    let long = "x".repeat(500);
+    poll_crl(&sidecar, &format!("after={n}"), Some(&long), Some(1)).await;
+    poll_crl(&sidecar, &format!("after={n}"), Some("a\tb"), Some(1)).await;
+    let fleet = ca.authority.fleet(Duration::from_secs(60)).unwrap();
+    assert_eq!(fleet.len(), 2, "{fleet:?}");
+    assert_eq!(
+        fleet
+            .iter()
+            .find(|m| m.instance == cred.serial)
+            .unwrap()
+            .crl_number,
+        n
+    );
+}
+
+#[tokio::test]
+async fn polls_that_do_not_authenticate_are_answered_but_not_recorded() {
+    let ca = TestCa::start().await;
+    let n = ca.authority.latest_crl_number().unwrap();
+
+    // No client certificate.
+    let r = poll_crl(&ca.client(), &format!("after={n}"), Some("anon"), Some(1)).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+
+    // A revoked certificate.
+    let gone = ca.enroll(&id("/ns/default/sa/gone")).await;
+    let revoked = ca
+        .admin()
+        .post_json("/v1/revoke", &json!({"serial": gone.serial}))
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let r = poll_crl(
+        &ca.client_with(&gone.chain, &gone.key_pem()),
+        "after=0",
+        Some("gone"),
+        Some(1),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "the CRL is still served");
+    crl_and_signer(&r.body);
+
+    // A certificate from another CA of the same trust domain name.
+    let other_tmp = tempfile::tempdir().unwrap();
+    let other = tether_ca::Authority::open(&init_state(other_tmp.path())).unwrap();
+    let out = other_tmp.path().join("svc");
+    other
+        .issue_to_dir(&id("/ns/default/sa/web"), HOUR, &out)
+        .unwrap();
+    let n = ca.authority.latest_crl_number().unwrap();
+    let r = poll_crl(
+        &ca.client_with(&read(out.join("chain.pem")), &read(out.join("key.pem"))),
+        &format!("after={n}"),
+        Some("foreign"),
+        Some(1),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+
+    assert!(
+        ca.authority
+            .fleet(Duration::from_secs(3600))
+            .unwrap()
+            .is_empty(),
+        "nothing that failed authentication is in the fleet"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_cli_and_fleet_size_metric_show_recent_sidecars() {
+    let ca = TestCa::start().await;
+    let n = ca.authority.latest_crl_number().unwrap();
+    let mut serials = vec![];
+    for name in ["a", "b"] {
+        let cred = ca.enroll(&id(&format!("/ns/default/sa/{name}"))).await;
+        let client = ca.client_with(&cred.chain, &cred.key_pem());
+        let r = poll_crl(
+            &client,
+            &format!("after={n}"),
+            Some(&format!("{name}-1")),
+            Some(1),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        serials.push(cred.serial);
+    }
+
+    let admin = ca.client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(
+                &admin.get("/metrics").await.text(),
+                "tether_ca_fleet_size",
+                &[],
+            ) == Some(2.0)
+        })
+        .await,
+        "tether_ca_fleet_size reaches 2"
+    );
+
+    let dir = ca.dir.clone();
+    let (json_out, table_out, old_out) = tokio::task::spawn_blocking(move || {
+        (
+            ca_cli(&dir, &["fleet", "--json"]),
+            ca_cli(&dir, &["fleet"]),
+            ca_cli(&dir, &["fleet", "--within", "1s"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_ok(&json_out, "fleet --json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&json_out)).unwrap();
+    assert_eq!(rows.len(), 2, "{}", stdout(&json_out));
+    assert_eq!(rows[0]["instance"], "a-1");
+    assert_eq!(rows[0]["spiffe_id"], id("/ns/default/sa/a").as_str());
+    assert_eq!(rows[0]["serial"], serials[0].as_str());
+    assert_eq!(rows[0]["crl_number"], n);
+    assert_eq!(rows[0]["bundle_version"], 1);
+    assert!(rows[0]["cert_not_after"].as_i64().unwrap() > now_unix());
+    assert!(rows[0]["last_seen"].as_i64().unwrap() <= now_unix());
+
+    assert_ok(&table_out, "fleet");
+    let table = stdout(&table_out);
+    for want in [
+        "INSTANCE",
+        "IDENTITY",
+        "CERT NOT AFTER",
+        "BUNDLE",
+        "LAST SEEN",
+        "a-1",
+        "b-1",
+        serials[1].as_str(),
+        &format!("CRL number {n}, bundle version 1; 2 sidecars"),
+    ] {
+        assert!(table.contains(want), "fleet table lacks {want:?}:\n{table}");
+    }
+
+    // --within narrows the window: wait until both rows are older than it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let dir = ca.dir.clone();
+    let old_out2 = tokio::task::spawn_blocking(move || ca_cli(&dir, &["fleet", "--within", "1s"]))
+        .await
+        .unwrap();
+    assert_ok(&old_out, "fleet --within 1s");
+    assert_ok(&old_out2, "fleet --within 1s");
+    assert!(
+        !stdout(&old_out2).contains("a-1") && stdout(&old_out2).contains("0 sidecars"),
+        "{}",
+        stdout(&old_out2)
+    );
+}

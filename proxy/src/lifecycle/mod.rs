@@ -1,0 +1,203 @@
+//! The identity lifecycle: where certificates come from and how they stay fresh.
+//!
+//! - **CA mode** (`[ca]`): enroll once with a one-time token and a CSR (the key never leaves the
+//!   sidecar), then renew over mTLS at half the lifetime ± 10 % jitter with a fresh key each time.
+//!   A failed renewal keeps serving the last good certificate and retries with capped, jittered
+//!   backoff that tightens as expiry nears. Everything is cached in `state_dir` (key 0600), so a
+//!   restart while the CA is down starts from the cached certificate if it is still valid and not
+//!   revoked by the cached CRL. The CRL is long-polled (`after=<our number>`), verified against a
+//!   CA certificate the bundle vouches for, refused if older than ours, persisted, and swapped in;
+//!   a new bundle version from the CA is fetched and applied without restart.
+//! - **File mode** (`[identity]`): the files are watched; a complete, consistent new set is
+//!   published, a broken or mismatched one keeps the old credential and logs why.
+//!
+//! Either way new credentials are published on the [`IdentityStore`]: new handshakes use them at
+//! once, connections in flight finish on the old ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::identity::{Credentials, IdentityStore};
+use crate::metrics::Metrics;
+use crate::revocation::{OnStale, RevocationCache};
+
+mod ca_mode;
+mod files;
+#[cfg(test)]
+mod tests;
+
+pub use ca_mode::{state_file, verify_crl, CaMode};
+pub use files::watch_files;
+
+/// Renewal happens at half the lifetime, ± this fraction of the lifetime, so a CA outage of up
+/// to half a lifetime costs nothing and a fleet issued at once does not renew at once.
+pub const RENEW_JITTER: f64 = 0.1;
+/// First retry delay after a failed renewal.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest retry delay: a recovered CA is noticed within this.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How long one CRL long-poll waits at the CA.
+pub const CRL_WAIT: Duration = Duration::from_secs(30);
+/// How often `[identity]` files are checked for changes.
+pub const FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Wall-clock time that follows tokio's clock, so time-based logic can run under paused tokio
+/// time in tests while reading as real time in production.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall: OffsetDateTime,
+    mono: tokio::time::Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            wall: OffsetDateTime::now_utc(),
+            mono: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock {
+    /// A clock that reads `wall` now.
+    pub fn starting_at(wall: OffsetDateTime) -> Self {
+        Clock {
+            wall,
+            mono: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> OffsetDateTime {
+        self.wall + self.mono.elapsed()
+    }
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`: half-life plus
+/// `jitter` × [`RENEW_JITTER`] × lifetime, with `jitter` in [-1, 1].
+pub fn renew_at(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    jitter: f64,
+) -> OffsetDateTime {
+    let life = not_after - not_before;
+    not_before + life / 2 + life * (RENEW_JITTER * jitter.clamp(-1.0, 1.0))
+}
+
+/// Capped exponential backoff with jitter, tightened so retries keep happening before expiry.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The delay before the next retry. `left` is the time until the certificate expires (if
+    /// any): the delay never exceeds half of it, so attempts keep coming until the last moment.
+    /// `rand01` in [0, 1) spreads retries of many sidecars ("full jitter" over the upper half).
+    pub fn next(&mut self, left: Option<Duration>, rand01: f64) -> Duration {
+        let exp = BACKOFF_BASE
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(BACKOFF_CAP);
+        self.attempt = self.attempt.saturating_add(1);
+        let mut d = exp.mul_f64(0.5 + 0.5 * rand01.clamp(0.0, 1.0));
+        if let Some(left) = left.filter(|l| !l.is_zero()) {
+            d = d.min(left / 2);
+        }
+        d.max(Duration::from_millis(100))
+    }
+}
+
+/// Renews forever: waits for the renewal time of the current certificate (or a `rotate`
+/// request), calls `refresh`, and on failure retries with [`Backoff`] while the old certificate
+/// keeps serving. `validity` reads the current certificate's (notBefore, notAfter); `None` means
+/// there is none yet and `refresh` is called at once (enrollment).
+pub async fn renewal_loop<R, Fut>(
+    validity: impl Fn() -> Option<(OffsetDateTime, OffsetDateTime)>,
+    mut refresh: R,
+    rotate: Arc<Notify>,
+    clock: Clock,
+    results: prometheus::IntCounterVec,
+) where
+    R: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    loop {
+        if let Some((nb, na)) = validity() {
+            let jitter = rand01() * 2.0 - 1.0;
+            let wait = (renew_at(nb, na, jitter) - clock.now()).max(time::Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait.unsigned_abs()) => {}
+                _ = rotate.notified() => tracing::info!("renewal requested (POST /rotate)"),
+            }
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            match refresh().await {
+                Ok(()) => {
+                    results.with_label_values(&["ok"]).inc();
+                    break;
+                }
+                Err(e) => {
+                    results.with_label_values(&["error"]).inc();
+                    let left = validity()
+                        .map(|(_, na)| (na - clock.now()).max(time::Duration::ZERO).unsigned_abs());
+                    let delay = backoff.next(left, rand01());
+                    tracing::warn!("certificate refresh failed (keeping the current one, retry in {delay:?}): {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = rotate.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A uniform random number in [0, 1) (the thread RNG is not held across awaits).
+fn rand01() -> f64 {
+    rand::thread_rng().gen()
+}
+
+/// Seconds of service left if nothing can be renewed from now on: the least of the leaf's
+/// expiry, its CA chain's expiry and, under `on_stale_crl = "deny"`, the CRL staleness deadline.
+pub fn time_until_outage(
+    creds: Option<&Credentials>,
+    cache: &RevocationCache,
+    now: OffsetDateTime,
+) -> Option<time::Duration> {
+    let creds = creds?;
+    let mut end = creds.not_after.min(creds.chain_not_after);
+    if cache.on_stale() == OnStale::Deny {
+        if let Some(stale) = cache.stale_at() {
+            end = end.min(stale);
+        }
+    }
+    Some((end - now).max(time::Duration::ZERO))
+}
+
+/// Keeps the lifecycle gauges current (once a second).
+pub async fn update_gauges(store: IdentityStore, cache: Arc<RevocationCache>, metrics: Metrics) {
+    loop {
+        let now = OffsetDateTime::now_utc();
+        let creds = store.current();
+        if let Some(c) = &creds {
+            metrics.cert_expiry.set(c.not_after.unix_timestamp());
+        }
+        if let Some(crl) = cache.current() {
+            metrics.crl_number.set(crl.number() as i64);
+            metrics
+                .crl_age
+                .set((now - crl.this_update()).as_seconds_f64());
+        }
+        metrics.crl_stale.set(i64::from(cache.is_stale(now)));
+        let outage = time_until_outage(creds.as_deref(), &cache, now)
+            .map(|d| d.as_seconds_f64())
+            .unwrap_or(0.0);
+        metrics.time_until_outage.set(outage);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
