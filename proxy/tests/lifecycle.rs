@@ -592,3 +592,195 @@ fn crls_that_are_forged_foreign_or_garbage_are_refused() {
     );
     assert!(tether_proxy::lifecycle::verify_crl(b"", &bundle, &inter, now).is_err());
 }
+
+/// Sends requests through `out` until `stop`; returns (ok, failed).
+fn traffic(
+    out: std::net::SocketAddr,
+    host: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            match get(out, host, "/data", &[]).await.0 {
+                StatusCode::OK => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        (ok, failed)
+    })
+}
+
+async fn roots(s: &Sidecar) -> usize {
+    identity(s).await["bundle"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0)
+}
+
+async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let b = inbound_ca_mode(
+        &pki,
+        &ca,
+        "b",
+        app,
+        Some(&token(&pki, "ns/default/sa/service-b")),
+    )
+    .await;
+    let a = outbound_ca_mode(
+        &pki,
+        &ca,
+        "a",
+        &[("service-b", &b, "ns/default/sa/service-b")],
+        Some(&token(&pki, "ns/default/sa/service-a")),
+    )
+    .await;
+    wait_ready(&b).await;
+    wait_ready(&a).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(a.outbound.unwrap(), "service-b", stop.clone());
+
+    // Rotate: both sidecars pick up the two-root bundle without a restart.
+    let old_root = pki.ca.bundle().roots()[0].fingerprint.clone();
+    pki.ca
+        .rotate_root(&tether_ca::rotation::RotateOptions {
+            root_ttl: Duration::from_secs(86400 * 30),
+            intermediate_ttl: Duration::from_secs(86400 * 10),
+        })
+        .unwrap();
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            roots(&a).await == 2 && roots(&b).await == 2
+        })
+        .await,
+        "bundle with both roots never reached the sidecars"
+    );
+
+    // Renew both: the new leaves come from the new intermediate and still verify everywhere.
+    for s in [&a, &b] {
+        let before = identity(s).await["serial"].clone();
+        assert_eq!(
+            send(s.admin.unwrap(), "admin", "POST", "/rotate", &[], "")
+                .await
+                .0,
+            StatusCode::ACCEPTED
+        );
+        assert!(
+            eventually_async(Duration::from_secs(10), || async {
+                identity(s).await["serial"] != before
+            })
+            .await
+        );
+    }
+    let chain = std::fs::read(pki.dir.path().join("state-a/chain.pem")).unwrap();
+    let chain = tether_certs::pem::certificates(&chain).unwrap();
+    let bundle_roots =
+        tether_certs::pem::certificates(&std::fs::read(pki.ca.dir().join("bundle.pem")).unwrap())
+            .unwrap();
+    assert_eq!(
+        bundle_roots.len(),
+        2,
+        "the published bundle holds old + new roots"
+    );
+
+    // Retire the old root. The sidecars' previous (pre-rotation) leaves are still unexpired, so
+    // the CA asks for --force; everything live has renewed, so forcing is safe here.
+    let (_, outcome) = pki.ca.retire_root(&old_root, true).unwrap();
+    assert!(
+        matches!(outcome, tether_ca::store::RetireOutcome::Retired { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        eventually_async(Duration::from_secs(10), || async {
+            roots(&a).await == 1 && roots(&b).await == 1
+        })
+        .await,
+        "the one-root bundle never reached the sidecars"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    println!("root rotate → renew → retire under load: {ok} ok, {failed} failed (chain of {} certificates)", chain.len());
+    assert_eq!(failed, 0);
+    assert!(ok > 20);
+    assert_eq!(
+        get(a.outbound.unwrap(), "service-b", "/after", &[]).await.0,
+        StatusCode::OK
+    );
+    ca.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_wait_names_the_sidecar_that_did_not_acknowledge() {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let b1 = inbound_ca_mode(&pki, &ca, "b1", app, Some(&token(&pki, "ns/default/sa/b1"))).await;
+    let b2 = inbound_ca_mode(&pki, &ca, "b2", app, Some(&token(&pki, "ns/default/sa/b2"))).await;
+    wait_ready(&b1).await;
+    wait_ready(&b2).await;
+    // Both report to the fleet table with their first poll after enrolling.
+    let fleet = |n: usize| {
+        pki.ca
+            .fleet(Duration::from_secs(60))
+            .map(|f| f.len() == n)
+            .unwrap_or(false)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || fleet(2)).await,
+        "{:?}",
+        pki.ca.fleet(Duration::from_secs(60))
+    );
+
+    // All running: a revocation is acknowledged by both.
+    let victim = pki.issue("ns/default/sa/victim-1");
+    let outcome = pki.ca.revoke(&Pki::serial(&victim), None).unwrap();
+    let tether_ca::store::RevokeOutcome::Revoked { crl_number } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let ack = tokio::task::block_in_place(|| {
+        pki.ca
+            .wait_for_acknowledgement(crl_number, Duration::from_secs(5))
+            .unwrap()
+    });
+    assert!(ack.lagging.is_empty(), "{:?}", ack.lagging);
+    assert_eq!(ack.members, 2);
+
+    // b2 stops: the next revocation's wait times out and names b2, not b1.
+    b2.stop().await.unwrap();
+    let victim = pki.issue("ns/default/sa/victim-2");
+    let tether_ca::store::RevokeOutcome::Revoked { crl_number } =
+        pki.ca.revoke(&Pki::serial(&victim), None).unwrap()
+    else {
+        panic!()
+    };
+    let ack = tokio::task::block_in_place(|| {
+        pki.ca
+            .wait_for_acknowledgement(crl_number, Duration::from_secs(2))
+            .unwrap()
+    });
+    let lagging: Vec<&str> = ack.lagging.iter().map(|m| m.spiffe_id.as_str()).collect();
+    assert_eq!(lagging, vec![id("ns/default/sa/b2").as_str()]);
+    drop(b1);
+    ca.stop().await;
+}

@@ -38,6 +38,15 @@ pub fn verify_crl(
     Err(format!("CRL refused: {last}"))
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The CA-mode state of one sidecar.
 pub struct CaMode {
     settings: CaSettings,
@@ -145,9 +154,10 @@ impl CaMode {
         }
     }
 
-    /// Runs renewal and the CRL poller forever.
+    /// Runs renewal and the CRL poller until this future is dropped (the sidecar stops), which
+    /// also stops the poller: a stopped sidecar must not keep acknowledging CRLs to the fleet.
     pub async fn run(self: Arc<Self>, rotate: Arc<Notify>) {
-        let poller = tokio::spawn(self.clone().crl_loop());
+        let _poller = AbortOnDrop(tokio::spawn(self.clone().crl_loop()));
         let me = self.clone();
         let store = self.store.clone();
         renewal_loop(
@@ -161,7 +171,6 @@ impl CaMode {
             self.metrics.cert_refresh.clone(),
         )
         .await;
-        poller.abort();
     }
 
     fn token(&self) -> Option<String> {
