@@ -784,3 +784,47 @@ async fn revoke_wait_names_the_sidecar_that_did_not_acknowledge() {
     drop(b1);
     ca.stop().await;
 }
+
+/// The figure the lifecycle issue asks for: time from a revocation at the CA (state-dir write,
+/// as `tether-ca revoke` does) to the first refused handshake at a second sidecar, 20 times.
+/// Not a timed assertion — run it by hand:
+/// `cargo test --release -p tether-proxy --test lifecycle -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn revocation_latency_figures() {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let b1 = inbound_ca_mode(&pki, &ca, "b1", app, Some(&token(&pki, "ns/default/sa/b1"))).await;
+    let b2 = inbound_ca_mode(&pki, &ca, "b2", app, Some(&token(&pki, "ns/default/sa/b2"))).await;
+    wait_ready(&b1).await;
+    wait_ready(&b2).await;
+    let mut samples = Vec::new();
+    for i in 0..20 {
+        let client = pki.issue(&format!("ns/default/sa/client-{i}"));
+        let config = raw_client_config(Some(&client));
+        assert_eq!(
+            raw_get(b2.inbound.unwrap(), config.clone(), "/")
+                .await
+                .unwrap(),
+            StatusCode::OK
+        );
+        let started = Instant::now();
+        pki.ca.revoke(&Pki::serial(&client), None).unwrap();
+        while raw_get(b2.inbound.unwrap(), config.clone(), "/")
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    println!(
+        "revoke → first refused handshake at the second sidecar, 20 runs: median {:?}, min {:?}, max {:?}",
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1]
+    );
+    ca.stop().await;
+}
