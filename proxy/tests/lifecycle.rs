@@ -120,6 +120,25 @@ async fn outbound_ca_mode(
     Sidecar::start(pki.dir.path(), name, &s).await
 }
 
+/// service-a's outbound sidecar and service-b's inbound sidecar (in front of `app`), both
+/// enrolled with fresh tokens from `ca` and ready.
+async fn ready_pair(pki: &Pki, ca: &CaServer, app: std::net::SocketAddr) -> (Sidecar, Sidecar) {
+    let b_token = token(pki, "ns/default/sa/service-b");
+    let b = inbound_ca_mode(pki, ca, "b", app, Some(&b_token)).await;
+    let a_token = token(pki, "ns/default/sa/service-a");
+    let a = outbound_ca_mode(
+        pki,
+        ca,
+        "a",
+        &[("service-b", &b, "ns/default/sa/service-b")],
+        Some(&a_token),
+    )
+    .await;
+    wait_ready(&b).await;
+    wait_ready(&a).await;
+    (a, b)
+}
+
 async fn ready(s: &Sidecar) -> bool {
     get(s.admin.unwrap(), "admin", "/ready", &[]).await.0 == StatusCode::OK
 }
@@ -198,24 +217,7 @@ async fn rotation_under_continuous_traffic_fails_no_request() {
     let pki = Pki::new();
     let ca = CaServer::start(&pki).await;
     let app = start_app().await;
-    let b = inbound_ca_mode(
-        &pki,
-        &ca,
-        "b",
-        app,
-        Some(&token(&pki, "ns/default/sa/service-b")),
-    )
-    .await;
-    let a = outbound_ca_mode(
-        &pki,
-        &ca,
-        "a",
-        &[("service-b", &b, "ns/default/sa/service-b")],
-        Some(&token(&pki, "ns/default/sa/service-a")),
-    )
-    .await;
-    wait_ready(&b).await;
-    wait_ready(&a).await;
+    let (a, b) = ready_pair(&pki, &ca, app).await;
     let (serial_a, serial_b) = (
         identity(&a).await["serial"].clone(),
         identity(&b).await["serial"].clone(),
@@ -278,24 +280,7 @@ async fn a_ca_outage_stops_nothing_and_a_restart_uses_the_cache() {
     let pki = Pki::new();
     let ca = CaServer::start(&pki).await;
     let app = start_app().await;
-    let b = inbound_ca_mode(
-        &pki,
-        &ca,
-        "b",
-        app,
-        Some(&token(&pki, "ns/default/sa/service-b")),
-    )
-    .await;
-    let a = outbound_ca_mode(
-        &pki,
-        &ca,
-        "a",
-        &[("service-b", &b, "ns/default/sa/service-b")],
-        Some(&token(&pki, "ns/default/sa/service-a")),
-    )
-    .await;
-    wait_ready(&b).await;
-    wait_ready(&a).await;
+    let (a, b) = ready_pair(&pki, &ca, app).await;
     ca.stop().await;
 
     assert_eq!(
@@ -638,24 +623,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
     let pki = Pki::new();
     let ca = CaServer::start(&pki).await;
     let app = start_app().await;
-    let b = inbound_ca_mode(
-        &pki,
-        &ca,
-        "b",
-        app,
-        Some(&token(&pki, "ns/default/sa/service-b")),
-    )
-    .await;
-    let a = outbound_ca_mode(
-        &pki,
-        &ca,
-        "a",
-        &[("service-b", &b, "ns/default/sa/service-b")],
-        Some(&token(&pki, "ns/default/sa/service-a")),
-    )
-    .await;
-    wait_ready(&b).await;
-    wait_ready(&a).await;
+    let (a, b) = ready_pair(&pki, &ca, app).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(a.outbound.unwrap(), "service-b", stop.clone());
 
