@@ -41,11 +41,17 @@ pub struct Outbound {
     metrics: Metrics,
     limits: Limits,
     revocation: Arc<RevocationCache>,
+    /// `tether_request_duration_seconds{direction="outbound"}`, resolved once.
+    seconds: prometheus::Histogram,
 }
 
 /// One peer service.
 pub struct Route {
     name: String,
+    /// `name` as the :authority of requests to the peer, parsed once.
+    authority: Authority,
+    /// `tether_requests_total{direction="outbound",peer=<identity>,code="200"}`, resolved once.
+    ok: prometheus::IntCounter,
     identity: tether_certs::SpiffeId,
     upstreams: Vec<Upstream>,
     next: AtomicUsize,
@@ -82,6 +88,14 @@ impl Outbound {
             .map(|s| {
                 let route = Route {
                     name: s.name.clone(),
+                    // Config validation allows only host-name characters, so this parses.
+                    authority: Authority::try_from(s.name.as_str())
+                        .unwrap_or_else(|_| Authority::from_static("invalid.service")),
+                    ok: metrics.requests.with_label_values(&[
+                        "outbound",
+                        s.identity.as_str(),
+                        "200",
+                    ]),
                     identity: s.identity.clone(),
                     upstreams: s
                         .addresses
@@ -101,6 +115,7 @@ impl Outbound {
             revocation,
             identity,
             routes,
+            seconds: metrics.request_seconds.with_label_values(&["outbound"]),
             metrics,
             limits,
         })
@@ -195,14 +210,20 @@ pub async fn run_tcp(
 
 async fn request(outbound: &Outbound, req: Request<Incoming>) -> Response<RespBody> {
     let started = Instant::now();
-    let (resp, peer) = forward_request(outbound, req).await;
-    let m = &outbound.metrics;
-    m.requests
-        .with_label_values(&["outbound", &peer, resp.status().as_str()])
-        .inc();
-    m.request_seconds
-        .with_label_values(&["outbound"])
-        .observe(started.elapsed().as_secs_f64());
+    let (resp, route) = forward_request(outbound, req).await;
+    // The common case uses handles resolved once per route: no label hashing per request.
+    match route {
+        Some(r) if resp.status() == StatusCode::OK => r.ok.inc(),
+        _ => {
+            let peer = route.map(|r| r.identity.as_str()).unwrap_or("");
+            outbound
+                .metrics
+                .requests
+                .with_label_values(&["outbound", peer, resp.status().as_str()])
+                .inc();
+        }
+    }
+    outbound.seconds.observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -210,10 +231,18 @@ async fn request(outbound: &Outbound, req: Request<Incoming>) -> Response<RespBo
 /// and case dropped.
 fn service_name(req: &Request<Incoming>) -> Option<String> {
     let host = match req.uri().host() {
-        Some(h) => h.to_string(),
+        Some(h) => h,
         None => {
             let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            Authority::try_from(h).ok()?.host().to_string()
+            // Drop a port without parsing: "name:port" → "name" (IPv6 literals are not names).
+            match h.rsplit_once(':') {
+                Some((name, port))
+                    if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') =>
+                {
+                    name
+                }
+                _ => h,
+            }
         }
     };
     Some(host.to_ascii_lowercase())
@@ -222,14 +251,14 @@ fn service_name(req: &Request<Incoming>) -> Option<String> {
 async fn forward_request(
     outbound: &Outbound,
     mut req: Request<Incoming>,
-) -> (Response<RespBody>, String) {
+) -> (Response<RespBody>, Option<&Route>) {
     let Some(name) = service_name(&req) else {
         return (
             reply(
                 StatusCode::BAD_REQUEST,
                 "request names no service (Host header)\n",
             ),
-            String::new(),
+            None,
         );
     };
     let Some(route) = outbound.routes.get(&name) else {
@@ -238,10 +267,10 @@ async fn forward_request(
                 StatusCode::BAD_GATEWAY,
                 format!("unknown service {name:?}\n"),
             ),
-            String::new(),
+            None,
         );
     };
-    let peer = route.identity.to_string();
+    let peer = Some(route.as_ref());
     if route.upstreams.is_empty() {
         return (
             reply(StatusCode::BAD_GATEWAY, "service has no address\n"),
@@ -274,7 +303,7 @@ async fn forward_request(
     };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTPS);
-    parts.authority = Authority::try_from(route.name.as_str()).ok();
+    parts.authority = Some(route.authority.clone());
     parts.path_and_query = req
         .uri()
         .path_and_query()

@@ -231,8 +231,8 @@ async fn rotation_under_continuous_traffic_fails_no_request() {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match get(out, "service-b", "/data", &[]).await.0 {
-                    StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                match try_get(out, "service-b", "/data").await {
+                    Some(StatusCode::OK) => ok.fetch_add(1, Ordering::Relaxed),
                     _ => failed.fetch_add(1, Ordering::Relaxed),
                 };
             }
@@ -385,9 +385,12 @@ async fn revocation_reaches_two_sidecars_and_cuts_a_live_connection() {
         "revocation reached both sidecars in {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        b1.metric("tether_connections_open", &[("direction", "inbound")]),
-        0.0
+    // The cut connection's task ends right after the signal.
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            b1.metric("tether_connections_open", &[("direction", "inbound")]) == 0.0
+        })
+        .await
     );
     // New connections from the revoked identity are refused at the handshake.
     let (s, _) = get(a.outbound.unwrap(), "b1", "/", &[]).await;
@@ -587,8 +590,8 @@ fn traffic(
     tokio::spawn(async move {
         let (mut ok, mut failed) = (0, 0);
         while !stop.load(Ordering::Relaxed) {
-            match get(out, host, "/data", &[]).await.0 {
-                StatusCode::OK => ok += 1,
+            match try_get(out, host, "/data").await {
+                Some(StatusCode::OK) => ok += 1,
                 _ => failed += 1,
             }
         }
@@ -636,7 +639,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
         })
         .unwrap();
     assert!(
-        eventually_async(Duration::from_secs(10), || async {
+        eventually_async(Duration::from_secs(20), || async {
             roots(&a).await == 2 && roots(&b).await == 2
         })
         .await,
@@ -678,7 +681,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
         "{outcome:?}"
     );
     assert!(
-        eventually_async(Duration::from_secs(10), || async {
+        eventually_async(Duration::from_secs(20), || async {
             roots(&a).await == 1 && roots(&b).await == 1
         })
         .await,

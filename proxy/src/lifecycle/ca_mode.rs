@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
@@ -281,9 +282,16 @@ impl CaMode {
             let creds = self.store.current();
             let (bundle, version) = self.bundle();
             let after = self.cache.number();
+            // Without a certificate the poll reports nothing to the fleet table, so keep it short:
+            // the first poll that carries the new certificate then comes within a second.
+            let wait = if creds.is_some() {
+                CRL_WAIT
+            } else {
+                Duration::from_secs(1)
+            };
             let polled = self
                 .client
-                .poll_crl(&bundle, creds.as_deref(), after, CRL_WAIT, version)
+                .poll_crl(&bundle, creds.as_deref(), after, wait, version)
                 .await;
             let ca_version = match polled {
                 Ok(CrlPoll::New {

@@ -190,6 +190,13 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar from `toml` (written to `dir/<name>.toml`; relative paths resolve there).
     pub async fn start(dir: &Path, name: &str, toml: &str) -> Sidecar {
+        // TETHER_TEST_LOG=debug shows the sidecars' logs in a failing test's output.
+        if let Ok(filter) = std::env::var("TETHER_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, toml).unwrap();
         let cfg = tether_proxy::config::Config::load(&config_path, &Default::default()).unwrap();
@@ -323,6 +330,20 @@ pub async fn send(
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// GET through a plain listener; `None` if the connection failed (for load loops that count
+/// failures instead of panicking).
+pub async fn try_get(addr: SocketAddr, host: &str, path: &str) -> Option<StatusCode> {
+    let req = Request::builder()
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = http_client().request(req).await.ok()?;
+    let status = resp.status();
+    resp.into_body().collect().await.ok()?;
+    Some(status)
 }
 
 /// Parses the echo app's JSON answer.
