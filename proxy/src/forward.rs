@@ -61,6 +61,14 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// Hop-by-hop headers that are not named in `Connection` but must not be forwarded either.
+const HOP_BY_HOP: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
 /// Removes hop-by-hop headers (RFC 9110 7.6.1) before forwarding. `keep_upgrade` keeps
 /// `Connection: upgrade` + `Upgrade` for an upgrade request; `te: trailers` always stays because
 /// gRPC needs it.
@@ -76,12 +84,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-    ] {
+    // Static names: converting strings to header names on every request showed up in profiles.
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);
