@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Turns proxy/bench/run.sh's results.tsv into the markdown report of `make bench`.
+
+Usage: report.py OUT_DIR   (reads OUT_DIR/results.tsv, meta.txt, notes.txt, loadavg.txt)
+
+Every cell is the median over rounds with the min–max range. Ratios are computed per round
+(both figures come from the same round, so drift between rounds cancels) and the median of those
+per-round ratios is shown.
+"""
+
+import collections
+import statistics
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+rows = collections.defaultdict(dict)  # (workload, target, metric) -> {round: value}
+for line in (out / "results.tsv").read_text().splitlines():
+    parts = line.split("\t")
+    if len(parts) != 5 or parts[4] == "":
+        continue
+    rnd, workload, target, metric, value = parts
+    try:
+        rows[(workload, target, metric)][int(rnd)] = float(value)
+    except ValueError:
+        pass
+meta = dict(
+    l.split("=", 1) for l in (out / "meta.txt").read_text().splitlines() if "=" in l
+)
+notes = (out / "notes.txt").read_text().strip() if (out / "notes.txt").exists() else ""
+loadavg = (out / "loadavg.txt").read_text().strip() if (out / "loadavg.txt").exists() else ""
+
+PEERS = [p for p in ("nginx", "haproxy") if any(k[1] == p for k in rows)]
+PROXIES = ["tether"] + PEERS
+TARGETS = ["direct"] + PROXIES
+
+
+def values(w, t, m):
+    return rows.get((w, t, m), {})
+
+
+def fmt(x, digits=None):
+    if x is None:
+        return "—"
+    if digits is None:
+        digits = 0 if abs(x) >= 100 else (1 if abs(x) >= 10 else 2)
+    return f"{x:,.{digits}f}"
+
+
+def cell(w, t, m, scale=1.0, digits=None):
+    v = values(w, t, m)
+    if not v:
+        return "—"
+    xs = [x * scale for x in v.values()]
+    med = statistics.median(xs)
+    if len(xs) == 1:
+        return fmt(med, digits)
+    return f"{fmt(med, digits)} ({fmt(min(xs), digits)}–{fmt(max(xs), digits)})"
+
+
+def per_round_ratio(w, a, m_a, b, m_b=None):
+    """Median over rounds of value(a)/value(b)."""
+    va, vb = values(w, a, m_a), values(w, b, m_b or m_a)
+    rs = [va[r] / vb[r] for r in va if r in vb and vb[r]]
+    return statistics.median(rs) if rs else None
+
+
+def best_peer(w, m, higher_better=True):
+    """Per round, the best peer's value; returns {round: value} and the peer most often best."""
+    best, who = {}, collections.Counter()
+    for p in PEERS:
+        for r, x in values(w, p, m).items():
+            if r not in best or (x > best[r] if higher_better else x < best[r]):
+                best[r] = x
+    for r, x in best.items():
+        for p in PEERS:
+            if values(w, p, m).get(r) == x:
+                who[p] += 1
+    return best, (who.most_common(1)[0][0] if who else None)
+
+
+def ratio_to_best(w, t, m, higher_better=True):
+    best, _ = best_peer(w, m, higher_better)
+    v = values(w, t, m)
+    rs = [v[r] / best[r] for r in v if r in best and best[r]]
+    return statistics.median(rs) if rs else None
+
+
+def ratio_to_direct(w, t, m):
+    return per_round_ratio(w, t, m, "direct")
+
+
+def x(r):
+    return "—" if r is None else f"{r:.2f}×"
+
+
+lines = []
+say = lines.append
+say("# `make bench` report")
+say("")
+say(
+    f"{meta.get('rounds')} interleaved rounds of {meta.get('duration')} s runs on {meta.get('cores')} "
+    f"cores; upstream {meta.get('upstream')}; load generator wrk ({meta.get('wrk_threads')} thread) "
+    "and `proxy/examples/handshake_load` (1 thread, 16 concurrent). Each proxy runs 1 worker/thread. "
+    "Cells: median (min–max) over rounds. **The machine is shared: absolute figures are noisy; "
+    "compare the ratios, computed per round.**"
+)
+say("")
+say(f"Versions: {meta.get('versions', '')}")
+say("")
+
+MIB = 1 / 1024
+
+
+def rss_cell(w, t):
+    o, i = values(w, t, "rss_out_kib"), values(w, t, "rss_in_kib")
+    if not o and not i:
+        return "—"
+    fo = lambda d: fmt(statistics.median(d.values()) * MIB, 1) if d else "—"  # noqa: E731
+    rng = ""
+    if len(o) > 1:
+        rng = f" ({fmt(min(o.values()) * MIB, 1)}–{fmt(max(o.values()) * MIB, 1)} / " \
+              f"{fmt(min(i.values()) * MIB, 1)}–{fmt(max(i.values()) * MIB, 1)})"
+    return f"{fo(o)} / {fo(i)}{rng}"
+
+
+def cpu_cell(w, t):
+    o, i = values(w, t, "cpu_out_us"), values(w, t, "cpu_in_us")
+    if not o:
+        return "—"
+    return f"{fmt(statistics.median(o.values()), 0)} + {fmt(statistics.median(i.values()), 0)}"
+
+
+hold = meta.get("hold_conns", "1000")
+table = [
+    ("keep-alive, 32 connections, req/s", lambda t: cell("ka32", t, "rps", 1e-3, 1) + (" k" if values("ka32", t, "rps") else "")),
+    ("proxy CPU per request at 32 connections, µs (outbound + inbound)", lambda t: cpu_cell("ka32", t) if t != "direct" else "—"),
+    ("keep-alive, 1 connection, req/s", lambda t: cell("ka1", t, "rps", 1e-3, 2) + (" k" if values("ka1", t, "rps") else "")),
+    ("keep-alive, 1 connection, p50 latency, ms", lambda t: cell("ka1", t, "p50_ms", 1, 3)),
+    ("keep-alive, 1 connection, p99 latency, ms", lambda t: cell("ka1", t, "p99_ms", 1, 3)),
+    ("new mTLS connection per request through the pair, req/s (direct: new plain TCP connection)", lambda t: cell("newconn_pair", t, "rps", 1, 0) if t != "tether" else "n/a ¹"),
+    ("new mTLS connection + 1 request straight at the inbound, conn/s", lambda t: cell("newconn_inbound", t, "rps", 1, 0)),
+    ("inbound CPU per new mTLS connection + request, µs", lambda t: cell("newconn_inbound", t, "cpu_in_us", 1, 0)),
+    ("full mTLS handshakes/s straight at the inbound", lambda t: cell("handshake_inbound", t, "rps", 1, 0)),
+    ("inbound CPU per full mTLS handshake, µs", lambda t: cell("handshake_inbound", t, "cpu_in_us", 1, 0)),
+    ("RSS idle, MiB (outbound / inbound)", lambda t: rss_cell("idle", t)),
+    ("RSS at the end of the 32-connection run, MiB (outbound / inbound)", lambda t: rss_cell("ka32", t)),
+    (f"RSS holding {hold} connections, MiB (outbound: HTTP keep-alive clients / inbound: mTLS)", lambda t: rss_cell("hold", t)),
+]
+say("| workload | " + " | ".join(("Tether pair" if t == "tether" else f"{t} pair" if t != "direct" else "direct") for t in TARGETS) + " |")
+say("|---|" + "---|" * len(TARGETS))
+for name, f in table:
+    say(f"| {name} | " + " | ".join(f(t) for t in TARGETS) + " |")
+say("")
+say(
+    "¹ The Tether outbound always pools: one HTTP/2 connection per peer address, shared by every "
+    "request (HTTP/2 between the sidecars is the default and the only mode; there is no setting to "
+    "turn pooling off). Its new-connection cost is measured straight at the inbound instead (the "
+    "next rows, same client for all three inbounds: a new TCP + full TLS 1.3 handshake with a "
+    "client certificate, verified with Tether's SVID verifier, then `GET /`)."
+)
+say("")
+
+# Ratios.
+say("## Ratios (median of per-round ratios)")
+say("")
+ratio_rows = [
+    ("keep-alive 32 conns, req/s", "ka32", "rps", True),
+    ("keep-alive 1 conn, req/s", "ka1", "rps", True),
+    ("keep-alive 1 conn, p50 latency (lower is better)", "ka1", "p50_ms", False),
+    ("keep-alive 1 conn, p99 latency (lower is better)", "ka1", "p99_ms", False),
+    ("new connection per request through the pair, req/s", "newconn_pair", "rps", True),
+    ("new mTLS connection + request at the inbound, conn/s", "newconn_inbound", "rps", True),
+    ("inbound CPU per new connection + request (lower is better)", "newconn_inbound", "cpu_in_us", False),
+    ("full handshakes/s at the inbound", "handshake_inbound", "rps", True),
+    ("inbound CPU per full handshake (lower is better)", "handshake_inbound", "cpu_in_us", False),
+]
+hdr = "| workload | " + " | ".join(f"{p} ÷ best peer" for p in PROXIES) + " | " + " | ".join(f"{p} ÷ direct" for p in PROXIES) + " |"
+say(hdr)
+say("|---|" + "---|" * (2 * len(PROXIES)))
+for name, w, m, hb in ratio_rows:
+    r_best = [x(ratio_to_best(w, p, m, hb)) for p in PROXIES]
+    r_dir = [x(ratio_to_direct(w, p, m)) if values(w, "direct", m) else "—" for p in PROXIES]
+    say(f"| {name} | " + " | ".join(r_best) + " | " + " | ".join(r_dir) + " |")
+say("")
+
+# Targets from the issue.
+say("## Targets (issue \"make bench\")")
+say("")
+
+
+def verdict(ok):
+    return "—" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def target_line(text, ok, figure):
+    say(f"- {text}: {verdict(ok)} — {figure}")
+
+
+def best_name(w, m, hb=True):
+    return best_peer(w, m, hb)[1] or "no peer"
+
+
+r = ratio_to_best("ka32", "tether", "rps")
+target_line("keep-alive 32 connections ≥ 1.3× the best peer", None if r is None else r >= 1.3,
+            f"{x(r)} {best_name('ka32', 'rps')}")
+r1 = ratio_to_best("ka1", "tether", "rps")
+p99 = ratio_to_best("ka1", "tether", "p99_ms", False)
+ok1 = None if r1 is None or p99 is None else (r1 >= 1.3 and p99 <= 1.0)
+target_line("keep-alive 1 connection ≥ 1.3× the best peer, p99 no worse", ok1,
+            f"{x(r1)} {best_name('ka1', 'rps')} req/s; p99 {x(p99)} of the best peer's ({best_name('ka1', 'p99_ms', False)})")
+rn = ratio_to_best("newconn_inbound", "tether", "rps")
+rc = ratio_to_best("newconn_inbound", "tether", "cpu_in_us", False)
+target_line("new connection per request ≥ 2× the best peer (measured at the inbound, see ¹)",
+            None if rn is None else rn >= 2.0,
+            f"{x(rn)} {best_name('newconn_inbound', 'rps')} conn/s; inbound CPU per connection {x(rc)} of the best peer's "
+            f"(i.e. {x(1 / rc) if rc else '—'} cheaper)")
+rh = ratio_to_best("handshake_inbound", "tether", "rps")
+rhc = ratio_to_best("handshake_inbound", "tether", "cpu_in_us", False)
+say(f"  - full handshakes only: {x(rh)} the best peer's handshakes/s; CPU per handshake {x(rhc)} of the best peer's")
+
+
+def mib(w, t, m):
+    v = values(w, t, m)
+    return max(v.values()) * MIB if v else None
+
+
+idle = [mib("idle", "tether", "rss_out_kib"), mib("idle", "tether", "rss_in_kib")]
+ok = None if None in idle else max(idle) <= 10
+target_line("RSS ≤ 10 MiB idle", ok, f"outbound {fmt(idle[0], 1)} MiB, inbound {fmt(idle[1], 1)} MiB")
+held = [mib("hold", "tether", "rss_out_kib"), mib("hold", "tether", "rss_in_kib")]
+known = [h for h in held if h is not None]
+target_line(f"RSS ≤ 64 MiB holding {hold} connections", (max(known) <= 64) if known else None,
+            f"outbound {fmt(held[0], 1)} MiB, inbound {fmt(held[1], 1)} MiB")
+ca = values("ca_keepalive", "tether-ca", "rps")
+can = values("ca_newconn", "tether-ca", "rps")
+if ca:
+    med = statistics.median(ca.values())
+    target_line(f"CA issuance ≥ 2,000 certificates/s over HTTPS ({meta.get('cores')} cores)", med >= 2000,
+                f"{fmt(med, 0)}/s ({fmt(min(ca.values()), 0)}–{fmt(max(ca.values()), 0)}) with 32 kept-alive "
+                f"connections, server CPU {cell('ca_keepalive', 'tether-ca', 'cpu_us', 1, 0)} µs/cert; "
+                f"{cell('ca_newconn', 'tether-ca', 'rps', 1, 0)}/s with a new TLS connection per enrollment "
+                f"(server CPU {cell('ca_newconn', 'tether-ca', 'cpu_us', 1, 0)} µs/cert)")
+say("- policy ≤ 2 µs at 10,000 rules, revocation lookup ≤ 200 ns: micro-benchmarks, "
+    "`cargo bench -p tether-proxy --bench policy` and `cargo bench -p tether-certs --bench certs`.")
+say("")
+if notes:
+    say("## Notes")
+    say("")
+    say(notes)
+    say("")
+if loadavg:
+    say("Load average during the run (other work on the machine shows here):")
+    say("")
+    say("```")
+    say(loadavg)
+    say("```")
+print("\n".join(lines))
