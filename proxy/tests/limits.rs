@@ -14,32 +14,7 @@ const DENY_DATA: &str = "[[rule]]\nname = \"only-health\"\nfrom = [\"spiffe://de
 const ALLOW_DATA: &str = "[[rule]]\nname = \"data-too\"\nfrom = [\"spiffe://demo.tether/ns/default/sa/service-a\"]\npaths = [\"/health\", \"/data\"]\n";
 
 async fn pair(policy: &str, b_limits: &str) -> (Pki, Sidecar, Sidecar, std::path::PathBuf) {
-    let pki = Pki::new();
-    let app = start_app().await;
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let adir = pki.issue("ns/default/sa/service-a");
-    let pol = write_policy(pki.dir.path(), "policy.toml", policy);
-    let b = Sidecar::start(
-        pki.dir.path(),
-        "b",
-        &format!(
-            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n{b_limits}",
-            identity_section(&bdir, None)
-        ),
-    )
-    .await;
-    let a = Sidecar::start(
-        pki.dir.path(),
-        "a",
-        &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n",
-            identity_section(&adir, None),
-            b.inbound.unwrap(),
-            id("ns/default/sa/service-b")
-        ),
-    )
-    .await;
-    (pki, b, a, pol)
+    file_pair(policy, b_limits).await
 }
 
 /// Replaces the file the way editors and config managers do: write aside, then rename.

@@ -22,31 +22,7 @@ paths = ["/data", "/data/*", "/grpc/*", "/ws"]
 "#;
 
 async fn pair(policy: &str) -> (Pki, Sidecar, Sidecar) {
-    let pki = Pki::new();
-    let app = start_app().await;
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let adir = pki.issue("ns/default/sa/service-a");
-    let pol = write_policy(pki.dir.path(), "policy.toml", policy);
-    let b = Sidecar::start(
-        pki.dir.path(),
-        "b",
-        &format!(
-            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n",
-            identity_section(&bdir, None)
-        ),
-    )
-    .await;
-    let a = Sidecar::start(
-        pki.dir.path(),
-        "a",
-        &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n",
-            identity_section(&adir, None),
-            b.inbound.unwrap(),
-            id("ns/default/sa/service-b")
-        ),
-    )
-    .await;
+    let (pki, b, a, _) = file_pair(policy, "").await;
     (pki, b, a)
 }
 

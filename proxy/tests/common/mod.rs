@@ -282,6 +282,38 @@ pub fn identity_section(dir: &Path, crl: Option<&Path>) -> String {
     s
 }
 
+/// A file-mode pair with certificates from a fresh CA: service-b's inbound sidecar (in front of
+/// the echo app, with `policy` and any `b_extra` config appended) and service-a's outbound
+/// sidecar that knows service-b. Returns the CA, b, a and the policy file's path.
+pub async fn file_pair(policy: &str, b_extra: &str) -> (Pki, Sidecar, Sidecar, PathBuf) {
+    let pki = Pki::new();
+    let app = start_app().await;
+    let bdir = pki.issue("ns/default/sa/service-b");
+    let adir = pki.issue("ns/default/sa/service-a");
+    let pol = write_policy(pki.dir.path(), "policy.toml", policy);
+    let b = Sidecar::start(
+        pki.dir.path(),
+        "b",
+        &format!(
+            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n{b_extra}",
+            identity_section(&bdir, None)
+        ),
+    )
+    .await;
+    let a = Sidecar::start(
+        pki.dir.path(),
+        "a",
+        &format!(
+            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n",
+            identity_section(&adir, None),
+            b.inbound.unwrap(),
+            id("ns/default/sa/service-b")
+        ),
+    )
+    .await;
+    (pki, b, a, pol)
+}
+
 /// Writes a policy file and returns its path.
 pub fn write_policy(dir: &Path, name: &str, toml: &str) -> PathBuf {
     let p = dir.join(name);
