@@ -224,24 +224,35 @@ impl SvidVerifier {
         }
         Ok(leaf)
     }
+}
 
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
+/// Checks a TLS 1.2 handshake signature with Tether's provider: the proof that the peer holds the
+/// key of the certificate it sent. Shared by every verifier, including ones that judge the
+/// certificate itself elsewhere (the CA API).
+pub fn verify_tls12(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algs = crate::provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+}
 
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
+/// The TLS 1.3 counterpart of [`verify_tls12`].
+pub fn verify_tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algs = crate::provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+}
+
+/// The signature schemes [`verify_tls12`] and [`verify_tls13`] accept.
+pub fn supported_schemes() -> Vec<SignatureScheme> {
+    crate::provider()
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 /// Verifies client certificates on a TLS server (inbound sidecar, CA API).
@@ -296,7 +307,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls12(message, cert, dss)
+        verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -305,11 +316,11 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls13(message, cert, dss)
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.core.algs.supported_schemes()
+        supported_schemes()
     }
 }
 
@@ -355,7 +366,7 @@ impl ServerCertVerifier for SvidServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls12(message, cert, dss)
+        verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -364,11 +375,11 @@ impl ServerCertVerifier for SvidServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.core.tls13(message, cert, dss)
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.core.algs.supported_schemes()
+        supported_schemes()
     }
 }
 

@@ -62,9 +62,8 @@ pub(super) fn tls_config(
     let (chain, key) = server_credential(authority)?;
     // The shared constructor keeps the mesh's TLS settings (1.3 only, ALPN, no resumption, no
     // 0-RTT); only the certificate source is swapped for one that can change under it.
-    let mut config =
-        tether_certs::verify::server_config(chain, key, Arc::new(DeferredClientAuth::new()))
-            .map_err(|e| ApiError::Tls(e.to_string()))?;
+    let mut config = tether_certs::verify::server_config(chain, key, Arc::new(DeferredClientAuth))
+        .map_err(|e| ApiError::Tls(e.to_string()))?;
     config.cert_resolver = server_cert;
     Ok(config)
 }
@@ -72,17 +71,7 @@ pub(super) fn tls_config(
 /// Asks for a client certificate and checks the handshake signature, but leaves judging the
 /// certificate to the handler (see the module docs).
 #[derive(Debug)]
-struct DeferredClientAuth {
-    algs: rustls::crypto::WebPkiSupportedAlgorithms,
-}
-
-impl DeferredClientAuth {
-    fn new() -> Self {
-        DeferredClientAuth {
-            algs: tether_certs::provider().signature_verification_algorithms,
-        }
-    }
-}
+struct DeferredClientAuth;
 
 impl ClientCertVerifier for DeferredClientAuth {
     fn client_auth_mandatory(&self) -> bool {
@@ -108,7 +97,7 @@ impl ClientCertVerifier for DeferredClientAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        tether_certs::verify::verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -117,10 +106,10 @@ impl ClientCertVerifier for DeferredClientAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        tether_certs::verify::verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
+        tether_certs::verify::supported_schemes()
     }
 }
