@@ -51,7 +51,7 @@ use tether_certs::{svid::Usage, RevocationList, Serial, SpiffeId, TrustBundle, T
 use crate::state::{self, generation_dir, io_err, Keys};
 use crate::store::{
     IdentityRevocation, IssuedRecord, NewCert, RenewalGate, RevokeOutcome, ServedCrl, Store,
-    StoreError, StoredCrl,
+    StoreError, StoredCrl, TokenRecord,
 };
 
 pub use crate::state::{add_secs, create_private_dir, write_file};
@@ -349,26 +349,35 @@ impl Authority {
         let key = tether_certs::issue::parse_csr(csr)?;
         let now = OffsetDateTime::now_utc();
         let hash = token_hash(token);
+        let token_error = |row: Option<&TokenRecord>| match row {
+            None => CaError::Unauthorized("unknown enrollment token".into()),
+            Some(r) if r.used_at.is_some() => {
+                CaError::Unauthorized("enrollment token was already used".into())
+            }
+            Some(_) => CaError::Unauthorized("enrollment token has expired".into()),
+        };
+        let row = self.store().token(&hash)?;
+        let id = match &row {
+            Some(r) if r.used_at.is_none() && r.expires_at > now.unix_timestamp() => {
+                SpiffeId::parse(&r.spiffe_id)
+                    .map_err(|e| StoreError::Corrupt(format!("token identity: {e}")))?
+            }
+            other => return Err(token_error(other.as_ref())),
+        };
         self.with_current_keys(|keys| {
-            self.store().consume_token_and_record(
-                &hash,
-                now.unix_timestamp(),
-                |row| {
-                    let row = row
-                        .ok_or_else(|| CaError::Unauthorized("unknown enrollment token".into()))?;
-                    if row.used_at.is_some() {
-                        return Err(CaError::Unauthorized(
-                            "enrollment token was already used".into(),
-                        ));
-                    }
-                    if row.expires_at <= now.unix_timestamp() {
-                        return Err(CaError::Unauthorized("enrollment token has expired".into()));
-                    }
-                    SpiffeId::parse(&row.spiffe_id)
-                        .map_err(|e| StoreError::Corrupt(format!("token identity: {e}")).into())
-                },
-                |id| self.sign(keys, id, &key, self.settings.default_ttl, now, "enroll"),
-            )
+            // Signed without the store lock, so enrollments sign in parallel; the token is
+            // consumed in the transaction that records the certificate.
+            let (record, issued) =
+                self.sign(keys, &id, &key, self.settings.default_ttl, now, "enroll")?;
+            if self
+                .store()
+                .record_enrollment(&hash, now.unix_timestamp(), &record)?
+            {
+                Ok(issued)
+            } else {
+                // Used (or expired) by a concurrent enrollment since we looked.
+                Err(token_error(self.store().token(&hash)?.as_ref()))
+            }
         })
     }
 

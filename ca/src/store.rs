@@ -205,7 +205,8 @@ impl Store {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?)
     }
 
@@ -234,46 +235,47 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `issue` inside one immediate transaction that first marks the token `hash` used.
-    ///
-    /// `check` sees the token row (or `None`) and decides whether it may be used; `issue` then
-    /// signs and returns the record to store. If either fails, nothing is written: the token stays
-    /// unused and no certificate exists.
-    pub fn consume_token_and_record<T, E: From<StoreError>>(
+    /// The token row for `hash`, if any (a plain read: [`Store::record_enrollment`] decides
+    /// atomically whether the token is still usable).
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT spiffe_id, expires_at, used_at FROM tokens WHERE hash = ?1")?
+            .query_row([hash], |r| {
+                Ok(TokenRecord {
+                    spiffe_id: r.get(0)?,
+                    expires_at: r.get(1)?,
+                    used_at: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Marks the token `hash` used and records `cert`, in one immediate transaction, only if the
+    /// token is still unused and unexpired at `now`; returns whether it was. The caller signs
+    /// `cert` before, outside the store lock, so concurrent enrollments sign in parallel; two
+    /// enrollments racing for one token both sign, and exactly one is recorded and answered.
+    pub fn record_enrollment(
         &mut self,
         hash: &str,
         now: i64,
-        check: impl FnOnce(Option<TokenRecord>) -> Result<SpiffeId, E>,
-        issue: impl FnOnce(&SpiffeId) -> Result<(NewCert, T), E>,
-    ) -> Result<T, E> {
+        cert: &NewCert,
+    ) -> Result<bool, StoreError> {
         let tx = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let row = tx
-            .query_row(
-                "SELECT spiffe_id, expires_at, used_at FROM tokens WHERE hash = ?1",
-                [hash],
-                |r| {
-                    Ok(TokenRecord {
-                        spiffe_id: r.get(0)?,
-                        expires_at: r.get(1)?,
-                        used_at: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(StoreError::from)?;
-        let id = check(row)?;
-        tx.execute(
-            "UPDATE tokens SET used_at = ?1 WHERE hash = ?2",
-            params![now, hash],
-        )
-        .map_err(StoreError::from)?;
-        let (cert, out) = issue(&id)?;
-        insert_cert(&tx, &cert)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(out)
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let consumed = tx
+            .prepare_cached(
+                "UPDATE tokens SET used_at = ?1
+                 WHERE hash = ?2 AND used_at IS NULL AND expires_at > ?1",
+            )?
+            .execute(params![now, hash])?;
+        if consumed != 1 {
+            return Ok(false);
+        }
+        insert_cert(&tx, cert)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Records an issued certificate (its own transaction).
@@ -442,7 +444,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 fn meta_u64(conn: &Connection, key: &str) -> Result<u64, StoreError> {
     let value: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?;
     match value {
         // Databases from before rotation have neither key: generation 1, bundle version 1.
@@ -473,20 +476,20 @@ fn insert_cert(tx: &rusqlite::Transaction<'_>, c: &NewCert) -> Result<(), StoreE
     ensure_current(tx, c.generation)?;
     // The serial is the primary key: a (astronomically unlikely) collision fails the insert and
     // so the whole issuance, rather than ever reusing a serial.
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO certificates
              (serial, spiffe_id, not_before, not_after, issued_at, method, der, generation)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            c.serial.to_string(),
-            c.spiffe_id,
-            c.not_before.unix_timestamp(),
-            c.not_after.unix_timestamp(),
-            c.issued_at.unix_timestamp(),
-            c.method,
-            c.der,
-            c.generation as i64,
-        ],
-    )?;
+    )?
+    .execute(params![
+        c.serial.to_string(),
+        c.spiffe_id,
+        c.not_before.unix_timestamp(),
+        c.not_after.unix_timestamp(),
+        c.issued_at.unix_timestamp(),
+        c.method,
+        c.der,
+        c.generation as i64,
+    ])?;
     Ok(())
 }
