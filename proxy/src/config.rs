@@ -49,6 +49,19 @@ pub enum AppProtocol {
     H2c,
 }
 
+/// How HTTP/1.x requests from the app travel to a peer sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerProtocol {
+    /// Each HTTP/1.x connection from the app gets its own keep-alive HTTP/1.1 mTLS connection
+    /// to the peer, taken from (and given back to) an idle pool. HTTP/2 requests from the app
+    /// (h2c, gRPC) still share one HTTP/2 connection.
+    #[default]
+    Http1,
+    /// Every request shares one HTTP/2 mTLS connection per peer address.
+    H2,
+}
+
 /// Certificates from files (as written by `tether-ca issue`).
 #[derive(Debug, Clone)]
 pub struct IdentityFiles {
@@ -123,6 +136,8 @@ pub struct Service {
     pub mode: Mode,
     /// For TCP services: the local listener the app connects to.
     pub listen: Option<SocketAddr>,
+    /// How HTTP/1.x requests travel to the peer (`peer_protocol`).
+    pub peer_protocol: PeerProtocol,
 }
 
 /// Timeouts and limits, each with a default that a real deployment can live with.
@@ -247,6 +262,7 @@ struct RawService {
     #[serde(default)]
     mode: Mode,
     listen: Option<String>,
+    peer_protocol: Option<PeerProtocol>,
 }
 
 #[derive(Deserialize)]
@@ -481,12 +497,19 @@ impl Config {
                 }
                 (Mode::Http, None) => None,
             };
+            if s.mode == Mode::Tcp && s.peer_protocol.is_some() {
+                return Err(err(
+                    &key("peer_protocol"),
+                    "only HTTP services have a peer protocol; a TCP service carries bytes".into(),
+                ));
+            }
             services.push(Service {
                 name: name.to_ascii_lowercase(),
                 addresses,
                 identity,
                 mode: s.mode,
                 listen,
+                peer_protocol: s.peer_protocol.unwrap_or_default(),
             });
         }
         let admin = match &raw.admin {

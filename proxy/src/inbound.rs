@@ -5,6 +5,10 @@
 //! per connection, not per request. Each request's path is normalized, the policy decides on
 //! (caller, method, normalized path), and the request forwarded to the app carries exactly the
 //! path that was matched plus our XFCC header — any XFCC the caller sent is dropped first.
+//!
+//! An HTTP/1.1 connection from a peer sidecar (the default between sidecars) gets its own
+//! keep-alive connection to the app, held between its requests ([`crate::pool::Held`]); requests
+//! arriving over HTTP/2 share a pool of app connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use crate::forward::{self, reply, RespBody, XFCC};
 use crate::identity::IdentityStore;
 use crate::metrics::{Metrics, OpenConnection};
 use crate::policy::{normalize_path, Decision, Mode as PolicyMode, PolicyHandle};
+use crate::pool::{Conn, Held};
 use crate::revocation::RevocationCache;
 
 /// Everything the inbound side needs, shared by all its connections.
@@ -194,10 +199,12 @@ async fn connection(
     let peer_id = peer.id.clone();
     let peer = Arc::new(peer);
     let svc_inbound = inbound.clone();
+    let app_conn = Arc::new(Held::<()>::default());
     let svc = hyper::service::service_fn(move |req| {
         let inbound = svc_inbound.clone();
         let peer = peer.clone();
-        async move { Ok::<_, std::convert::Infallible>(request(&inbound, &peer, req).await) }
+        let app_conn = app_conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(request(&inbound, &peer, &app_conn, req).await) }
     });
     let builder = forward::server_builder(&inbound.limits);
     let conn = builder
@@ -283,9 +290,14 @@ fn authorize(
     }
 }
 
-async fn request(inbound: &Inbound, peer: &Peer, req: Request<Incoming>) -> Response<RespBody> {
+async fn request(
+    inbound: &Inbound,
+    peer: &Peer,
+    app_conn: &Held<()>,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
     let started = Instant::now();
-    let resp = forward_request(inbound, peer, req).await;
+    let resp = forward_request(inbound, peer, app_conn, req).await;
     // The common case uses handles resolved once per connection: no label hashing per request.
     if resp.status() == StatusCode::OK {
         peer.ok.inc();
@@ -303,6 +315,7 @@ async fn request(inbound: &Inbound, peer: &Peer, req: Request<Incoming>) -> Resp
 async fn forward_request(
     inbound: &Inbound,
     peer: &Peer,
+    app_conn: &Held<()>,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let Ok(path) = normalize_path(req.uri().path()) else {
@@ -374,6 +387,9 @@ async fn forward_request(
         AppProtocol::Http1 => false,
         AppProtocol::Auto => is_grpc,
     };
+    if !use_h2c && req.version() <= Version::HTTP_11 {
+        return forward_held(inbound, app_conn, req).await;
+    }
     let client = if use_h2c {
         *req.version_mut() = Version::HTTP_2;
         &inbound.h2c
@@ -395,6 +411,85 @@ async fn forward_request(
             "local app did not answer in time\n",
         ),
     }
+}
+
+/// Forwards a request from an HTTP/1.x peer connection on the app connection it holds (made
+/// on first use). A held connection the app closed before our request went out is replaced
+/// once, transparently: the request was never sent.
+async fn forward_held(
+    inbound: &Inbound,
+    app_conn: &Held<()>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    // The HTTP/1 client connection wants origin-form; `Host` is the caller's.
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let mut conn = app_conn
+        .take()
+        .and_then(|mut c| c.is_ready_now().then_some(c));
+    let mut reused = conn.is_some();
+    for _attempt in 0..2 {
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => match connect_app(inbound).await {
+                Some(c) => c,
+                None => return reply(StatusCode::BAD_GATEWAY, "local app unavailable\n"),
+            },
+        };
+        let sent = tokio::time::timeout(
+            inbound.limits.request_timeout,
+            c.sender.try_send_request(req),
+        )
+        .await;
+        match sent {
+            Ok(Ok(mut resp)) => {
+                app_conn.put(c);
+                forward::strip_hop_by_hop(resp.headers_mut(), false);
+                return resp.map(Either::Left);
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(unsent) if reused => {
+                    tracing::debug!("inbound: app closed a kept-alive connection; retrying");
+                    req = unsent;
+                    reused = false;
+                }
+                _ => {
+                    tracing::warn!("inbound: app {} failed: {}", inbound.app, e.error());
+                    return reply(StatusCode::BAD_GATEWAY, "local app unavailable\n");
+                }
+            },
+            Err(_) => {
+                return reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "local app did not answer in time\n",
+                )
+            }
+        }
+    }
+    reply(StatusCode::BAD_GATEWAY, "local app unavailable\n")
+}
+
+/// A new HTTP/1.1 connection to the app, its connection task spawned.
+async fn connect_app(inbound: &Inbound) -> Option<Conn<()>> {
+    let tcp = match TcpStream::connect(inbound.app).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("inbound: app {} unreachable: {e}", inbound.app);
+            return None;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("app connection ended: {e}");
+        }
+    });
+    Some(Conn { sender, tag: () })
 }
 
 /// Forwards an upgrade request to the app on a connection of its own and, on 101, splices the

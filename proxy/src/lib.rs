@@ -13,7 +13,9 @@
 //!   connections.
 //! - [`policy`]: the authorization policy (default deny, hot reload) and path normalization.
 //! - [`inbound`]: peers → mTLS → policy → the local app.
-//! - [`outbound`]: the local app → mTLS → peer sidecars, with pooled HTTP/2 connections.
+//! - [`outbound`]: the local app → mTLS → peer sidecars, over HTTP/1.1 connections held per app
+//!   connection (or one shared HTTP/2 connection per peer).
+//! - [`pool`]: HTTP/1.1 upstream connections held by one downstream connection, and idle pools.
 //! - [`forward`]: what both directions share: limits, hop-by-hop headers, upgrades, drain.
 //! - [`admin`]: `/metrics`, `/live`, `/ready`, `/identity`.
 //! - [`metrics`]: the Prometheus metrics on an injected registry.
@@ -30,6 +32,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod pool;
 pub mod revocation;
 
 use std::future::Future;

@@ -1,9 +1,12 @@
 //! Outbound: the local app → plain HTTP (or h2c) → mTLS → the peer's sidecar.
 //!
 //! The app names the service in `Host` (or in an absolute-form URI, so `http_proxy` works). The
-//! sidecar connects to one of the service's addresses with our certificate, requires the peer to
-//! present exactly the configured SPIFFE ID, and keeps one HTTP/2 connection per address that
-//! all requests share. An address that fails to connect is skipped for [`DOWN_FOR`]; an
+//! sidecar connects to one of the service's addresses with our certificate and requires the peer
+//! to present exactly the configured SPIFFE ID. With `peer_protocol = "http1"` (the default)
+//! each HTTP/1.x connection from the app gets its own keep-alive HTTP/1.1 mTLS connection to the
+//! peer, kept between its requests and pooled when the app closes it ([`crate::pool`]); HTTP/2
+//! requests from the app, and every request under `peer_protocol = "h2"`, share one HTTP/2
+//! connection per address. An address that fails to connect is skipped for [`DOWN_FOR`]; an
 //! identity mismatch is a 502 and a metric, never a fallback to another identity.
 
 use std::collections::HashMap;
@@ -24,10 +27,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Limits, Mode, Service};
+use crate::config::{Limits, Mode, PeerProtocol, Service};
 use crate::forward::{self, reply, reply_owned, RespBody};
 use crate::identity::{Alpn, Credentials, IdentityStore};
 use crate::metrics::{Metrics, OpenConnection};
+use crate::pool::{Conn, Held, IdlePool};
 use crate::revocation::RevocationCache;
 
 /// How long an address that failed to connect is skipped, so one dead replica does not add a
@@ -55,6 +59,7 @@ pub struct Route {
     identity: tether_certs::SpiffeId,
     upstreams: Vec<Upstream>,
     next: AtomicUsize,
+    peer_protocol: PeerProtocol,
 }
 
 struct Upstream {
@@ -62,7 +67,54 @@ struct Upstream {
     /// The shared HTTP/2 connection, tagged with the credentials it was made with: after a
     /// rotation the next request opens a new connection, and the old one finishes what it has.
     h2: tokio::sync::Mutex<Option<(Arc<Credentials>, SendRequest<Incoming>)>>,
+    /// HTTP/1.1 connections given back by app connections that closed, tagged with the
+    /// credentials they were made with.
+    idle: IdlePool<Arc<Credentials>>,
     down_until: Mutex<Option<Instant>>,
+}
+
+/// Idle HTTP/1.1 connections kept per peer address: enough for a busy app's connection churn,
+/// few enough that an idle sidecar holds little.
+const IDLE_PER_ADDRESS: usize = 64;
+
+/// What an HTTP/1.1 connection to a peer was made for.
+struct H1Tag {
+    route: Arc<Route>,
+    upstream: usize,
+    creds: Arc<Credentials>,
+}
+
+/// The peer connection one HTTP/1.x app connection holds; when the app connection closes, the
+/// peer connection goes to its address's idle pool.
+#[derive(Default)]
+struct Affinity {
+    held: Held<H1Tag>,
+}
+
+impl Affinity {
+    fn release(&self) {
+        if let Some(conn) = self.held.take() {
+            give_back(conn);
+        }
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn give_back(conn: Conn<H1Tag>) {
+    let H1Tag {
+        route,
+        upstream,
+        creds,
+    } = conn.tag;
+    route.upstreams[upstream].idle.give_back(Conn {
+        sender: conn.sender,
+        tag: creds,
+    });
 }
 
 /// Why a connection to a peer could not be made.
@@ -103,10 +155,12 @@ impl Outbound {
                         .map(|a| Upstream {
                             addr: *a,
                             h2: Default::default(),
+                            idle: IdlePool::new(IDLE_PER_ADDRESS, limits.header_read_timeout / 2),
                             down_until: Mutex::new(None),
                         })
                         .collect(),
                     next: AtomicUsize::new(0),
+                    peer_protocol: s.peer_protocol,
                 };
                 (s.name.clone(), Arc::new(route))
             })
@@ -149,9 +203,13 @@ pub async fn run(
                         .with_label_values(&["outbound"]),
                 );
                 let svc_out = outbound.clone();
+                let affinity = Arc::new(Affinity::default());
                 let svc = hyper::service::service_fn(move |req| {
                     let outbound = svc_out.clone();
-                    async move { Ok::<_, std::convert::Infallible>(request(&outbound, req).await) }
+                    let affinity = affinity.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(request(&outbound, &affinity, req).await)
+                    }
                 });
                 let builder = forward::server_builder(&outbound.limits);
                 let conn = builder
@@ -208,9 +266,13 @@ pub async fn run_tcp(
     .await;
 }
 
-async fn request(outbound: &Outbound, req: Request<Incoming>) -> Response<RespBody> {
+async fn request(
+    outbound: &Outbound,
+    affinity: &Affinity,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
     let started = Instant::now();
-    let (resp, route) = forward_request(outbound, req).await;
+    let (resp, route) = forward_request(outbound, affinity, req).await;
     // The common case uses handles resolved once per route: no label hashing per request.
     match route {
         Some(r) if resp.status() == StatusCode::OK => r.ok.inc(),
@@ -248,10 +310,11 @@ fn service_name(req: &Request<Incoming>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-async fn forward_request(
-    outbound: &Outbound,
+async fn forward_request<'a>(
+    outbound: &'a Outbound,
+    affinity: &Affinity,
     mut req: Request<Incoming>,
-) -> (Response<RespBody>, Option<&Route>) {
+) -> (Response<RespBody>, Option<&'a Route>) {
     let Some(name) = service_name(&req) else {
         return (
             reply(
@@ -297,6 +360,12 @@ async fn forward_request(
     if upgrade {
         return (forward_upgrade(outbound, route, &creds, req).await, peer);
     }
+    if route.peer_protocol == PeerProtocol::Http1 && req.version() <= Version::HTTP_11 {
+        return (
+            forward_h1(outbound, route, affinity, &creds, req).await,
+            peer,
+        );
+    }
     let sender = match h2_sender(outbound, route, &creds).await {
         Ok(s) => s,
         Err(resp) => return (resp, peer),
@@ -335,6 +404,159 @@ async fn forward_request(
             peer,
         ),
     }
+}
+
+/// Forwards an HTTP/1.x request on the peer connection this app connection holds, or on one
+/// from the idle pool, or on a new one. A reused connection that the peer closed before our
+/// request went out is replaced once, transparently: the request was never sent.
+async fn forward_h1(
+    outbound: &Outbound,
+    route: &Arc<Route>,
+    affinity: &Affinity,
+    creds: &Arc<Credentials>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    // HTTP/1.1 to the peer: origin-form target; `Host` (set above) names the service.
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    *req.version_mut() = Version::HTTP_11;
+
+    let mut conn = reuse_h1(route, affinity, creds);
+    let mut reused = conn.is_some();
+    for _attempt in 0..2 {
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => match new_h1(outbound, route, creds).await {
+                Ok(c) => c,
+                Err(resp) => return resp,
+            },
+        };
+        let sent = tokio::time::timeout(
+            outbound.limits.request_timeout,
+            c.sender.try_send_request(req),
+        )
+        .await;
+        match sent {
+            Ok(Ok(mut resp)) => {
+                if let Some(old) = affinity.held.put(c) {
+                    give_back(old);
+                }
+                forward::strip_hop_by_hop(resp.headers_mut(), false);
+                return resp.map(Either::Left);
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(unsent) if reused => {
+                    tracing::debug!(
+                        "outbound to {}: pooled connection closed ({}); retrying on a new one",
+                        route.name,
+                        e.error()
+                    );
+                    req = unsent;
+                    reused = false;
+                }
+                _ => {
+                    tracing::warn!("outbound to {}: {}", route.name, e.error());
+                    return reply(
+                        StatusCode::BAD_GATEWAY,
+                        "peer sidecar refused or dropped the request\n",
+                    );
+                }
+            },
+            Err(_) => {
+                return reply(StatusCode::GATEWAY_TIMEOUT, "peer did not answer in time\n");
+            }
+        }
+    }
+    reply(
+        StatusCode::BAD_GATEWAY,
+        "peer sidecar refused or dropped the request\n",
+    )
+}
+
+/// The held connection if it serves `route` with the current credentials and is ready; else a
+/// ready one from the idle pool of a healthy address.
+fn reuse_h1(
+    route: &Arc<Route>,
+    affinity: &Affinity,
+    creds: &Arc<Credentials>,
+) -> Option<Conn<H1Tag>> {
+    if let Some(mut held) = affinity.held.take() {
+        if Arc::ptr_eq(&held.tag.route, route)
+            && Arc::ptr_eq(&held.tag.creds, creds)
+            && held.is_ready_now()
+        {
+            return Some(held);
+        }
+        // Another service (the app connection switched Host), a rotated certificate, or closed.
+        give_back(held);
+    }
+    let n = route.upstreams.len();
+    let start = route.next.load(Ordering::Relaxed);
+    (0..n).map(|i| (start + i) % n).find_map(|i| {
+        let up = &route.upstreams[i];
+        if up.is_down() {
+            return None;
+        }
+        up.idle.pop(|c| Arc::ptr_eq(c, creds)).map(|c| Conn {
+            sender: c.sender,
+            tag: H1Tag {
+                route: route.clone(),
+                upstream: i,
+                creds: creds.clone(),
+            },
+        })
+    })
+}
+
+/// A new HTTP/1.1 mTLS connection to a healthy address of `route`; its connection task ends
+/// when the peer is revoked.
+async fn new_h1(
+    outbound: &Outbound,
+    route: &Arc<Route>,
+    creds: &Arc<Credentials>,
+) -> Result<Conn<H1Tag>, Response<RespBody>> {
+    let (tls, addr) = connect_any(outbound, route, creds, Alpn::Http1).await?;
+    let serial = peer_serial(&tls);
+    let upstream = route
+        .upstreams
+        .iter()
+        .position(|u| u.addr == addr)
+        .unwrap_or(0);
+    let (sender, conn) = match hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(tls))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!("outbound to {}: {e}", route.name);
+            return Err(reply(
+                StatusCode::BAD_GATEWAY,
+                "peer sidecar refused the connection\n",
+            ));
+        }
+    };
+    let live = outbound.revocation.watch(&serial);
+    let name = route.name.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!("HTTP/1.1 connection to peer ended: {e}");
+            },
+            _ = live.revoked() => tracing::info!("closed connection to revoked peer of {name}"),
+        }
+    });
+    Ok(Conn {
+        sender,
+        tag: H1Tag {
+            route: route.clone(),
+            upstream,
+            creds: creds.clone(),
+        },
+    })
 }
 
 /// The shared HTTP/2 connection to one healthy address of `route`, made if needed.

@@ -137,6 +137,8 @@ fn config_errors_exit_64_naming_file_key_and_problem() {
         (format!("{ident}[inbound]\nlisten = \"localhost\"\napp = \"127.0.0.1:1\"\npolicy = {pol:?}\n"), "inbound.listen"),
         (format!("{ident}{inbound}[services.x]\naddress = [\"127.0.0.1:1\"]\nidentity = \"spiffe://Bad/x\"\n"), "services.x.identity"),
         (format!("{ident}{inbound}[services.x]\naddress = []\nidentity = \"spiffe://demo.tether/x\"\n"), "services.x.address"),
+        (format!("{ident}{inbound}[services.x]\naddress = [\"127.0.0.1:1\"]\nidentity = \"spiffe://demo.tether/x\"\npeer_protocol = \"h3\"\n"), "unknown variant `h3`"),
+        (format!("{ident}{inbound}[services.x]\naddress = [\"127.0.0.1:1\"]\nidentity = \"spiffe://demo.tether/x\"\nmode = \"tcp\"\nlisten = \"127.0.0.1:0\"\npeer_protocol = \"h2\"\n"), "services.x.peer_protocol"),
         (
             format!("[identity]\ncert = {:?}\nkey = {:?}\nbundle = {:?}\n{inbound}", b.join("chain.pem"), other.join("key.pem"), b.join("bundle.pem")),
             "key does not match",

@@ -1,0 +1,123 @@
+//! HTTP/1.1 upstream connections owned by one downstream connection at a time.
+//!
+//! An HTTP/1.1 connection carries one request at a time, so the cheapest way to forward a
+//! downstream HTTP/1.1 connection is to give it an upstream connection of its own: no pool
+//! lookup per request, no lock shared across connections, and no HTTP/2 stream bookkeeping or
+//! header compression on the hot path. This is how the nginx and haproxy sidecar pairs that
+//! `make bench` compares us with work, and it measured faster for Tether too than sharing one
+//! HTTP/2 connection per peer (README, Performance).
+//!
+//! [`Held`] is the slot a downstream connection keeps its upstream connection in between
+//! requests. [`IdlePool`] takes the connections of downstream connections that closed, so the
+//! next downstream connection skips the TCP and TLS handshakes.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+/// An upstream HTTP/1.1 connection plus what it was made for (`T`: the route, address and
+/// credentials, so a rotated certificate or another route never reuses it).
+pub struct Conn<T> {
+    /// Sends requests; the connection itself runs in its own task.
+    pub sender: SendRequest<Incoming>,
+    /// What the connection was made for.
+    pub tag: T,
+}
+
+impl<T> Conn<T> {
+    /// Whether the connection can take a request right now: open, and done with the previous
+    /// response. A connection still busy (its last response body not fully read yet) or closed
+    /// by the peer is not reused.
+    pub fn is_ready_now(&mut self) -> bool {
+        matches!(self.sender.ready().now_or_never(), Some(Ok(())))
+    }
+}
+
+/// The upstream connection one downstream connection holds between its requests.
+pub struct Held<T> {
+    slot: Mutex<Option<Conn<T>>>,
+}
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Held {
+            slot: Mutex::new(None),
+        }
+    }
+}
+
+impl<T> Held<T> {
+    /// Takes the held connection out, if any. The caller puts it back with [`Held::put`] once
+    /// the request was sent, or hands it to an [`IdlePool`].
+    pub fn take(&self) -> Option<Conn<T>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Keeps `conn` for the next request of this downstream connection; returns the connection
+    /// it replaced, if any.
+    pub fn put(&self, conn: Conn<T>) -> Option<Conn<T>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(conn)
+    }
+}
+
+/// Idle upstream connections of downstream connections that closed, newest last.
+pub struct IdlePool<T> {
+    idle: Mutex<Vec<(Instant, Conn<T>)>>,
+    max: usize,
+    max_age: Duration,
+}
+
+impl<T> IdlePool<T> {
+    /// A pool keeping at most `max` connections, each for at most `max_age` (the peer closes
+    /// idle connections on its own schedule; an old one is more likely already gone).
+    pub fn new(max: usize, max_age: Duration) -> Self {
+        IdlePool {
+            idle: Mutex::new(Vec::new()),
+            max,
+            max_age,
+        }
+    }
+
+    /// The newest idle connection that `accept` takes and that is ready; stale, closed or busy
+    /// ones met on the way are dropped (which closes them).
+    pub fn pop(&self, accept: impl Fn(&T) -> bool) -> Option<Conn<T>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while let Some((since, mut conn)) = idle.pop() {
+            if now.duration_since(since) < self.max_age && accept(&conn.tag) && conn.is_ready_now()
+            {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Gives back a connection whose downstream connection closed, if it is ready for another
+    /// request; when full, the oldest idle connection is closed to make room.
+    pub fn give_back(&self, mut conn: Conn<T>) {
+        if self.max == 0 || !conn.is_ready_now() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= self.max {
+            idle.remove(0);
+        }
+        idle.push((Instant::now(), conn));
+    }
+
+    /// How many connections are idle (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no connection is idle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

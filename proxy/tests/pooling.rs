@@ -1,0 +1,217 @@
+//! How the sidecars reuse connections, counted at the TLS handshake: the outbound holds one
+//! HTTP/1.1 mTLS connection per app connection and pools it when the app connection closes
+//! (`peer_protocol = "http1"`, the default), or shares one HTTP/2 connection
+//! (`peer_protocol = "h2"`); a kept connection the other side closed is replaced without failing
+//! a request; and the inbound holds one connection to the app per peer connection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const ALLOW_A: &str =
+    "[[rule]]\nname = \"a\"\nfrom = [\"spiffe://demo.tether/ns/default/sa/service-a\"]\n";
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// One request through `client` (which keeps its connection alive between requests).
+async fn get_on(client: &Client, addr: SocketAddr) -> StatusCode {
+    let req = Request::builder()
+        .uri(format!("http://{addr}/hello"))
+        .header("host", "service-b")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+fn handshakes(s: &Sidecar, direction: &str) -> f64 {
+    s.metric(
+        "tether_tls_handshakes_total",
+        &[("direction", direction), ("result", "ok")],
+    )
+}
+
+/// A pair whose outbound knows service-b with `service_extra` and whose inbound has `b_extra`
+/// and forwards to `app`.
+async fn pair(app: SocketAddr, service_extra: &str, b_extra: &str) -> (Pki, Sidecar, Sidecar) {
+    let pki = Pki::new();
+    let bdir = pki.issue("ns/default/sa/service-b");
+    let adir = pki.issue("ns/default/sa/service-a");
+    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_A);
+    let b = Sidecar::start(
+        pki.dir.path(),
+        "b",
+        &format!(
+            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n{b_extra}",
+            identity_section(&bdir, None)
+        ),
+    )
+    .await;
+    let a = Sidecar::start(
+        pki.dir.path(),
+        "a",
+        &format!(
+            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n{service_extra}\n",
+            identity_section(&adir, None),
+            b.inbound.unwrap(),
+            id("ns/default/sa/service-b")
+        ),
+    )
+    .await;
+    (pki, b, a)
+}
+
+#[tokio::test]
+async fn http1_peer_connection_is_held_per_app_connection_then_pooled() {
+    let app = start_app().await;
+    let (_pki, b, a) = pair(app, "", "").await;
+    let out = a.outbound.unwrap();
+
+    let first = http_client();
+    for _ in 0..5 {
+        assert_eq!(get_on(&first, out).await, StatusCode::OK);
+    }
+    assert_eq!(
+        handshakes(&a, "outbound"),
+        1.0,
+        "one app connection, one peer connection"
+    );
+
+    // A second app connection while the first is still open gets a peer connection of its own.
+    let second = http_client();
+    assert_eq!(get_on(&second, out).await, StatusCode::OK);
+    assert_eq!(handshakes(&a, "outbound"), 2.0);
+
+    // When both app connections close, their peer connections go to the idle pool: a new app
+    // connection reuses one instead of handshaking again.
+    drop(first);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = http_client();
+    for _ in 0..3 {
+        assert_eq!(get_on(&third, out).await, StatusCode::OK);
+    }
+    assert_eq!(
+        handshakes(&a, "outbound"),
+        2.0,
+        "the third app connection used a pooled one"
+    );
+    assert_eq!(handshakes(&b, "inbound"), 2.0);
+}
+
+#[tokio::test]
+async fn peer_protocol_h2_shares_one_connection_between_app_connections() {
+    let app = start_app().await;
+    let (_pki, b, a) = pair(app, "peer_protocol = \"h2\"", "").await;
+    let out = a.outbound.unwrap();
+    let clients = [http_client(), http_client(), http_client()];
+    for c in &clients {
+        assert_eq!(get_on(c, out).await, StatusCode::OK);
+    }
+    assert_eq!(handshakes(&a, "outbound"), 1.0);
+    assert_eq!(handshakes(&b, "inbound"), 1.0);
+}
+
+#[tokio::test]
+async fn a_held_peer_connection_the_peer_closed_is_replaced_without_failing_a_request() {
+    let app = start_app().await;
+    // The inbound closes a kept-alive connection that stays idle for 1 s.
+    let (_pki, b, a) = pair(app, "", "[limits]\nheader_read_timeout = \"1s\"\n").await;
+    let out = a.outbound.unwrap();
+    let client = http_client();
+    assert_eq!(get_on(&client, out).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        assert_eq!(get_on(&client, out).await, StatusCode::OK);
+    }
+    assert_eq!(
+        handshakes(&a, "outbound"),
+        2.0,
+        "closed by the peer, so replaced once"
+    );
+    assert_eq!(handshakes(&b, "inbound"), 2.0);
+}
+
+/// A raw HTTP/1.1 app that counts the connections it accepts. With `close_each`, it answers one
+/// request per connection and then closes it without saying so (no `Connection: close`), so the
+/// inbound must not fail the next request on the dead connection.
+async fn counting_app(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Requests here are bodiless GETs: the header block is the whole request.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..end);
+                    if tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                        || close_each
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn inbound_holds_one_app_connection_per_peer_connection_and_replaces_a_closed_one() {
+    let (app, accepted) = counting_app(false).await;
+    let (_pki, _b, a) = pair(app, "", "").await;
+    let client = http_client();
+    for _ in 0..4 {
+        assert_eq!(get_on(&client, a.outbound.unwrap()).await, StatusCode::OK);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one peer connection, one app connection"
+    );
+
+    let (app, accepted) = counting_app(true).await;
+    let (_pki, _b, a) = pair(app, "", "").await;
+    let client = http_client();
+    for _ in 0..3 {
+        assert_eq!(get_on(&client, a.outbound.unwrap()).await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "each closed app connection replaced"
+    );
+}
