@@ -30,7 +30,7 @@ use crate::forward::{self, reply, RespBody, XFCC};
 use crate::identity::IdentityStore;
 use crate::metrics::{Metrics, OpenConnection};
 use crate::policy::{normalize_path, Decision, Mode as PolicyMode, PolicyHandle};
-use crate::pool::{Conn, Held};
+use crate::pool::{self, Conn, Held, SendError};
 use crate::revocation::RevocationCache;
 
 /// Everything the inbound side needs, shared by all its connections.
@@ -414,8 +414,7 @@ async fn forward_request(
 }
 
 /// Forwards a request from an HTTP/1.x peer connection on the app connection it holds (made
-/// on first use). A held connection the app closed before our request went out is replaced
-/// once, transparently: the request was never sent.
+/// on first use; replaced if the app closed it, [`pool::send`]).
 async fn forward_held(
     inbound: &Inbound,
     app_conn: &Held<()>,
@@ -426,70 +425,43 @@ async fn forward_held(
         *req.uri_mut() = Uri::from(pq);
     }
     *req.version_mut() = Version::HTTP_11;
-    let mut conn = app_conn
+    let kept = app_conn
         .take()
         .and_then(|mut c| c.is_ready_now().then_some(c));
-    let mut reused = conn.is_some();
-    for _attempt in 0..2 {
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match connect_app(inbound).await {
-                Some(c) => c,
-                None => return reply(StatusCode::BAD_GATEWAY, "local app unavailable\n"),
-            },
-        };
-        let sent = tokio::time::timeout(
-            inbound.limits.request_timeout,
-            c.sender.try_send_request(req),
-        )
-        .await;
-        match sent {
-            Ok(Ok(mut resp)) => {
-                app_conn.put(c);
-                forward::strip_hop_by_hop(resp.headers_mut(), false);
-                return resp.map(Either::Left);
-            }
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(unsent) if reused => {
-                    tracing::debug!("inbound: app closed a kept-alive connection; retrying");
-                    req = unsent;
-                    reused = false;
-                }
-                _ => {
-                    tracing::warn!("inbound: app {} failed: {}", inbound.app, e.error());
-                    return reply(StatusCode::BAD_GATEWAY, "local app unavailable\n");
-                }
-            },
-            Err(_) => {
-                return reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "local app did not answer in time\n",
-                )
-            }
+    let connect = || connect_app(inbound);
+    match pool::send(kept, connect, req, inbound.limits.request_timeout).await {
+        Ok((mut resp, conn)) => {
+            app_conn.put(conn);
+            forward::strip_hop_by_hop(resp.headers_mut(), false);
+            resp.map(Either::Left)
         }
+        Err(SendError::Connect(())) => reply(StatusCode::BAD_GATEWAY, "local app unavailable\n"),
+        Err(SendError::Failed(e)) => {
+            tracing::warn!("inbound: app {} failed: {e}", inbound.app);
+            reply(StatusCode::BAD_GATEWAY, "local app unavailable\n")
+        }
+        Err(SendError::Timeout) => reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "local app did not answer in time\n",
+        ),
     }
-    reply(StatusCode::BAD_GATEWAY, "local app unavailable\n")
 }
 
 /// A new HTTP/1.1 connection to the app, its connection task spawned.
-async fn connect_app(inbound: &Inbound) -> Option<Conn<()>> {
-    let tcp = match TcpStream::connect(inbound.app).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("inbound: app {} unreachable: {e}", inbound.app);
-            return None;
-        }
-    };
+async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, ()> {
+    let tcp = TcpStream::connect(inbound.app)
+        .await
+        .map_err(|e| tracing::warn!("inbound: app {} unreachable: {e}", inbound.app))?;
     let _ = tcp.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .ok()?;
+        .map_err(|e| tracing::warn!("inbound: app {} handshake failed: {e}", inbound.app))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("app connection ended: {e}");
         }
     });
-    Some(Conn { sender, tag: () })
+    Ok(Conn { sender, tag: () })
 }
 
 /// Forwards an upgrade request to the app on a connection of its own and, on 101, splices the

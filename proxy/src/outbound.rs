@@ -2,14 +2,16 @@
 //!
 //! The app names the service in `Host` (or in an absolute-form URI, so `http_proxy` works). The
 //! sidecar connects to one of the service's addresses with our certificate and requires the peer
-//! to present exactly the configured SPIFFE ID. With `peer_protocol = "http1"` (the default)
-//! each HTTP/1.x connection from the app gets its own keep-alive HTTP/1.1 mTLS connection to the
-//! peer, kept between its requests and pooled when the app closes it ([`crate::pool`]); HTTP/2
-//! requests from the app, and every request under `peer_protocol = "h2"`, share one HTTP/2
-//! connection per address. An address that fails to connect is skipped for [`DOWN_FOR`]; an
+//! to present exactly the configured SPIFFE ID. With `peer_protocol = "http1"` each HTTP/1.x
+//! connection from the app gets its own keep-alive HTTP/1.1 mTLS connection to the peer, kept
+//! between its requests and pooled when the app closes it ([`crate::pool`]); HTTP/2 requests
+//! from the app, and every request under `peer_protocol = "h2"`, share one HTTP/2 connection per
+//! address. `"auto"` (the default) is `http1` while at most [`DEDICATED_UP_TO`] app connections
+//! are open and `h2` beyond. An address that fails to connect is skipped for [`DOWN_FOR`]; an
 //! identity mismatch is a 502 and a metric, never a fallback to another identity.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,7 @@ use crate::config::{Limits, Mode, PeerProtocol, Service};
 use crate::forward::{self, reply, reply_owned, RespBody};
 use crate::identity::{Alpn, Credentials, IdentityStore};
 use crate::metrics::{Metrics, OpenConnection};
-use crate::pool::{Conn, Held, IdlePool};
+use crate::pool::{self, Conn, Held, IdlePool, SendError};
 use crate::revocation::RevocationCache;
 
 /// How long an address that failed to connect is skipped, so one dead replica does not add a
@@ -47,6 +49,8 @@ pub struct Outbound {
     revocation: Arc<RevocationCache>,
     /// `tether_request_duration_seconds{direction="outbound"}`, resolved once.
     seconds: prometheus::Histogram,
+    /// HTTP app connections open on the outbound listener (for `peer_protocol = "auto"`).
+    open_app_connections: Arc<AtomicUsize>,
 }
 
 /// One peer service.
@@ -73,6 +77,13 @@ struct Upstream {
     down_until: Mutex<Option<Instant>>,
 }
 
+/// Under `peer_protocol = "auto"`, HTTP/1.x app connections get dedicated HTTP/1.1 peer
+/// connections while at most this many app connections are open, and share the HTTP/2
+/// connection beyond. Two interleaved runs of both modes at 1–32 client connections had
+/// dedicated connections ahead up to 16 (1.3× at 1) and the shared connection ahead at 32
+/// (README, Performance).
+pub const DEDICATED_UP_TO: usize = 16;
+
 /// Idle HTTP/1.1 connections kept per peer address: enough for a busy app's connection churn,
 /// few enough that an idle sidecar holds little.
 const IDLE_PER_ADDRESS: usize = 64;
@@ -86,12 +97,30 @@ struct H1Tag {
 
 /// The peer connection one HTTP/1.x app connection holds; when the app connection closes, the
 /// peer connection goes to its address's idle pool.
-#[derive(Default)]
 struct Affinity {
     held: Held<H1Tag>,
+    /// The outbound's count of open app connections, which this one is part of.
+    open: Arc<AtomicUsize>,
 }
 
 impl Affinity {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Affinity {
+            held: Held::default(),
+            open: open.clone(),
+        }
+    }
+
+    /// Whether this app connection's HTTP/1.x requests to `route` get a dedicated connection.
+    fn dedicated(&self, route: &Route) -> bool {
+        match route.peer_protocol {
+            PeerProtocol::Http1 => true,
+            PeerProtocol::H2 => false,
+            PeerProtocol::Auto => self.open.load(Ordering::Relaxed) <= DEDICATED_UP_TO,
+        }
+    }
+
     fn release(&self) {
         if let Some(conn) = self.held.take() {
             give_back(conn);
@@ -101,6 +130,7 @@ impl Affinity {
 
 impl Drop for Affinity {
     fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
         self.release();
     }
 }
@@ -172,6 +202,7 @@ impl Outbound {
             seconds: metrics.request_seconds.with_label_values(&["outbound"]),
             metrics,
             limits,
+            open_app_connections: Arc::default(),
         })
     }
 
@@ -203,7 +234,7 @@ pub async fn run(
                         .with_label_values(&["outbound"]),
                 );
                 let svc_out = outbound.clone();
-                let affinity = Arc::new(Affinity::default());
+                let affinity = Arc::new(Affinity::new(&outbound.open_app_connections));
                 let svc = hyper::service::service_fn(move |req| {
                     let outbound = svc_out.clone();
                     let affinity = affinity.clone();
@@ -360,11 +391,15 @@ async fn forward_request<'a>(
     if upgrade {
         return (forward_upgrade(outbound, route, &creds, req).await, peer);
     }
-    if route.peer_protocol == PeerProtocol::Http1 && req.version() <= Version::HTTP_11 {
-        return (
-            forward_h1(outbound, route, affinity, &creds, req).await,
-            peer,
-        );
+    if req.version() <= Version::HTTP_11 {
+        if affinity.dedicated(route) {
+            return (
+                forward_h1(outbound, route, affinity, &creds, req).await,
+                peer,
+            );
+        }
+        // Many app connections now: a connection this one held goes back to the pool.
+        affinity.release();
     }
     let sender = match h2_sender(outbound, route, &creds).await {
         Ok(s) => s,
@@ -407,8 +442,7 @@ async fn forward_request<'a>(
 }
 
 /// Forwards an HTTP/1.x request on the peer connection this app connection holds, or on one
-/// from the idle pool, or on a new one. A reused connection that the peer closed before our
-/// request went out is replaced once, transparently: the request was never sent.
+/// from the idle pool, or on a new one ([`pool::send`]).
 async fn forward_h1(
     outbound: &Outbound,
     route: &Arc<Route>,
@@ -425,56 +459,28 @@ async fn forward_h1(
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
 
-    let mut conn = reuse_h1(route, affinity, creds);
-    let mut reused = conn.is_some();
-    for _attempt in 0..2 {
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match new_h1(outbound, route, creds).await {
-                Ok(c) => c,
-                Err(resp) => return resp,
-            },
-        };
-        let sent = tokio::time::timeout(
-            outbound.limits.request_timeout,
-            c.sender.try_send_request(req),
-        )
-        .await;
-        match sent {
-            Ok(Ok(mut resp)) => {
-                if let Some(old) = affinity.held.put(c) {
-                    give_back(old);
-                }
-                forward::strip_hop_by_hop(resp.headers_mut(), false);
-                return resp.map(Either::Left);
+    let kept = reuse_h1(route, affinity, creds);
+    let connect = || new_h1(outbound, route, creds);
+    match pool::send(kept, connect, req, outbound.limits.request_timeout).await {
+        Ok((mut resp, conn)) => {
+            if let Some(old) = affinity.held.put(conn) {
+                give_back(old);
             }
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(unsent) if reused => {
-                    tracing::debug!(
-                        "outbound to {}: pooled connection closed ({}); retrying on a new one",
-                        route.name,
-                        e.error()
-                    );
-                    req = unsent;
-                    reused = false;
-                }
-                _ => {
-                    tracing::warn!("outbound to {}: {}", route.name, e.error());
-                    return reply(
-                        StatusCode::BAD_GATEWAY,
-                        "peer sidecar refused or dropped the request\n",
-                    );
-                }
-            },
-            Err(_) => {
-                return reply(StatusCode::GATEWAY_TIMEOUT, "peer did not answer in time\n");
-            }
+            forward::strip_hop_by_hop(resp.headers_mut(), false);
+            resp.map(Either::Left)
+        }
+        Err(SendError::Connect(resp)) => resp,
+        Err(SendError::Failed(e)) => {
+            tracing::warn!("outbound to {}: {e}", route.name);
+            reply(
+                StatusCode::BAD_GATEWAY,
+                "peer sidecar refused or dropped the request\n",
+            )
+        }
+        Err(SendError::Timeout) => {
+            reply(StatusCode::GATEWAY_TIMEOUT, "peer did not answer in time\n")
         }
     }
-    reply(
-        StatusCode::BAD_GATEWAY,
-        "peer sidecar refused or dropped the request\n",
-    )
 }
 
 /// The held connection if it serves `route` with the current credentials and is ready; else a
@@ -539,16 +545,7 @@ async fn new_h1(
             ));
         }
     };
-    let live = outbound.revocation.watch(&serial);
-    let name = route.name.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            r = conn => if let Err(e) = r {
-                tracing::debug!("HTTP/1.1 connection to peer ended: {e}");
-            },
-            _ = live.revoked() => tracing::info!("closed connection to revoked peer of {name}"),
-        }
-    });
+    spawn_peer_connection(outbound, route, &serial, conn);
     Ok(Conn {
         sender,
         tag: H1Tag {
@@ -557,6 +554,26 @@ async fn new_h1(
             creds: creds.clone(),
         },
     })
+}
+
+/// Runs a client connection to a peer until it ends, or until a CRL revokes the peer's
+/// certificate (`serial`): then it is closed at once, with whatever it carries.
+fn spawn_peer_connection(
+    outbound: &Outbound,
+    route: &Route,
+    serial: &[u8],
+    conn: impl Future<Output = hyper::Result<()>> + Send + 'static,
+) {
+    let live = outbound.revocation.watch(serial);
+    let name = route.name.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!("connection to peer of {name} ended: {e}");
+            },
+            _ = live.revoked() => tracing::info!("closed connection to revoked peer of {name}"),
+        }
+    });
 }
 
 /// The shared HTTP/2 connection to one healthy address of `route`, made if needed.
@@ -590,16 +607,7 @@ async fn h2_sender(
                     .keep_alive_while_idle(false);
                 match builder.handshake(TokioIo::new(tls)).await {
                     Ok((sender, conn)) => {
-                        let live = outbound.revocation.watch(&serial);
-                        let name = route.name.clone();
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                r = conn => if let Err(e) = r {
-                                    tracing::debug!("h2 connection to peer ended: {e}");
-                                },
-                                _ = live.revoked() => tracing::info!("closed connection to revoked peer of {name}"),
-                            }
-                        });
+                        spawn_peer_connection(outbound, route, &serial, conn);
                         *slot = Some((creds.clone(), sender.clone()));
                         return Ok(sender);
                     }

@@ -11,10 +11,12 @@
 //! requests. [`IdlePool`] takes the connections of downstream connections that closed, so the
 //! next downstream connection skips the TCP and TLS handshakes.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
@@ -119,5 +121,55 @@ impl<T> IdlePool<T> {
     /// Whether no connection is idle.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Why [`send`] got no response.
+#[derive(Debug)]
+pub enum SendError<E> {
+    /// No connection could be made (the connector's own error).
+    Connect(E),
+    /// The connection failed after the request went out, or a new connection failed it.
+    Failed(hyper::Error),
+    /// No response head within the timeout.
+    Timeout,
+}
+
+/// Sends `req` on `kept` (a connection kept from an earlier request) or, without one, on a
+/// connection from `connect`; returns the response and the connection, to keep for the next
+/// request. A kept connection can have been closed by the other side while idle: then hyper hands
+/// back the request it never sent, and it goes once more on a new connection. A request is never
+/// sent twice.
+pub async fn send<T, E, Fut>(
+    kept: Option<Conn<T>>,
+    mut connect: impl FnMut() -> Fut,
+    mut req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<(Response<Incoming>, Conn<T>), SendError<E>>
+where
+    Fut: Future<Output = Result<Conn<T>, E>>,
+{
+    let mut reused = kept.is_some();
+    let mut next = kept;
+    loop {
+        let mut conn = match next.take() {
+            Some(c) => c,
+            None => connect().await.map_err(SendError::Connect)?,
+        };
+        match tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => return Ok((resp, conn)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(unsent) if reused => {
+                    tracing::debug!(
+                        "kept connection closed ({}); sending on a new one",
+                        e.error()
+                    );
+                    req = unsent;
+                    reused = false;
+                }
+                _ => return Err(SendError::Failed(e.into_error())),
+            },
+            Err(_) => return Err(SendError::Timeout),
+        }
     }
 }

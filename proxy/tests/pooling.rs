@@ -1,8 +1,9 @@
 //! How the sidecars reuse connections, counted at the TLS handshake: the outbound holds one
 //! HTTP/1.1 mTLS connection per app connection and pools it when the app connection closes
-//! (`peer_protocol = "http1"`, the default), or shares one HTTP/2 connection
-//! (`peer_protocol = "h2"`); a kept connection the other side closed is replaced without failing
-//! a request; and the inbound holds one connection to the app per peer connection.
+//! (`peer_protocol = "http1"`), or shares one HTTP/2 connection (`"h2"`), or does the first for
+//! a few app connections and the second for many (`"auto"`, the default); a kept connection the
+//! other side closed is replaced without failing a request; and the inbound holds one
+//! connection to the app per peer connection.
 
 mod common;
 
@@ -46,40 +47,17 @@ fn handshakes(s: &Sidecar, direction: &str) -> f64 {
     )
 }
 
-/// A pair whose outbound knows service-b with `service_extra` and whose inbound has `b_extra`
-/// and forwards to `app`.
+/// A pair in front of `app`: `service_extra` configures the outbound's service-b, `b_extra`
+/// the inbound.
 async fn pair(app: SocketAddr, service_extra: &str, b_extra: &str) -> (Pki, Sidecar, Sidecar) {
-    let pki = Pki::new();
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let adir = pki.issue("ns/default/sa/service-a");
-    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_A);
-    let b = Sidecar::start(
-        pki.dir.path(),
-        "b",
-        &format!(
-            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n{b_extra}",
-            identity_section(&bdir, None)
-        ),
-    )
-    .await;
-    let a = Sidecar::start(
-        pki.dir.path(),
-        "a",
-        &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n{service_extra}\n",
-            identity_section(&adir, None),
-            b.inbound.unwrap(),
-            id("ns/default/sa/service-b")
-        ),
-    )
-    .await;
+    let (pki, b, a, _) = file_pair_with(app, ALLOW_A, b_extra, service_extra).await;
     (pki, b, a)
 }
 
 #[tokio::test]
 async fn http1_peer_connection_is_held_per_app_connection_then_pooled() {
     let app = start_app().await;
-    let (_pki, b, a) = pair(app, "", "").await;
+    let (_pki, b, a) = pair(app, "peer_protocol = \"http1\"", "").await;
     let out = a.outbound.unwrap();
 
     let first = http_client();
@@ -125,6 +103,33 @@ async fn peer_protocol_h2_shares_one_connection_between_app_connections() {
     }
     assert_eq!(handshakes(&a, "outbound"), 1.0);
     assert_eq!(handshakes(&b, "inbound"), 1.0);
+}
+
+#[tokio::test]
+async fn auto_dedicates_connections_to_few_app_connections_and_shares_h2_beyond() {
+    let app = start_app().await;
+    let (_pki, _b, a) = pair(app, "", "").await;
+    let out = a.outbound.unwrap();
+    let limit = tether_proxy::outbound::DEDICATED_UP_TO;
+    // App connections open one by one and stay open: the first `limit` each get their own
+    // HTTP/1.1 peer connection, the rest share one HTTP/2 connection.
+    let clients: Vec<Client> = (0..limit + 2).map(|_| http_client()).collect();
+    for c in &clients {
+        assert_eq!(get_on(c, out).await, StatusCode::OK);
+    }
+    let expected = (limit + 1) as f64;
+    assert_eq!(handshakes(&a, "outbound"), expected);
+    // Still over the limit: the first app connection moves to the shared connection too.
+    assert_eq!(get_on(&clients[0], out).await, StatusCode::OK);
+    assert_eq!(handshakes(&a, "outbound"), expected);
+    // Back under it: dedicated again, from the idle pool, without a handshake.
+    let mut clients = clients;
+    clients.truncate(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert_eq!(get_on(&clients[0], out).await, StatusCode::OK);
+    }
+    assert_eq!(handshakes(&a, "outbound"), expected);
 }
 
 #[tokio::test]

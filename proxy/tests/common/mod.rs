@@ -286,8 +286,18 @@ pub fn identity_section(dir: &Path, crl: Option<&Path>) -> String {
 /// the echo app, with `policy` and any `b_extra` config appended) and service-a's outbound
 /// sidecar that knows service-b. Returns the CA, b, a and the policy file's path.
 pub async fn file_pair(policy: &str, b_extra: &str) -> (Pki, Sidecar, Sidecar, PathBuf) {
+    file_pair_with(start_app().await, policy, b_extra, "").await
+}
+
+/// [`file_pair`] in front of the app at `app`, with `service_extra` appended to the outbound's
+/// `[services.service-b]` section.
+pub async fn file_pair_with(
+    app: SocketAddr,
+    policy: &str,
+    b_extra: &str,
+    service_extra: &str,
+) -> (Pki, Sidecar, Sidecar, PathBuf) {
     let pki = Pki::new();
-    let app = start_app().await;
     let bdir = pki.issue("ns/default/sa/service-b");
     let adir = pki.issue("ns/default/sa/service-a");
     let pol = write_policy(pki.dir.path(), "policy.toml", policy);
@@ -304,7 +314,7 @@ pub async fn file_pair(policy: &str, b_extra: &str) -> (Pki, Sidecar, Sidecar, P
         pki.dir.path(),
         "a",
         &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n",
+            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n{service_extra}\n",
             identity_section(&adir, None),
             b.inbound.unwrap(),
             id("ns/default/sa/service-b")
