@@ -31,7 +31,8 @@ notes = (out / "notes.txt").read_text().strip() if (out / "notes.txt").exists() 
 loadavg = (out / "loadavg.txt").read_text().strip() if (out / "loadavg.txt").exists() else ""
 
 PEERS = [p for p in ("nginx", "haproxy") if any(k[1] == p for k in rows)]
-PROXIES = ["tether"] + PEERS
+OURS = [t for t in ("tether", "tether-http1", "tether-h2") if t == "tether" or any(k[1] == t for k in rows)]
+PROXIES = OURS + PEERS
 TARGETS = ["direct"] + PROXIES
 
 
@@ -138,7 +139,7 @@ table = [
     ("keep-alive, 1 connection, req/s", lambda t: cell("ka1", t, "rps", 1e-3, 2) + (" k" if values("ka1", t, "rps") else "")),
     ("keep-alive, 1 connection, p50 latency, ms", lambda t: cell("ka1", t, "p50_ms", 1, 3)),
     ("keep-alive, 1 connection, p99 latency, ms", lambda t: cell("ka1", t, "p99_ms", 1, 3)),
-    ("new mTLS connection per request through the pair, req/s (direct: new plain TCP connection)", lambda t: cell("newconn_pair", t, "rps", 1, 0) if t != "tether" else "n/a ¹"),
+    ("new mTLS connection per request through the pair, req/s (direct: new plain TCP connection)", lambda t: cell("newconn_pair", t, "rps", 1, 0) if t not in OURS else "n/a ¹"),
     ("new mTLS connection + 1 request straight at the inbound, conn/s", lambda t: cell("newconn_inbound", t, "rps", 1, 0)),
     ("inbound CPU per new mTLS connection + request, µs", lambda t: cell("newconn_inbound", t, "cpu_in_us", 1, 0)),
     ("full mTLS handshakes/s straight at the inbound", lambda t: cell("handshake_inbound", t, "rps", 1, 0)),
@@ -147,18 +148,29 @@ table = [
     ("RSS at the end of the 32-connection run, MiB (outbound / inbound)", lambda t: rss_cell("ka32", t)),
     (f"RSS holding {hold} connections, MiB (outbound: HTTP keep-alive clients / inbound: mTLS)", lambda t: rss_cell("hold", t)),
 ]
-say("| workload | " + " | ".join(("Tether pair" if t == "tether" else f"{t} pair" if t != "direct" else "direct") for t in TARGETS) + " |")
+NAMES = {"direct": "direct", "tether": "Tether pair (default, `auto`)",
+         "tether-http1": "Tether, `http1` ²", "tether-h2": "Tether, `h2` ²"}
+say("| workload | " + " | ".join(NAMES.get(t, f"{t} pair") for t in TARGETS) + " |")
 say("|---|" + "---|" * len(TARGETS))
 for name, f in table:
     say(f"| {name} | " + " | ".join(f(t) for t in TARGETS) + " |")
 say("")
 say(
-    "¹ The Tether outbound always pools: one HTTP/2 connection per peer address, shared by every "
-    "request (HTTP/2 between the sidecars is the default and the only mode; there is no setting to "
-    "turn pooling off). Its new-connection cost is measured straight at the inbound instead (the "
-    "next rows, same client for all three inbounds: a new TCP + full TLS 1.3 handshake with a "
-    "client certificate, verified with Tether's SVID verifier, then `GET /`)."
+    "¹ The Tether outbound always reuses connections to its peers (an HTTP/1.1 connection held per "
+    "client connection and pooled when the client closes, or one shared HTTP/2 connection); there "
+    "is no setting to open a new one per request. Its new-connection cost is measured straight at "
+    "the inbound instead (the next rows, same client for all three inbounds: a new TCP + full TLS "
+    "1.3 handshake with a client certificate, verified with Tether's SVID verifier, then `GET /`)."
 )
+if len(OURS) > 1:
+    say("")
+    say(
+        "² The same pair with `peer_protocol` forced on the outbound: `http1`, an HTTP/1.1 "
+        "connection held per client connection; `h2`, one HTTP/2 connection shared by every "
+        "request. The default, `auto`, is `http1` while at most 16 client connections are open and "
+        "`h2` beyond. All three outbounds share one inbound process, so the idle RSS and "
+        "handshake rows are the default pair's."
+    )
 say("")
 
 # Ratios.

@@ -12,13 +12,17 @@
 # HOLD_CONNS (1000, the "RSS holding N connections" check), CA_COUNT (4000 enrollments per CA
 # run), BENCH_PORT_BASE (28000: every port used is BASE + a fixed offset, on 127.0.0.1 only;
 # the reference configs used 18000),
-# SKIP_BUILD=1 (use the binaries already in target/release).
+# SKIP_BUILD=1 (use the binaries already in target/release), WORKLOADS (all of: ka32 ka1
+# newconn_pair newconn_inbound handshake_inbound hold ca; a subset is for quick iteration).
 #
 # What runs (all on 127.0.0.1, every process started here is stopped by PID on every exit path):
 #   upstream   nginx `return 200 "ok"` (proxy/bench/peers/nginx-upstream.conf), or, without
 #              nginx, target/release/upstream-ok
 #   direct     wrk → upstream (the ceiling)
-#   tether     wrk → tether-proxy outbound → mTLS (HTTP/2, pooled) → tether-proxy inbound → upstream
+#   tether     wrk → tether-proxy outbound → mTLS → tether-proxy inbound → upstream, with the
+#              default `peer_protocol = "auto"`: an HTTP/1.1 connection held per client
+#              connection while at most 16 are open, one shared HTTP/2 connection beyond
+#   tether-http1, tether-h2   the same outbound with `peer_protocol` forced to one of the two
 #   nginx      wrk → nginx outbound → mTLS (HTTP/1.1 keep-alive pool) → nginx inbound → upstream
 #   haproxy    wrk → haproxy outbound → mTLS (pooled) → haproxy inbound → upstream
 # Each proxy runs one worker/thread (Tether: `workers = 1`).
@@ -46,12 +50,14 @@ HOLD_CONNS=${HOLD_CONNS:-1000}
 CA_COUNT=${CA_COUNT:-4000}
 BASE=${BENCH_PORT_BASE:-28000}
 SKIP_BUILD=${SKIP_BUILD:-0}
+WORKLOADS=" ${WORKLOADS:-ka32 ka1 newconn_pair newconn_inbound handshake_inbound hold ca} "
+want() { [[ "$WORKLOADS" == *" $1 "* ]]; }
 
 # Ports: the reference configs' numbers (18001, 18443, …) when BASE=18000.
 P_UPSTREAM=$((BASE + 80))
 P_NGINX_OUT=$((BASE + 1)) P_NGINX_FULLHS=$((BASE + 11)) P_NGINX_RESUME=$((BASE + 21)) P_NGINX_IN=$((BASE + 443))
 P_HAPROXY_OUT=$((BASE + 2)) P_HAPROXY_FULLHS=$((BASE + 12)) P_HAPROXY_RESUME=$((BASE + 22)) P_HAPROXY_IN=$((BASE + 444))
-P_TETHER_OUT=$((BASE + 3)) P_TETHER_IN=$((BASE + 445))
+P_TETHER_OUT=$((BASE + 3)) P_TETHER_H2_OUT=$((BASE + 4)) P_TETHER_H1_OUT=$((BASE + 5)) P_TETHER_IN=$((BASE + 445))
 
 ID_A="spiffe://demo.local/ns/default/sa/service-a"
 ID_B="spiffe://demo.local/ns/default/sa/service-b"
@@ -214,7 +220,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((HOLD_CONNS * 3 + 1
 fi
 
 for p in $P_UPSTREAM $P_NGINX_OUT $P_NGINX_FULLHS $P_NGINX_RESUME $P_NGINX_IN $P_HAPROXY_OUT \
-    $P_HAPROXY_FULLHS $P_HAPROXY_RESUME $P_HAPROXY_IN $P_TETHER_OUT $P_TETHER_IN; do
+    $P_HAPROXY_FULLHS $P_HAPROXY_RESUME $P_HAPROXY_IN $P_TETHER_OUT $P_TETHER_H2_OUT $P_TETHER_H1_OUT $P_TETHER_IN; do
     if port_open "$p"; then
         log "port $p on 127.0.0.1 is already in use; stop what uses it or set BENCH_PORT_BASE"
         exit 1
@@ -223,14 +229,19 @@ done
 
 # Build. Incremental; never cleans.
 if [ "$SKIP_BUILD" != 1 ]; then
-    log "building release binaries and the bench clients"
-    (cd "$ROOT" && cargo build --release --workspace --bins &&
+    # What is measured is the shipping build (profile `dist`: release + fat LTO, several minutes
+    # per binary on 2 cores); the load clients and the fallback upstream are plain release builds.
+    log "building tether-proxy and tether-ca (profile dist), the bench clients (release)"
+    (cd "$ROOT" && cargo build --profile dist -p tether-proxy -p tether-ca --bins &&
+        cargo build --release -p demo-services --bin upstream-ok &&
         cargo build --release -p tether-proxy -p tether-ca --examples) || exit 1
 fi
+DIST="$ROOT/target/dist"
 BIN="$ROOT/target/release"
-for b in tether-ca tether-proxy upstream-ok examples/handshake_load examples/enroll_load; do
-    [ -x "$BIN/$b" ] || {
-        log "$BIN/$b is missing: run without SKIP_BUILD=1"
+for b in "$DIST/tether-ca" "$DIST/tether-proxy" "$BIN/upstream-ok" "$BIN/examples/handshake_load" \
+    "$BIN/examples/enroll_load"; do
+    [ -x "$b" ] || {
+        log "$b is missing: run without SKIP_BUILD=1"
         exit 1
     }
 done
@@ -243,9 +254,9 @@ PKI="$WORK/pki"
 mkdir -p "$PKI"
 log "making a throwaway PKI in $PKI"
 {
-    "$BIN/tether-ca" --state-dir "$PKI/ca" init --trust-domain demo.local &&
-        "$BIN/tether-ca" --state-dir "$PKI/ca" issue "$ID_A" --out "$PKI/service-a" --ttl 24h &&
-        "$BIN/tether-ca" --state-dir "$PKI/ca" issue "$ID_B" --out "$PKI/service-b" --ttl 24h
+    "$DIST/tether-ca" --state-dir "$PKI/ca" init --trust-domain demo.local &&
+        "$DIST/tether-ca" --state-dir "$PKI/ca" issue "$ID_A" --out "$PKI/service-a" --ttl 24h &&
+        "$DIST/tether-ca" --state-dir "$PKI/ca" issue "$ID_B" --out "$PKI/service-b" --ttl 24h
 } >"$WORK/logs/pki.log" 2>&1 || {
     log "tether-ca failed:"
     cat "$WORK/logs/pki.log" >&2
@@ -288,7 +299,8 @@ fill() { # TEMPLATE OUTPUT: substitutes @PKI@ and the @…@ ports
         -e "s/@NGINX_RESUME@/$P_NGINX_RESUME/g" -e "s/@NGINX_IN@/$P_NGINX_IN/g" \
         -e "s/@HAPROXY_OUT@/$P_HAPROXY_OUT/g" -e "s/@HAPROXY_FULLHS@/$P_HAPROXY_FULLHS/g" \
         -e "s/@HAPROXY_RESUME@/$P_HAPROXY_RESUME/g" -e "s/@HAPROXY_IN@/$P_HAPROXY_IN/g" \
-        -e "s/@TETHER_OUT@/$P_TETHER_OUT/g" -e "s/@TETHER_IN@/$P_TETHER_IN/g" "$1" >"$2"
+        -e "s/@TETHER_OUT@/$P_TETHER_OUT/g" -e "s/@TETHER_H2_OUT@/$P_TETHER_H2_OUT/g" -e "s/@TETHER_H1_OUT@/$P_TETHER_H1_OUT/g" \
+        -e "s/@TETHER_IN@/$P_TETHER_IN/g" "$1" >"$2"
 }
 
 start_nginx() { # NAME CONF
@@ -313,11 +325,17 @@ wait_port "$P_UPSTREAM" upstream || exit 1
 mkdir -p "$WORK/tether"
 fill "$BENCH_DIR/tether-inbound.toml" "$WORK/tether/inbound.toml"
 fill "$BENCH_DIR/tether-outbound.toml" "$WORK/tether/outbound.toml"
+fill "$BENCH_DIR/tether-outbound-h2.toml" "$WORK/tether/outbound-h2.toml"
+fill "$BENCH_DIR/tether-outbound-http1.toml" "$WORK/tether/outbound-http1.toml"
 cp "$BENCH_DIR/policy.toml" "$WORK/tether/policy.toml"
-start tether-in "$BIN/tether-proxy" run --config "$WORK/tether/inbound.toml"
-start tether-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound.toml"
+start tether-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound.toml"
+start tether-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound.toml"
+start tether-h2-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-h2.toml"
+start tether-http1-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-http1.toml"
 wait_port "$P_TETHER_IN" tether-in || exit 1
 wait_port "$P_TETHER_OUT" tether-out || exit 1
+wait_port "$P_TETHER_H2_OUT" tether-h2-out || exit 1
+wait_port "$P_TETHER_H1_OUT" tether-http1-out || exit 1
 
 if [ "$HAVE_NGINX_PAIR" = 1 ]; then
     start_nginx nginx-in "$BENCH_DIR/peers/nginx-inbound.conf"
@@ -341,16 +359,16 @@ for name in upstream nginx-in nginx-out; do
 done
 
 # Targets and how to reach them.
-TARGETS=(direct tether)
+TARGETS=(direct tether tether-http1 tether-h2)
 PEERS=()
 [ "$HAVE_NGINX_PAIR" = 1 ] && TARGETS+=(nginx) && PEERS+=(nginx)
 [ "$HAVE_HAPROXY_PAIR" = 1 ] && TARGETS+=(haproxy) && PEERS+=(haproxy)
 declare -A OUT_PORT IN_PORT FULLHS_PORT
-OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
+OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_OUT [tether-http1]=$P_TETHER_H1_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
 IN_PORT=([tether]=$P_TETHER_IN [nginx]=$P_NGINX_IN [haproxy]=$P_HAPROXY_IN)
 FULLHS_PORT=([nginx]=$P_NGINX_FULLHS [haproxy]=$P_HAPROXY_FULLHS)
-out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
-in_pids() { case $1 in tether) echo "${PID_OF[tether-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
+out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
+in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
 # The certificate each target's own outbound presents, for the handshake client.
 client_cert() { case $1 in tether) echo "$PKI/service-a/chain.pem $PKI/service-a/key.pem" ;; *) echo "$PKI/client.crt $PKI/client.key" ;; esac; }
 
@@ -487,32 +505,32 @@ for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round/$ROUNDS (load average $(cut -d' ' -f1 /proc/loadavg))"
     echo "round $round start load=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"
     if [ "$HAVE_WRK" = 1 ]; then
-        for t in $(rotate "$round" "${TARGETS[@]}"); do
+        want ka32 && for t in $(rotate "$round" "${TARGETS[@]}"); do
             wrk_run "$round" ka32 "$t" "${OUT_PORT[$t]}" "$CONNS"
         done
-        for t in $(rotate "$round" "${TARGETS[@]}"); do
+        want ka1 && for t in $(rotate "$round" "${TARGETS[@]}"); do
             wrk_run "$round" ka1 "$t" "${OUT_PORT[$t]}" 1 --latency
         done
-        for t in $(rotate "$round" "${TARGETS[@]}"); do
+        want newconn_pair && for t in $(rotate "$round" "${TARGETS[@]}"); do
             case $t in
             direct) wrk_run "$round" newconn_pair direct "$P_UPSTREAM" "$CONNS" -H "Connection: close" ;;
-            tether) ;; # the outbound always pools: see newconn_inbound
+            tether | tether-h2 | tether-http1) ;; # the outbound always reuses: see newconn_inbound
             *) wrk_run "$round" newconn_pair "$t" "${FULLHS_PORT[$t]}" "$CONNS" ;;
             esac
         done
     fi
-    for t in $(rotate "$round" "${TARGETS[@]}"); do
-        [ "$t" = direct ] || hs_run "$round" newconn_inbound "$t" request
+    want newconn_inbound && for t in $(rotate "$round" "${TARGETS[@]}"); do
+        [ "$t" = direct ] || [ "$t" = tether-h2 ] || [ "$t" = tether-http1 ] || hs_run "$round" newconn_inbound "$t" request
     done
-    for t in $(rotate "$round" "${TARGETS[@]}"); do
-        [ "$t" = direct ] || hs_run "$round" handshake_inbound "$t" handshake
+    want handshake_inbound && for t in $(rotate "$round" "${TARGETS[@]}"); do
+        [ "$t" = direct ] || [ "$t" = tether-h2 ] || [ "$t" = tether-http1 ] || hs_run "$round" handshake_inbound "$t" handshake
     done
 done
 
 # RSS while holding HOLD_CONNS connections: HTTP keep-alive clients on each outbound (wrk), and
 # mTLS connections with one request each on each inbound (handshake_load --mode hold).
-log "RSS holding $HOLD_CONNS connections"
-for t in "${PEERS[@]}" tether; do
+want hold && log "RSS holding $HOLD_CONNS connections"
+want hold && for t in "${PEERS[@]}" tether; do
     if [ "$HAVE_WRK" = 1 ]; then
         raw="$RAW/hold-out-$t.txt"
         # shellcheck disable=SC2046
@@ -553,13 +571,13 @@ for t in "${PEERS[@]}" tether; do
 done
 
 # The CA's issuance throughput over its HTTPS API (its own process, all cores).
-log "CA issuance over HTTPS ($CA_COUNT enrollments per run)"
-for ((round = 1; round <= ROUNDS; round++)); do
+want ca && log "CA issuance over HTTPS ($CA_COUNT enrollments per run)"
+want ca && for ((round = 1; round <= ROUNDS; round++)); do
     for mode in keepalive newconn; do
         raw="$RAW/r$round-ca-$mode.txt"
         extra=()
         [ "$mode" = newconn ] && extra=(--new-connections)
-        run_fg "$BIN/examples/enroll_load" --count "$CA_COUNT" --concurrency 32 "${extra[@]}" >"$raw" 2>&1 ||
+        run_fg "$BIN/examples/enroll_load" --ca-bin "$DIST/tether-ca" --count "$CA_COUNT" --concurrency 32 "${extra[@]}" >"$raw" 2>&1 ||
             note "round $round CA $mode: enroll_load failed (see $raw)"
         line=$(grep '^enroll_load: .* certs/s' "$raw" | tail -1)
         rate=$(sed -n 's/.* = \([0-9]*\) certs\/s.*/\1/p' <<<"$line")
