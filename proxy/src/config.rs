@@ -55,7 +55,7 @@ pub enum AppProtocol {
 #[serde(rename_all = "lowercase")]
 pub enum PeerProtocol {
     /// [`PeerProtocol::Http1`] while the outbound has at most
-    /// [`crate::outbound::DEDICATED_UP_TO`] app connections open, [`PeerProtocol::H2`] beyond:
+    /// [`crate::pool::DEDICATED_UP_TO`] app connections open, [`PeerProtocol::H2`] beyond:
     /// dedicated connections are the lowest latency, one multiplexed connection the least CPU
     /// and memory per request under load (both measured by `make bench`).
     #[default]

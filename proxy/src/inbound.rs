@@ -6,9 +6,10 @@
 //! (caller, method, normalized path), and the request forwarded to the app carries exactly the
 //! path that was matched plus our XFCC header — any XFCC the caller sent is dropped first.
 //!
-//! An HTTP/1.1 connection from a peer sidecar (the default between sidecars) gets its own
-//! keep-alive connection to the app, held between its requests ([`crate::pool::Held`]); requests
-//! arriving over HTTP/2 share a pool of app connections.
+//! While at most [`crate::pool::DEDICATED_UP_TO`] peer connections are open, an HTTP/1.1
+//! connection from a peer sidecar gets its own keep-alive connection to the app, held between
+//! its requests ([`crate::pool::Held`]); beyond that, and for requests arriving over HTTP/2,
+//! requests share a pool of app connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use crate::forward::{self, reply, RespBody, XFCC};
 use crate::identity::IdentityStore;
 use crate::metrics::{Metrics, OpenConnection};
 use crate::policy::{normalize_path, Decision, Mode as PolicyMode, PolicyHandle};
-use crate::pool::{self, Conn, Held, SendError};
+use crate::pool::{self, Conn, Held, OpenGuard, SendError};
 use crate::revocation::RevocationCache;
 
 /// Everything the inbound side needs, shared by all its connections.
@@ -53,6 +54,8 @@ pub struct Inbound {
     app_protocol: AppProtocol,
     http1: Client<HttpConnector, Incoming>,
     h2c: Client<HttpConnector, Incoming>,
+    /// HTTP connections from peers open now ([`crate::pool::DEDICATED_UP_TO`]).
+    open_http: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Inbound {
@@ -87,8 +90,15 @@ impl Inbound {
             app_protocol: config.app_protocol,
             http1,
             h2c,
+            open_http: Arc::default(),
         })
     }
+}
+
+/// The app connection one HTTP connection from a peer holds, while there are few of those.
+struct AppConn {
+    held: Held<()>,
+    open: OpenGuard,
 }
 
 /// The verified caller of one connection.
@@ -199,7 +209,10 @@ async fn connection(
     let peer_id = peer.id.clone();
     let peer = Arc::new(peer);
     let svc_inbound = inbound.clone();
-    let app_conn = Arc::new(Held::<()>::default());
+    let app_conn = Arc::new(AppConn {
+        held: Held::default(),
+        open: OpenGuard::new(&inbound.open_http),
+    });
     let svc = hyper::service::service_fn(move |req| {
         let inbound = svc_inbound.clone();
         let peer = peer.clone();
@@ -293,7 +306,7 @@ fn authorize(
 async fn request(
     inbound: &Inbound,
     peer: &Peer,
-    app_conn: &Held<()>,
+    app_conn: &AppConn,
     req: Request<Incoming>,
 ) -> Response<RespBody> {
     let started = Instant::now();
@@ -315,7 +328,7 @@ async fn request(
 async fn forward_request(
     inbound: &Inbound,
     peer: &Peer,
-    app_conn: &Held<()>,
+    app_conn: &AppConn,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let Ok(path) = normalize_path(req.uri().path()) else {
@@ -388,7 +401,11 @@ async fn forward_request(
         AppProtocol::Auto => is_grpc,
     };
     if !use_h2c && req.version() <= Version::HTTP_11 {
-        return forward_held(inbound, app_conn, req).await;
+        if app_conn.open.may_hold() {
+            return forward_held(inbound, app_conn, req).await;
+        }
+        // Many peer connections now: share the pooled app connections instead.
+        drop(app_conn.held.take());
     }
     let client = if use_h2c {
         *req.version_mut() = Version::HTTP_2;
@@ -417,7 +434,7 @@ async fn forward_request(
 /// on first use; replaced if the app closed it, [`pool::send`]).
 async fn forward_held(
     inbound: &Inbound,
-    app_conn: &Held<()>,
+    app_conn: &AppConn,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     // The HTTP/1 client connection wants origin-form; `Host` is the caller's.
@@ -426,12 +443,13 @@ async fn forward_held(
     }
     *req.version_mut() = Version::HTTP_11;
     let kept = app_conn
+        .held
         .take()
         .and_then(|mut c| c.is_ready_now().then_some(c));
     let connect = || connect_app(inbound);
     match pool::send(kept, connect, req, inbound.limits.request_timeout).await {
         Ok((mut resp, conn)) => {
-            app_conn.put(conn);
+            app_conn.held.put(conn);
             forward::strip_hop_by_hop(resp.headers_mut(), false);
             resp.map(Either::Left)
         }

@@ -6,7 +6,7 @@
 //! connection from the app gets its own keep-alive HTTP/1.1 mTLS connection to the peer, kept
 //! between its requests and pooled when the app closes it ([`crate::pool`]); HTTP/2 requests
 //! from the app, and every request under `peer_protocol = "h2"`, share one HTTP/2 connection per
-//! address. `"auto"` (the default) is `http1` while at most [`DEDICATED_UP_TO`] app connections
+//! address. `"auto"` (the default) is `http1` while at most [`pool::DEDICATED_UP_TO`] app connections
 //! are open and `h2` beyond. An address that fails to connect is skipped for [`DOWN_FOR`]; an
 //! identity mismatch is a 502 and a metric, never a fallback to another identity.
 
@@ -33,7 +33,7 @@ use crate::config::{Limits, Mode, PeerProtocol, Service};
 use crate::forward::{self, reply, reply_owned, RespBody};
 use crate::identity::{Alpn, Credentials, IdentityStore};
 use crate::metrics::{Metrics, OpenConnection};
-use crate::pool::{self, Conn, Held, IdlePool, SendError};
+use crate::pool::{self, Conn, Held, IdlePool, OpenGuard, SendError};
 use crate::revocation::RevocationCache;
 
 /// How long an address that failed to connect is skipped, so one dead replica does not add a
@@ -77,13 +77,6 @@ struct Upstream {
     down_until: Mutex<Option<Instant>>,
 }
 
-/// Under `peer_protocol = "auto"`, HTTP/1.x app connections get dedicated HTTP/1.1 peer
-/// connections while at most this many app connections are open, and share the HTTP/2
-/// connection beyond. Two interleaved runs of both modes at 1–32 client connections had
-/// dedicated connections ahead up to 16 (1.3× at 1) and the shared connection ahead at 32
-/// (README, Performance).
-pub const DEDICATED_UP_TO: usize = 16;
-
 /// Idle HTTP/1.1 connections kept per peer address: enough for a busy app's connection churn,
 /// few enough that an idle sidecar holds little.
 const IDLE_PER_ADDRESS: usize = 64;
@@ -99,16 +92,15 @@ struct H1Tag {
 /// peer connection goes to its address's idle pool.
 struct Affinity {
     held: Held<H1Tag>,
-    /// The outbound's count of open app connections, which this one is part of.
-    open: Arc<AtomicUsize>,
+    /// Counts this app connection among the outbound's open ones.
+    open: OpenGuard,
 }
 
 impl Affinity {
     fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
         Affinity {
             held: Held::default(),
-            open: open.clone(),
+            open: OpenGuard::new(open),
         }
     }
 
@@ -117,7 +109,7 @@ impl Affinity {
         match route.peer_protocol {
             PeerProtocol::Http1 => true,
             PeerProtocol::H2 => false,
-            PeerProtocol::Auto => self.open.load(Ordering::Relaxed) <= DEDICATED_UP_TO,
+            PeerProtocol::Auto => self.open.may_hold(),
         }
     }
 
@@ -130,7 +122,6 @@ impl Affinity {
 
 impl Drop for Affinity {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
         self.release();
     }
 }

@@ -110,7 +110,7 @@ async fn auto_dedicates_connections_to_few_app_connections_and_shares_h2_beyond(
     let app = start_app().await;
     let (_pki, _b, a) = pair(app, "", "").await;
     let out = a.outbound.unwrap();
-    let limit = tether_proxy::outbound::DEDICATED_UP_TO;
+    let limit = tether_proxy::pool::DEDICATED_UP_TO;
     // App connections open one by one and stay open: the first `limit` each get their own
     // HTTP/1.1 peer connection, the rest share one HTTP/2 connection.
     let clients: Vec<Client> = (0..limit + 2).map(|_| http_client()).collect();
@@ -219,4 +219,25 @@ async fn inbound_holds_one_app_connection_per_peer_connection_and_replaces_a_clo
         3,
         "each closed app connection replaced"
     );
+}
+
+#[tokio::test]
+async fn inbound_shares_pooled_app_connections_beyond_the_dedicated_limit() {
+    let (app, accepted) = counting_app(false).await;
+    // Forced http1 on the outbound: one peer connection per app connection, so the inbound sees
+    // as many peer connections as there are clients.
+    let (_pki, b, a) = pair(app, "peer_protocol = \"http1\"", "").await;
+    let out = a.outbound.unwrap();
+    let limit = tether_proxy::pool::DEDICATED_UP_TO;
+    let clients: Vec<Client> = (0..limit + 2).map(|_| http_client()).collect();
+    for c in &clients {
+        assert_eq!(get_on(c, out).await, StatusCode::OK);
+    }
+    assert_eq!(handshakes(&b, "inbound"), (limit + 2) as f64);
+    // The first `limit` peer connections hold an app connection each; the last two share one
+    // from the pool, one request after the other.
+    assert_eq!(accepted.load(Ordering::SeqCst), limit + 1);
+    // Still over the limit: the first peer connection lets its app connection go and shares too.
+    assert_eq!(get_on(&clients[0], out).await, StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), limit + 1);
 }
