@@ -33,7 +33,7 @@ use crate::config::{Limits, Mode, PeerProtocol, Service};
 use crate::forward::{self, reply, reply_owned, RespBody};
 use crate::identity::{Alpn, Credentials, IdentityStore};
 use crate::metrics::{Metrics, OpenConnection};
-use crate::pool::{self, Conn, Held, IdlePool, OpenGuard, SendError};
+use crate::pool::{self, Conn, IdlePool, OpenGuard, SendError};
 use crate::revocation::RevocationCache;
 
 /// How long an address that failed to connect is skipped, so one dead replica does not add a
@@ -88,20 +88,47 @@ struct H1Tag {
     creds: Arc<Credentials>,
 }
 
-/// The peer connection one HTTP/1.x app connection holds; when the app connection closes, the
-/// peer connection goes to its address's idle pool.
+/// The peer connections one HTTP/1.x app connection holds: one per peer address it has used,
+/// so its requests are still balanced over a service's addresses one by one. When the app
+/// connection closes, they go to their addresses' idle pools.
 struct Affinity {
-    held: Held<H1Tag>,
+    held: Mutex<Vec<Conn<H1Tag>>>,
     /// Counts this app connection among the outbound's open ones.
     open: OpenGuard,
 }
 
+/// Peer connections one app connection keeps at most (it may call several services, each with
+/// several addresses); the oldest goes to the idle pool to make room.
+const HELD_PER_APP_CONNECTION: usize = 8;
+
 impl Affinity {
     fn new(open: &Arc<AtomicUsize>) -> Self {
         Affinity {
-            held: Held::default(),
+            held: Mutex::default(),
             open: OpenGuard::new(open),
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<Conn<H1Tag>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes out the connection held to address `upstream` of `route`, if any.
+    fn take(&self, route: &Arc<Route>, upstream: usize) -> Option<Conn<H1Tag>> {
+        let mut held = self.held();
+        let i = held
+            .iter()
+            .position(|c| Arc::ptr_eq(&c.tag.route, route) && c.tag.upstream == upstream)?;
+        Some(held.swap_remove(i))
+    }
+
+    /// Keeps `conn` for this app connection's next request to the same address.
+    fn keep(&self, conn: Conn<H1Tag>) {
+        let mut held = self.held();
+        if held.len() >= HELD_PER_APP_CONNECTION {
+            give_back(held.remove(0));
+        }
+        held.push(conn);
     }
 
     /// Whether this app connection's HTTP/1.x requests to `route` get a dedicated connection.
@@ -113,8 +140,10 @@ impl Affinity {
         }
     }
 
+    /// Gives every held connection back to its address's idle pool.
     fn release(&self) {
-        if let Some(conn) = self.held.take() {
+        let held = std::mem::take(&mut *self.held());
+        for conn in held {
             give_back(conn);
         }
     }
@@ -450,13 +479,18 @@ async fn forward_h1(
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
 
-    let kept = reuse_h1(route, affinity, creds);
-    let connect = || new_h1(outbound, route, creds);
+    // Balanced per request, as over HTTP/2: the next healthy address in turn.
+    let n = route.upstreams.len();
+    let start = route.next.fetch_add(1, Ordering::Relaxed);
+    let pick = (0..n)
+        .map(|k| (start + k) % n)
+        .find(|&i| !route.upstreams[i].is_down())
+        .unwrap_or(start % n);
+    let kept = reuse_h1(route, affinity, creds, pick);
+    let connect = || new_h1(outbound, route, creds, pick);
     match pool::send(kept, connect, req, outbound.limits.request_timeout).await {
         Ok((mut resp, conn)) => {
-            if let Some(old) = affinity.held.put(conn) {
-                give_back(old);
-            }
+            affinity.keep(conn);
             forward::strip_hop_by_hop(resp.headers_mut(), false);
             resp.map(Either::Left)
         }
@@ -474,55 +508,44 @@ async fn forward_h1(
     }
 }
 
-/// The held connection if it serves `route` with the current credentials and is ready; else a
-/// ready one from the idle pool of a healthy address.
+/// The connection this app connection holds to address `upstream` of `route` if it was made
+/// with the current credentials and is ready; else a ready one from that address's idle pool.
 fn reuse_h1(
     route: &Arc<Route>,
     affinity: &Affinity,
     creds: &Arc<Credentials>,
+    upstream: usize,
 ) -> Option<Conn<H1Tag>> {
-    if let Some(mut held) = affinity.held.take() {
-        if Arc::ptr_eq(&held.tag.route, route)
-            && Arc::ptr_eq(&held.tag.creds, creds)
-            && held.is_ready_now()
-        {
+    if let Some(mut held) = affinity.take(route, upstream) {
+        if Arc::ptr_eq(&held.tag.creds, creds) && held.is_ready_now() {
             return Some(held);
         }
-        // Another service (the app connection switched Host), a rotated certificate, or closed.
+        // A rotated certificate, or closed by the peer.
         give_back(held);
     }
-    let n = route.upstreams.len();
-    let start = route.next.load(Ordering::Relaxed);
-    (0..n).map(|i| (start + i) % n).find_map(|i| {
-        let up = &route.upstreams[i];
-        if up.is_down() {
-            return None;
-        }
-        up.idle.pop(|c| Arc::ptr_eq(c, creds)).map(|c| Conn {
+    route.upstreams[upstream]
+        .idle
+        .pop(|c| Arc::ptr_eq(c, creds))
+        .map(|c| Conn {
             sender: c.sender,
             tag: H1Tag {
                 route: route.clone(),
-                upstream: i,
+                upstream,
                 creds: creds.clone(),
             },
         })
-    })
 }
 
-/// A new HTTP/1.1 mTLS connection to a healthy address of `route`; its connection task ends
-/// when the peer is revoked.
+/// A new HTTP/1.1 mTLS connection to address `first` of `route`, or to the next healthy one if
+/// that fails; its connection task ends when the peer is revoked.
 async fn new_h1(
     outbound: &Outbound,
     route: &Arc<Route>,
     creds: &Arc<Credentials>,
+    first: usize,
 ) -> Result<Conn<H1Tag>, Response<RespBody>> {
-    let (tls, addr) = connect_any(outbound, route, creds, Alpn::Http1).await?;
+    let (tls, upstream) = connect_from(outbound, route, creds, Alpn::Http1, first).await?;
     let serial = peer_serial(&tls);
-    let upstream = route
-        .upstreams
-        .iter()
-        .position(|u| u.addr == addr)
-        .unwrap_or(0);
     let (sender, conn) = match hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tls))
         .await
@@ -721,16 +744,29 @@ async fn connect_any(
     creds: &Credentials,
     alpn: Alpn,
 ) -> Result<(TlsStream<TcpStream>, SocketAddr), Response<RespBody>> {
-    let n = route.upstreams.len();
     let start = route.next.fetch_add(1, Ordering::Relaxed);
+    let (tls, i) = connect_from(outbound, route, creds, alpn, start).await?;
+    Ok((tls, route.upstreams[i].addr))
+}
+
+/// Like [`connect_any`], trying address `start` first; returns the index of the address used.
+async fn connect_from(
+    outbound: &Outbound,
+    route: &Route,
+    creds: &Credentials,
+    alpn: Alpn,
+    start: usize,
+) -> Result<(TlsStream<TcpStream>, usize), Response<RespBody>> {
+    let n = route.upstreams.len();
     let mut last = None;
-    for i in 0..n {
-        let up = &route.upstreams[(start + i) % n];
-        if i + 1 < n && up.is_down() {
+    for k in 0..n {
+        let i = (start + k) % n;
+        let up = &route.upstreams[i];
+        if k + 1 < n && up.is_down() {
             continue;
         }
         match connect(outbound, route, up.addr, creds, alpn).await {
-            Ok(tls) => return Ok((tls, up.addr)),
+            Ok(tls) => return Ok((tls, i)),
             Err(e) => {
                 up.mark_down();
                 last = Some(e);

@@ -156,13 +156,21 @@ async fn a_held_peer_connection_the_peer_closed_is_replaced_without_failing_a_re
 /// request per connection and then closes it without saying so (no `Connection: close`), so the
 /// inbound must not fail the next request on the dead connection.
 async fn counting_app(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, accepted, _) = counting_app_served(close_each).await;
+    (addr, accepted)
+}
+
+/// [`counting_app`], also counting the requests it answered.
+async fn counting_app_served(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let served = Arc::new(AtomicUsize::new(0));
+    let (count, answered) = (accepted.clone(), served.clone());
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
+            let answered = answered.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -178,6 +186,7 @@ async fn counting_app(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
                         }
                     };
                     buf.drain(..end);
+                    answered.fetch_add(1, Ordering::SeqCst);
                     if tcp
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                         .await
@@ -190,7 +199,7 @@ async fn counting_app(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, served)
 }
 
 #[tokio::test]
@@ -240,4 +249,53 @@ async fn inbound_shares_pooled_app_connections_beyond_the_dedicated_limit() {
     // Still over the limit: the first peer connection lets its app connection go and shares too.
     assert_eq!(get_on(&clients[0], out).await, StatusCode::OK);
     assert_eq!(accepted.load(Ordering::SeqCst), limit + 1);
+}
+
+#[tokio::test]
+async fn one_app_connection_is_balanced_over_the_service_addresses_request_by_request() {
+    let pki = Pki::new();
+    let bdir = pki.issue("ns/default/sa/service-b");
+    let adir = pki.issue("ns/default/sa/service-a");
+    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_A);
+    let mut replicas = Vec::new();
+    for name in ["b1", "b2"] {
+        let (app, _, served) = counting_app_served(false).await;
+        let b = Sidecar::start(
+            pki.dir.path(),
+            name,
+            &format!(
+                "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n",
+                identity_section(&bdir, None)
+            ),
+        )
+        .await;
+        replicas.push((b, served));
+    }
+    let a = Sidecar::start(
+        pki.dir.path(),
+        "a",
+        &format!(
+            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\", \"{}\"]\nidentity = \"{}\"\n",
+            identity_section(&adir, None),
+            replicas[0].0.inbound.unwrap(),
+            replicas[1].0.inbound.unwrap(),
+            id("ns/default/sa/service-b")
+        ),
+    )
+    .await;
+    let client = http_client();
+    for _ in 0..6 {
+        assert_eq!(get_on(&client, a.outbound.unwrap()).await, StatusCode::OK);
+    }
+    let served: Vec<usize> = replicas
+        .iter()
+        .map(|(_, s)| s.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(
+        served,
+        vec![3, 3],
+        "requests alternate between the two replicas"
+    );
+    // One kept connection per replica, not one per request.
+    assert_eq!(handshakes(&a, "outbound"), 2.0);
 }
