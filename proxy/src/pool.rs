@@ -4,12 +4,14 @@
 //! downstream HTTP/1.1 connection is to give it an upstream connection of its own: no pool
 //! lookup per request, no lock shared across connections, and no HTTP/2 stream bookkeeping or
 //! header compression on the hot path. This is how the nginx and haproxy sidecar pairs that
-//! `make bench` compares us with work, and it measured faster for Tether too than sharing one
-//! HTTP/2 connection per peer (README, Performance).
+//! `make bench` compares us with work. For Tether it measured faster than sharing one HTTP/2
+//! connection up to [`DEDICATED_UP_TO`] open downstream connections; beyond that the shared
+//! connection wins on CPU and memory (README, Performance).
 //!
-//! [`Held`] is the slot a downstream connection keeps its upstream connection in between
-//! requests. [`IdlePool`] takes the connections of downstream connections that closed, so the
-//! next downstream connection skips the TCP and TLS handshakes.
+//! [`Held`] is the slot an inbound connection keeps its app connection in between requests (the
+//! outbound keeps one per peer address). [`IdlePool`] takes the connections of downstream
+//! connections that closed, so the next one skips the TCP and TLS handshakes. [`send`] sends
+//! on a kept connection and replaces it if the other side closed it meanwhile.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
