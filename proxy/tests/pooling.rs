@@ -47,6 +47,15 @@ fn handshakes(s: &Sidecar, direction: &str) -> f64 {
     )
 }
 
+/// Waits until the outbound has `n` app connections open: the others have closed and given their
+/// peer connections back to the idle pool.
+async fn app_connections_settle(a: &Sidecar, n: usize) -> bool {
+    eventually(Duration::from_secs(10), || {
+        a.metric("tether_connections_open", &[("direction", "outbound")]) == n as f64
+    })
+    .await
+}
+
 /// A pair in front of `app`: `service_extra` configures the outbound's service-b, `b_extra`
 /// the inbound.
 async fn pair(app: SocketAddr, service_extra: &str, b_extra: &str) -> (Pki, Sidecar, Sidecar) {
@@ -79,7 +88,7 @@ async fn http1_peer_connection_is_held_per_app_connection_then_pooled() {
     // connection reuses one instead of handshaking again.
     drop(first);
     drop(second);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app_connections_settle(&a, 0).await);
     let third = http_client();
     for _ in 0..3 {
         assert_eq!(get_on(&third, out).await, StatusCode::OK);
@@ -125,7 +134,7 @@ async fn auto_dedicates_connections_to_few_app_connections_and_shares_h2_beyond(
     // Back under it: dedicated again, from the idle pool, without a handshake.
     let mut clients = clients;
     clients.truncate(1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app_connections_settle(&a, 1).await);
     for _ in 0..3 {
         assert_eq!(get_on(&clients[0], out).await, StatusCode::OK);
     }
@@ -140,7 +149,8 @@ async fn a_held_peer_connection_the_peer_closed_is_replaced_without_failing_a_re
     let out = a.outbound.unwrap();
     let client = http_client();
     assert_eq!(get_on(&client, out).await, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Well past the 1 s, so the close has reached the outbound even on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     for _ in 0..3 {
         assert_eq!(get_on(&client, out).await, StatusCode::OK);
     }
@@ -221,7 +231,7 @@ async fn inbound_holds_one_app_connection_per_peer_connection_and_replaces_a_clo
     let client = http_client();
     for _ in 0..3 {
         assert_eq!(get_on(&client, a.outbound.unwrap()).await, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
