@@ -368,6 +368,8 @@ OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_O
 IN_PORT=([tether]=$P_TETHER_IN [nginx]=$P_NGINX_IN [haproxy]=$P_HAPROXY_IN)
 FULLHS_PORT=([nginx]=$P_NGINX_FULLHS [haproxy]=$P_HAPROXY_FULLHS)
 out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
+# The Tether variants share the default pair's inbound: its handshakes are measured once.
+own_inbound() { case $1 in direct | tether-h2 | tether-http1) return 1 ;; *) return 0 ;; esac; }
 in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
 # The certificate each target's own outbound presents, for the handshake client.
 client_cert() { case $1 in tether) echo "$PKI/service-a/chain.pem $PKI/service-a/key.pem" ;; *) echo "$PKI/client.crt $PKI/client.key" ;; esac; }
@@ -520,10 +522,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
         done
     fi
     want newconn_inbound && for t in $(rotate "$round" "${TARGETS[@]}"); do
-        [ "$t" = direct ] || [ "$t" = tether-h2 ] || [ "$t" = tether-http1 ] || hs_run "$round" newconn_inbound "$t" request
+        own_inbound "$t" && hs_run "$round" newconn_inbound "$t" request
     done
     want handshake_inbound && for t in $(rotate "$round" "${TARGETS[@]}"); do
-        [ "$t" = direct ] || [ "$t" = tether-h2 ] || [ "$t" = tether-http1 ] || hs_run "$round" handshake_inbound "$t" handshake
+        own_inbound "$t" && hs_run "$round" handshake_inbound "$t" handshake
     done
 done
 

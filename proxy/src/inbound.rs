@@ -371,14 +371,9 @@ async fn forward_request(
             req.headers_mut().insert(header::HOST, a);
         }
     }
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(inbound.app_authority.clone());
-    parts.path_and_query = Some(pq);
-    let Ok(uri) = Uri::from_parts(parts) else {
-        return reply(StatusCode::BAD_REQUEST, "bad request target\n");
-    };
-    *req.uri_mut() = uri;
+    // Origin-form, as an HTTP/1.1 connection to the app sends it; the pooled clients below get
+    // the absolute form they route by.
+    *req.uri_mut() = Uri::from(pq);
 
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade(req.headers());
     // gRPC only exists over HTTP/2, so it goes to the app as h2c whatever the setting's default.
@@ -407,6 +402,13 @@ async fn forward_request(
         // Many peer connections now: share the pooled app connections instead.
         drop(app_conn.held.take());
     }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(inbound.app_authority.clone());
+    let Ok(uri) = Uri::from_parts(parts) else {
+        return reply(StatusCode::BAD_REQUEST, "bad request target\n");
+    };
+    *req.uri_mut() = uri;
     let client = if use_h2c {
         *req.version_mut() = Version::HTTP_2;
         &inbound.h2c
@@ -437,10 +439,6 @@ async fn forward_held(
     app_conn: &AppConn,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
-    // The HTTP/1 client connection wants origin-form; `Host` is the caller's.
-    if let Some(pq) = req.uri().path_and_query().cloned() {
-        *req.uri_mut() = Uri::from(pq);
-    }
     *req.version_mut() = Version::HTTP_11;
     let kept = app_conn
         .held
@@ -465,7 +463,8 @@ async fn forward_held(
     }
 }
 
-/// A new HTTP/1.1 connection to the app, its connection task spawned.
+/// A new HTTP/1.1 connection to the app, its connection task spawned (able to carry an
+/// upgrade, for [`forward_upgrade`]).
 async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, ()> {
     let tcp = TcpStream::connect(inbound.app)
         .await
@@ -475,7 +474,7 @@ async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, ()> {
         .await
         .map_err(|e| tracing::warn!("inbound: app {} handshake failed: {e}", inbound.app))?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("app connection ended: {e}");
         }
     });
@@ -486,25 +485,15 @@ async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, ()> {
 /// two upgraded streams together.
 async fn forward_upgrade(inbound: &Inbound, mut req: Request<Incoming>) -> Response<RespBody> {
     let downstream = hyper::upgrade::on(&mut req);
-    let Ok(tcp) = TcpStream::connect(inbound.app).await else {
+    let Ok(mut conn) = connect_app(inbound).await else {
         return reply(StatusCode::BAD_GATEWAY, "local app unavailable\n");
     };
-    let _ = tcp.set_nodelay(true);
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
-    else {
-        return reply(StatusCode::BAD_GATEWAY, "local app unavailable\n");
-    };
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    // The HTTP/1 client connection wants origin-form.
-    let pq = req.uri().path_and_query().cloned();
-    if let Some(pq) = pq {
-        if let Ok(uri) = Uri::try_from(pq.as_str()) {
-            *req.uri_mut() = uri;
-        }
-    }
-    match tokio::time::timeout(inbound.limits.request_timeout, sender.send_request(req)).await {
+    match tokio::time::timeout(
+        inbound.limits.request_timeout,
+        conn.sender.send_request(req),
+    )
+    .await
+    {
         Ok(Ok(mut resp)) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut resp);

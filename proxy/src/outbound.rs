@@ -3,12 +3,13 @@
 //! The app names the service in `Host` (or in an absolute-form URI, so `http_proxy` works). The
 //! sidecar connects to one of the service's addresses with our certificate and requires the peer
 //! to present exactly the configured SPIFFE ID. With `peer_protocol = "http1"` each HTTP/1.x
-//! connection from the app gets its own keep-alive HTTP/1.1 mTLS connection to the peer, kept
-//! between its requests and pooled when the app closes it ([`crate::pool`]); HTTP/2 requests
-//! from the app, and every request under `peer_protocol = "h2"`, share one HTTP/2 connection per
-//! address. `"auto"` (the default) is `http1` while at most [`pool::DEDICATED_UP_TO`] app connections
-//! are open and `h2` beyond. An address that fails to connect is skipped for [`DOWN_FOR`]; an
-//! identity mismatch is a 502 and a metric, never a fallback to another identity.
+//! connection from the app keeps its own keep-alive HTTP/1.1 mTLS connection to each peer
+//! address it uses, pooled when the app closes it ([`crate::pool`]); HTTP/2 requests from the
+//! app, and every request under `peer_protocol = "h2"`, share one HTTP/2 connection per
+//! address. `"auto"` (the default) is `http1` while at most [`pool::DEDICATED_UP_TO`] app
+//! connections are open and `h2` beyond. Either way requests take the service's addresses in
+//! turn. An address that fails to connect is skipped for [`DOWN_FOR`]; an identity mismatch is a
+//! 502 and a metric, never a fallback to another identity.
 
 use std::collections::HashMap;
 use std::future::Future;

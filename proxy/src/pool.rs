@@ -91,13 +91,9 @@ impl<T> Held<T> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Keeps `conn` for the next request of this downstream connection; returns the connection
-    /// it replaced, if any.
-    pub fn put(&self, conn: Conn<T>) -> Option<Conn<T>> {
-        self.slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(conn)
+    /// Keeps `conn` for the next request of this downstream connection.
+    pub fn put(&self, conn: Conn<T>) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
     }
 }
 
@@ -144,16 +140,6 @@ impl<T> IdlePool<T> {
             idle.remove(0);
         }
         idle.push((Instant::now(), conn));
-    }
-
-    /// How many connections are idle (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no connection is idle.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
