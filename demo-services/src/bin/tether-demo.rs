@@ -3,7 +3,7 @@
 //! ```sh
 //! make demo                                  # builds release binaries, then runs this
 //! target/release/tether-demo                 # the same, once built
-//! KEEP=1 target/release/tether-demo          # keep the temp dir (configs, state, logs)
+//! KEEP=1 target/release/tether-demo          # keep the temp dir also when every step passes
 //! TETHER_DEMO_BASE_PORT=20000 target/release/tether-demo   # fixed ports instead of free ones
 //! ```
 //!
@@ -32,6 +32,15 @@ fn id(path: &str) -> String {
 struct Procs(Vec<(String, Child)>);
 
 impl Procs {
+    /// Whether the process started as `name` is still running (a port someone else holds makes
+    /// a server exit at once, while a plain connect to that port still succeeds).
+    fn running(&mut self, name: &str) -> bool {
+        self.0
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+
     fn kill(&mut self, name: &str) {
         if let Some(i) = self.0.iter().position(|(n, _)| n == name) {
             let (_, mut c) = self.0.remove(i);
@@ -258,7 +267,12 @@ async fn scenario(d: &mut Demo) -> Result<(), String> {
         format!("127.0.0.1:{}", p.ca),
     ];
     d.spawn("tether-ca", "tether-ca", &ca_args)?;
-    let up = wait_port(p.ca, Duration::from_secs(10)).await;
+    let mut up = wait_port(p.ca, Duration::from_secs(10)).await;
+    if up {
+        // Long enough for a failed bind to have ended the process.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        up = d.procs.running("tether-ca");
+    }
     d.check(
         up,
         &format!(
@@ -394,11 +408,16 @@ async fn scenario(d: &mut Demo) -> Result<(), String> {
         let r = wait_ready(port, Duration::from_secs(15)).await;
         all_ready &= r;
         if !r {
+            let exited = if d.procs.running(&format!("sidecar-{name}")) {
+                ""
+            } else {
+                " (the process exited)"
+            };
             d.check(
                 false,
                 &format!("sidecar {name} ready"),
                 &format!(
-                    "see {}",
+                    "see {}{exited}",
                     d.dir.join(format!("sidecar-{name}.log")).display()
                 ),
             );
@@ -899,7 +918,12 @@ async fn main() -> std::process::ExitCode {
     // Stop everything before reporting, on every path.
     demo.procs = Procs::default();
     let keep = std::env::var("KEEP").is_ok_and(|v| v == "1");
-    if !keep {
+    let passed = outcome.is_ok() && demo.failures.is_empty();
+    // A failed run keeps its directory and prints its logs' last lines: on CI that output is all
+    // there is to diagnose it with.
+    if !passed {
+        print_log_tails(&dir);
+    } else if !keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
     match (outcome, demo.failures.is_empty()) {
@@ -921,10 +945,28 @@ async fn main() -> std::process::ExitCode {
             for f in &demo.failures {
                 println!("failed: {f}");
             }
-            if !keep {
-                println!("(run with KEEP=1 to keep the logs)");
-            }
+            println!("(logs, configs and state kept in {})", dir.display());
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the last lines of every log the demo wrote, for a failed run.
+fn print_log_tails(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        println!("\n── last lines of {}", log.display());
+        for line in &lines[lines.len().saturating_sub(12)..] {
+            println!("   {line}");
         }
     }
 }
