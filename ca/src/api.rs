@@ -260,19 +260,27 @@ async fn watch_database(state: Arc<State>, refresh: Duration) {
             } else {
                 None
             };
-            Ok((a.latest_crl_number()?, fleet))
+            let newest = a.latest_crl_number()?;
+            // Read after the CRL number: a rotation that committed after this iteration's reload
+            // shows here, and its CRL waits for the next iteration, which reloads first. Without
+            // this, a long-poller could get the rotation's CRL with the old bundle version and
+            // learn of the new bundle only at its next poll.
+            let stale = a.stored_bundle_version()? != a.bundle_version();
+            Ok((newest, fleet, stale))
         })
         .await;
         if housekeeping {
             last_housekeeping = Instant::now();
         }
         match result {
-            Ok((n, fleet)) => {
+            Ok((n, fleet, stale)) => {
                 if let Some(size) = fleet {
                     state.metrics.fleet_size.set(size as i64);
                     last_fleet_count = Some(Instant::now());
                 }
-                publish(&state, n);
+                if !stale {
+                    publish(&state, n);
+                }
             }
             Err(e) => crl_warning.warn(format_args!(
                 "CRL refresh failed (the last CRL stays published): {e}"
