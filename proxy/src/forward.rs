@@ -73,6 +73,12 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 /// `Connection: upgrade` + `Upgrade` for an upgrade request; `te: trailers` always stays because
 /// gRPC needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none of these: one pass over the few names present is cheaper than the
+    // ten hashed removals below (four calls per request through a pair; 2.6 % of the inbound's
+    // CPU at 32 connections before this check).
+    if !headers.keys().any(is_hop_by_hop_candidate) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -104,6 +110,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Whether `name` is one [`strip_hop_by_hop`] may remove or rewrite. Any header that
+/// `Connection` lists is only removed when `Connection` is present, which this also catches.
+fn is_hop_by_hop_candidate(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || HOP_BY_HOP.contains(name)
 }
 
 /// Joins two upgraded halves and copies bytes both ways until either side closes.
@@ -183,5 +199,95 @@ pub async fn accept_loop<F, Fut>(
         .is_err()
     {
         tracing::warn!("drain timeout ({drain:?}) reached with requests still in flight");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn end_to_end_headers_pass_untouched() {
+        let mut h = headers(&[
+            ("host", "service-b"),
+            ("authorization", "Bearer t"),
+            ("x-request-id", "1"),
+        ]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_removed() {
+        let mut h = headers(&[
+            ("host", "service-b"),
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "s"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("proxy-authenticate", "Basic"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_lone_hop_by_hop_header_is_removed_without_connection() {
+        // No `Connection` header: the candidate check must still catch these.
+        for name in [
+            "proxy-authorization",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut h = headers(&[("host", "a"), (name, "v")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(names(&h), ["host"], "{name} was forwarded");
+        }
+    }
+
+    #[test]
+    fn te_trailers_stays_for_grpc_and_other_te_values_go() {
+        let mut h = headers(&[("te", "gzip, trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        let mut h = headers(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get(header::TE).is_none());
+    }
+
+    #[test]
+    fn an_upgrade_keeps_connection_and_upgrade() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "upgrade"]);
     }
 }
