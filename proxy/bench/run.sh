@@ -12,8 +12,9 @@
 # HOLD_CONNS (1000, the "RSS holding N connections" check), CA_COUNT (4000 enrollments per CA
 # run), BENCH_PORT_BASE (28000: every port used is BASE + a fixed offset, on 127.0.0.1 only;
 # the reference configs used 18000),
-# SKIP_BUILD=1 (use the binaries already in target/release), WORKLOADS (all of: ka32 ka1
-# newconn_pair newconn_inbound handshake_inbound hold ca; a subset is for quick iteration).
+# SKIP_BUILD=1 (use the binaries already built: target/dist for Tether, target/release for the
+# bench clients), WORKLOADS (all of: ka32 ka1 newconn_pair newconn_inbound handshake_inbound
+# hold ca; a subset is for quick iteration).
 #
 # What runs (all on 127.0.0.1, every process started here is stopped by PID on every exit path):
 #   upstream   nginx `return 200 "ok"` (proxy/bench/peers/nginx-upstream.conf), or, without
