@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use tether_ca::{Authority, InitOptions, Settings};
+use tether_ca::{Authority, InitOptions};
 use tether_certs::issue::{self, parse_csr};
 use tether_certs::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
@@ -67,21 +67,7 @@ fn enroll(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("ca");
     let td = TrustDomain::new("demo.local").expect("trust domain");
-    Authority::init(
-        &state,
-        &InitOptions {
-            trust_domain: td.clone(),
-            root_ttl: 30 * DAY,
-            intermediate_ttl: 7 * DAY,
-            extra_sans: Vec::new(),
-            settings: Settings {
-                default_ttl: HOUR,
-                max_ttl: DAY,
-                crl_validity: DAY,
-            },
-        },
-    )
-    .expect("init");
+    Authority::init(&state, &InitOptions::with_defaults(td.clone())).expect("init");
     let authority = Authority::open(&state).expect("open");
     let id = SpiffeId::from_parts(&td, "/ns/default/sa/service-a").expect("id");
     let csr = csr();

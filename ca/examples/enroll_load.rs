@@ -36,11 +36,10 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use tether_ca::{Authority, InitOptions, Settings};
+use tether_ca::{Authority, InitOptions};
 use tether_certs::{SpiffeId, TrustDomain};
 
 const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(24 * 3600);
 
 struct Args {
     count: usize,
@@ -168,20 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("ca");
     let td = TrustDomain::new("demo.local")?;
-    Authority::init(
-        &state,
-        &InitOptions {
-            trust_domain: td.clone(),
-            root_ttl: 30 * DAY,
-            intermediate_ttl: 7 * DAY,
-            extra_sans: Vec::new(),
-            settings: Settings {
-                default_ttl: HOUR,
-                max_ttl: DAY,
-                crl_validity: DAY,
-            },
-        },
-    )?;
+    Authority::init(&state, &InitOptions::with_defaults(td.clone()))?;
     let prep = Instant::now();
     let bodies: Vec<String> = {
         let authority = Authority::open(&state)?;

@@ -120,6 +120,27 @@ pub struct InitOptions {
     pub settings: Settings,
 }
 
+impl InitOptions {
+    /// What `tether-ca init --trust-domain TD` creates with no other flag: root 365 d,
+    /// intermediate 30 d, leaves 1 h by default and 24 h at most, CRLs valid 24 h, no extra SANs.
+    /// The CLI's flag defaults are checked against this in `cli::tests`.
+    pub fn with_defaults(trust_domain: TrustDomain) -> Self {
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        InitOptions {
+            trust_domain,
+            root_ttl: 365 * DAY,
+            intermediate_ttl: 30 * DAY,
+            extra_sans: Vec::new(),
+            settings: Settings {
+                default_ttl: HOUR,
+                max_ttl: DAY,
+                crl_validity: DAY,
+            },
+        }
+    }
+}
+
 /// A certificate the authority just issued, with everything a workload needs to use it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Issued {

@@ -418,3 +418,36 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `init` with only a trust domain must create what [`InitOptions::with_defaults`] says,
+    /// which benches, examples and tests build their CAs from.
+    #[test]
+    fn init_flag_defaults_match_init_options_with_defaults() {
+        let cli = Cli::try_parse_from(["tether-ca", "init", "--trust-domain", "demo.local"])
+            .expect("parses");
+        let Command::Init {
+            trust_domain,
+            root_ttl,
+            intermediate_ttl,
+            sans,
+            default_ttl,
+            max_ttl,
+            crl_validity,
+        } = cli.command
+        else {
+            panic!("not init: {:?}", cli.command);
+        };
+        let want = InitOptions::with_defaults(trust_domain.clone());
+        assert_eq!(trust_domain, want.trust_domain);
+        assert_eq!(root_ttl, want.root_ttl);
+        assert_eq!(intermediate_ttl, want.intermediate_ttl);
+        assert_eq!(sans, want.extra_sans);
+        assert_eq!(default_ttl, want.settings.default_ttl);
+        assert_eq!(max_ttl, want.settings.max_ttl);
+        assert_eq!(crl_validity, want.settings.crl_validity);
+    }
+}

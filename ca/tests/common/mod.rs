@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use tether_ca::{Authority, InitOptions, Settings};
+use tether_ca::{Authority, InitOptions};
 use tether_certs::{SpiffeId, TrustDomain};
 
 /// The trust domain every test CA speaks for.
@@ -38,20 +38,9 @@ pub fn id(path: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://{TD}{path}")).expect("test SPIFFE IDs are valid")
 }
 
-/// The options `tether-ca init` uses by default (root 365 d, intermediate 30 d, leaves 1 h by
-/// default and 24 h at most, CRLs valid 24 h).
+/// The options `tether-ca init` uses by default ([`InitOptions::with_defaults`]).
 pub fn init_options(td: &str) -> InitOptions {
-    InitOptions {
-        trust_domain: TrustDomain::new(td).expect("test trust domains are valid"),
-        root_ttl: 365 * DAY,
-        intermediate_ttl: 30 * DAY,
-        extra_sans: vec![],
-        settings: Settings {
-            default_ttl: HOUR,
-            max_ttl: DAY,
-            crl_validity: DAY,
-        },
-    }
+    InitOptions::with_defaults(TrustDomain::new(td).expect("test trust domains are valid"))
 }
 
 /// Creates a CA for `td` in `parent/ca` and returns that path.
