@@ -31,23 +31,24 @@ pub struct Admin {
     pub rotate: Option<Arc<tokio::sync::Notify>>,
 }
 
-/// Serves the admin listener until `shutdown` resolves.
+/// Admin connections served at once: probes and scrapers open a handful; a limit keeps a
+/// misbehaving client from exhausting file descriptors the data plane needs.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
+
+/// Serves the admin listener until `shutdown` resolves. Admin requests are short, so shutdown
+/// does not wait for them: the watcher is dropped, not registered.
 pub async fn run(
     listener: TcpListener,
     admin: Arc<Admin>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let tcp = tokio::select! {
-            _ = &mut shutdown => return,
-            a = listener.accept() => match a {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-        };
+    let limits = tether_net::ListenerLimits {
+        max_connections: MAX_ADMIN_CONNECTIONS,
+        drain: std::time::Duration::ZERO,
+    };
+    tether_net::serve("admin", listener, limits, shutdown, move |tcp, _, _| {
         let admin = admin.clone();
-        tokio::spawn(async move {
+        async move {
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(handle(&admin, &req)) }
@@ -55,8 +56,9 @@ pub async fn run(
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {

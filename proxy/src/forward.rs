@@ -1,52 +1,22 @@
-//! Pieces shared by the inbound and outbound request paths: the HTTP server builder with our
-//! limits, hop-by-hop header handling, upgrade (WebSocket) bridging, canned responses, and the
-//! accept loop with connection limits and graceful drain.
+//! Pieces shared by the inbound and outbound request paths: the HTTP server builder and the
+//! listener limits from our config, hop-by-hop header handling, sending a request upstream under
+//! the request timeout ([`exchange`]), upgrade (WebSocket) bridging, and plain-text responses.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tether_net::ListenerLimits;
 
 use crate::config::Limits;
-
-/// Body of every response the sidecar returns: either streamed from upstream, or our own.
-pub type RespBody = Either<Incoming, Full<Bytes>>;
+use crate::error::{Error, Hop, RespBody};
 
 /// The identity header set by the inbound sidecar, in Envoy's format.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-
-/// A response with a short plain-text body.
-pub fn reply(status: StatusCode, body: &'static str) -> Response<RespBody> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// A response whose body is built at run time (e.g. naming an unknown service).
-pub fn reply_owned(status: StatusCode, body: String) -> Response<RespBody> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
 
 /// Whether a request asks for a protocol upgrade (WebSocket and friends, HTTP/1.1 only).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -123,7 +93,7 @@ fn is_hop_by_hop_candidate(name: &HeaderName) -> bool {
 }
 
 /// Joins two upgraded halves and copies bytes both ways until either side closes.
-pub fn bridge_upgrades(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+fn bridge_upgrades(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     tokio::spawn(async move {
         let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
             return tracing::debug!("upgrade did not complete on both sides");
@@ -152,53 +122,52 @@ pub fn server_builder(limits: &Limits) -> hyper_util::server::conn::auto::Builde
     b
 }
 
-/// Accepts on `listener` until `shutdown` resolves, handing each connection (with a drain
-/// watcher) to `serve`. At most `max_connections` run at once; extra connections are closed at
-/// once rather than queued, so an overloaded sidecar sheds load instead of stalling everyone.
-/// After shutdown, connections get `drain` to finish their in-flight requests.
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    max_connections: usize,
-    drain: Duration,
-    shutdown: impl Future<Output = ()>,
-    serve: F,
-) where
-    F: Fn(TcpStream, Watcher) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let tcp = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on the error.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!("connection limit ({max_connections}) reached; closing new connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let fut = serve(tcp, graceful.watcher());
-        tokio::spawn(async move {
-            fut.await;
-            drop(permit);
-        });
+/// The limits every request-carrying listener runs under (`[limits]`).
+pub fn listener_limits(limits: &Limits) -> ListenerLimits {
+    ListenerLimits {
+        max_connections: limits.max_connections,
+        drain: limits.drain_timeout,
     }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timeout ({drain:?}) reached with requests still in flight");
+}
+
+/// Awaits an upstream's response head within `timeout`, then strips its hop-by-hop headers:
+/// the one tail of every forwarding path. A failure or a timeout is `hop`'s.
+pub async fn exchange<E: std::fmt::Display>(
+    hop: Hop,
+    timeout: Duration,
+    send: impl Future<Output = Result<Response<Incoming>, E>>,
+) -> Result<Response<RespBody>, Error> {
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(resp)) => Ok(finish(resp)),
+        Ok(Err(e)) => Err(Error::failed(hop, e)),
+        Err(_) => Err(Error::Timeout(hop)),
+    }
+}
+
+/// An upstream response as it goes back downstream: its hop-by-hop headers stripped.
+pub fn finish(mut resp: Response<Incoming>) -> Response<RespBody> {
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(Either::Left)
+}
+
+/// Like [`exchange`] for an upgrade request: the response keeps its `Connection`/`Upgrade`
+/// headers, and on `101 Switching Protocols` the two upgraded streams are spliced together.
+pub async fn exchange_upgrade<E: std::fmt::Display>(
+    hop: Hop,
+    timeout: Duration,
+    downstream: hyper::upgrade::OnUpgrade,
+    send: impl Future<Output = Result<Response<Incoming>, E>>,
+) -> Result<Response<RespBody>, Error> {
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(mut resp)) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream = hyper::upgrade::on(&mut resp);
+                bridge_upgrades(downstream, upstream);
+            }
+            Ok(resp.map(Either::Left))
+        }
+        Ok(Err(e)) => Err(Error::failed(hop, e)),
+        Err(_) => Err(Error::Timeout(hop)),
     }
 }
 

@@ -3,37 +3,47 @@
 //! against a default-deny policy, and exports Prometheus metrics.
 //!
 //! # Layout
-//! - [`config`]: the TOML config file, validated once into typed values.
-//! - [`identity`]: our certificate, key and bundle as ready rustls configs, published on a watch
-//!   channel.
-//! - [`lifecycle`]: where certificates come from — enrollment, renewal, the CRL poller, bundle
-//!   updates (CA mode) or watched files (file mode).
-//! - [`ca_client`]: the client for the CA's HTTPS API, with URL failover.
-//! - [`revocation`]: the revocation cache: the CRL in force, staleness, cutting revoked
-//!   connections.
+//! - [`config`]: the TOML config file and command-line overrides, validated once into typed
+//!   values.
 //! - [`policy`]: the authorization policy (default deny, hot reload) and path normalization.
-//! - [`inbound`]: peers → mTLS → policy → the local app.
-//! - [`outbound`]: the local app → mTLS → peer sidecars, over HTTP/1.1 connections held per app
-//!   connection (or one shared HTTP/2 connection per peer).
-//! - [`pool`]: HTTP/1.1 upstream connections held by one downstream connection, and idle pools.
-//! - [`forward`]: what both directions share: limits, hop-by-hop headers, upgrades, drain.
-//! - [`admin`]: `/metrics`, `/live`, `/ready`, `/identity`.
-//! - [`metrics`]: the Prometheus metrics on an injected registry.
-//! - [`fsutil`]: private directories and atomic file writes for the state directory.
+//! - `identity`: our certificate, key and bundle as ready rustls configs, published to every
+//!   new handshake.
+//! - `lifecycle`: where certificates come from — enrollment, renewal, the CRL poller, bundle
+//!   updates (CA mode) or watched files (file mode).
+//! - `ca_client`: the client for the CA's HTTPS API, with URL failover.
+//! - `revocation`: the revocation cache: the CRL in force, staleness, cutting revoked
+//!   connections.
+//! - `tls`: handshakes under a timeout, their classification, the verified peer's facts.
+//! - `inbound`: peers → mTLS → policy → the local app.
+//! - `outbound`: the local app → mTLS → peer sidecars (route table, affinity, connections,
+//!   HTTP/1.1, HTTP/2, upgrades, TCP services).
+//! - `pool`: HTTP/1.1 upstream connections held by one downstream connection, and idle pools.
+//! - `forward`: what both directions share: hop-by-hop headers, the upstream exchange under
+//!   the request timeout, upgrades, the server builder.
+//! - `error`: the request path's one error type and its one conversion to a response.
+//! - `admin`: `/metrics`, `/live`, `/ready`, `/identity`, `POST /rotate`.
+//! - `metrics`: the Prometheus metrics on an injected registry, with typed labels.
+//!
+//! Every listener runs the accept loop of `tether-net` (connection limit, drain, a tracing span
+//! per connection).
 
-pub mod admin;
-pub mod ca_client;
+mod admin;
+mod ca_client;
 pub mod config;
-pub mod forward;
-pub mod fsutil;
-pub mod identity;
-pub mod inbound;
-pub mod lifecycle;
-pub mod metrics;
-pub mod outbound;
+mod error;
+mod forward;
+mod identity;
+mod inbound;
+mod lifecycle;
+mod metrics;
+mod outbound;
 pub mod policy;
-pub mod pool;
-pub mod revocation;
+mod pool;
+mod revocation;
+mod tls;
+
+pub use identity::IdentityError;
+pub use pool::DEDICATED_UP_TO;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +59,7 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     /// Unusable certificate, key, bundle or CRL (exit 64).
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    Identity(#[from] IdentityError),
     /// Unusable policy file (exit 64).
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
@@ -92,7 +102,7 @@ impl Listeners {
         if let Some(a) = cfg.admin {
             l.admin = Some(bind(a).await?);
         }
-        for s in cfg.services.iter().filter(|s| outbound::is_tcp(s)) {
+        for s in cfg.services.iter().filter(|s| s.is_tcp()) {
             if let Some(addr) = s.listen {
                 l.tcp.push((s.name.clone(), bind(addr).await?));
             }
@@ -104,6 +114,15 @@ impl Listeners {
 /// How often the policy file is checked for changes.
 pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// What every listener shares: our credentials, the revocation cache and the metrics.
+struct Core {
+    store: identity::IdentityStore,
+    cache: Arc<revocation::RevocationCache>,
+    metrics: metrics::Metrics,
+    /// Forces a renewal now (`POST /rotate`); `None` in file mode.
+    rotate: Option<Arc<tokio::sync::Notify>>,
+}
+
 /// Runs the sidecar on already-bound `listeners` until `shutdown` resolves, then drains
 /// in-flight requests (up to `limits.drain_timeout`) and returns.
 pub async fn run(
@@ -113,12 +132,68 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let metrics = metrics::Metrics::register(&registry)?;
+    let mut background = tokio::task::JoinSet::new();
+    let core = start_identity(&cfg, metrics, &mut background)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(cfg_in), Some(listener)) = (&cfg.inbound, listeners.inbound) {
+        tasks.spawn(start_inbound(
+            cfg_in,
+            &cfg.limits,
+            &core,
+            listener,
+            stopped(),
+        )?);
+    }
+    let out = outbound::Outbound::new(
+        &cfg.services,
+        core.store.clone(),
+        core.metrics.clone(),
+        cfg.limits.clone(),
+        core.cache.clone(),
+    );
+    if let Some(listener) = listeners.outbound {
+        tasks.spawn(outbound::run(listener, out.clone(), stopped()));
+    }
+    for (name, listener) in listeners.tcp {
+        if let Some(route) = out.route(&name) {
+            tasks.spawn(outbound::run_tcp(listener, out.clone(), route, stopped()));
+        }
+    }
+    if let Some(listener) = listeners.admin {
+        let admin = Arc::new(admin::Admin {
+            identity: core.store.clone(),
+            registry: registry.clone(),
+            revocation: core.cache.clone(),
+            rotate: core.rotate.clone(),
+        });
+        tasks.spawn(admin::run(listener, admin, stopped()));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    background.abort_all();
+    Ok(())
+}
+
+/// Loads or starts getting our credentials (files, watched; or the CA, enrolling and renewing)
+/// and the revocation cache, with their background tasks in `background`.
+fn start_identity(
+    cfg: &config::Config,
+    metrics: metrics::Metrics,
+    background: &mut tokio::task::JoinSet<()>,
+) -> Result<Core, StartError> {
     let cache = revocation::RevocationCache::new(
         cfg.crl.on_stale,
         cfg.crl.grace,
         metrics.revoked_closed.clone(),
     );
-    let mut background = tokio::task::JoinSet::new();
     let (store, rotate) = match &cfg.identity {
         config::IdentitySource::Files(files) => {
             let (creds, crl) = identity::Credentials::load_files(files, cache.revocation())?;
@@ -153,69 +228,41 @@ pub async fn run(
         cache.clone(),
         metrics.clone(),
     ));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    if let (Some(cfg_in), Some(listener)) = (&cfg.inbound, listeners.inbound) {
-        let policy = policy::Policy::load(&cfg_in.policy)?;
-        let handle = policy::PolicyHandle::new(policy);
-        let m = metrics.clone();
-        let reloader = policy::spawn_reloader(
-            cfg_in.policy.clone(),
-            handle.clone(),
-            POLICY_POLL,
-            move |r| {
-                m.policy_reloads
-                    .with_label_values(&[if r.is_ok() { "ok" } else { "error" }])
-                    .inc();
-            },
-        );
-        let inbound = inbound::Inbound::new(
-            cfg_in,
-            store.clone(),
-            handle,
-            metrics.clone(),
-            cfg.limits.clone(),
-            cache.clone(),
-        );
-        let stop = stopped();
-        tasks.spawn(async move {
-            inbound::run(listener, inbound, stop).await;
-            reloader.abort();
-        });
-    }
-    let out = outbound::Outbound::new(
-        &cfg.services,
-        store.clone(),
-        metrics.clone(),
-        cfg.limits.clone(),
-        cache.clone(),
+    Ok(Core {
+        store,
+        cache,
+        metrics,
+        rotate,
+    })
+}
+
+/// The inbound listener's task, with the policy loaded and its reloader running until the
+/// listener has drained. A policy that does not load stops the start.
+fn start_inbound(
+    cfg_in: &config::Inbound,
+    limits: &config::Limits,
+    core: &Core,
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
+    let handle = policy::PolicyHandle::new(policy::Policy::load(&cfg_in.policy)?);
+    let m = core.metrics.clone();
+    let reloader = policy::spawn_reloader(
+        cfg_in.policy.clone(),
+        handle.clone(),
+        POLICY_POLL,
+        move |r| m.count_policy_reload(metrics::Outcome::of(&r)),
     );
-    if let Some(listener) = listeners.outbound {
-        tasks.spawn(outbound::run(listener, out.clone(), stopped()));
-    }
-    for (name, listener) in listeners.tcp {
-        if let Some(route) = out.route(&name) {
-            tasks.spawn(outbound::run_tcp(listener, out.clone(), route, stopped()));
-        }
-    }
-    if let Some(listener) = listeners.admin {
-        let admin = Arc::new(admin::Admin {
-            identity: store.clone(),
-            registry: registry.clone(),
-            revocation: cache.clone(),
-            rotate: rotate.clone(),
-        });
-        tasks.spawn(admin::run(listener, admin, stopped()));
-    }
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    background.abort_all();
-    Ok(())
+    let inbound = inbound::Inbound::new(
+        cfg_in,
+        core.store.clone(),
+        handle,
+        core.metrics.clone(),
+        limits.clone(),
+        core.cache.clone(),
+    );
+    Ok(async move {
+        inbound::run(listener, inbound, stop).await;
+        reloader.abort();
+    })
 }

@@ -23,6 +23,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
+use crate::error::{Error, Hop};
+
 /// How many downstream connections may hold an upstream connection each: beyond this many open
 /// downstream connections, requests share connections instead (the outbound's HTTP/2 connection
 /// under `peer_protocol = "auto"`, the inbound's pool of app connections), so a sidecar with
@@ -143,37 +145,27 @@ impl<T> IdlePool<T> {
     }
 }
 
-/// Why [`send`] got no response.
-#[derive(Debug)]
-pub enum SendError<E> {
-    /// No connection could be made (the connector's own error).
-    Connect(E),
-    /// The connection failed after the request went out, or a new connection failed it.
-    Failed(hyper::Error),
-    /// No response head within the timeout.
-    Timeout,
-}
-
 /// Sends `req` on `kept` (a connection kept from an earlier request) or, without one, on a
 /// connection from `connect`; returns the response and the connection, to keep for the next
 /// request. A kept connection can have been closed by the other side while idle: then hyper hands
 /// back the request it never sent, and it goes once more on a new connection. A request is never
-/// sent twice.
-pub async fn send<T, E, Fut>(
+/// sent twice. Failures are `hop`'s.
+pub async fn send<T, Fut>(
+    hop: Hop,
     kept: Option<Conn<T>>,
     mut connect: impl FnMut() -> Fut,
     mut req: Request<Incoming>,
     timeout: Duration,
-) -> Result<(Response<Incoming>, Conn<T>), SendError<E>>
+) -> Result<(Response<Incoming>, Conn<T>), Error>
 where
-    Fut: Future<Output = Result<Conn<T>, E>>,
+    Fut: Future<Output = Result<Conn<T>, Error>>,
 {
     let mut reused = kept.is_some();
     let mut next = kept;
     loop {
         let mut conn = match next.take() {
             Some(c) => c,
-            None => connect().await.map_err(SendError::Connect)?,
+            None => connect().await?,
         };
         match tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await {
             Ok(Ok(resp)) => return Ok((resp, conn)),
@@ -186,9 +178,9 @@ where
                     req = unsent;
                     reused = false;
                 }
-                _ => return Err(SendError::Failed(e.into_error())),
+                _ => return Err(Error::failed(hop, e.into_error())),
             },
-            Err(_) => return Err(SendError::Timeout),
+            Err(_) => return Err(Error::Timeout(hop)),
         }
     }
 }

@@ -1,0 +1,126 @@
+//! The connections to the local app. While at most [`crate::pool::DEDICATED_UP_TO`] peer
+//! connections are open, an HTTP/1.1 connection from a peer sidecar gets its own keep-alive
+//! connection to the app, held between its requests ([`crate::pool::Held`]); beyond that, and
+//! for requests that go to the app as h2c (gRPC, or `app_protocol = "h2c"`), requests share a
+//! pool of app connections. Upgrades get a connection of their own; TCP mode splices bytes.
+
+use http::header;
+use http::uri::Scheme;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::AppProtocol;
+use crate::error::{Error, Hop, RespBody};
+use crate::forward;
+use crate::pool::{self, Conn};
+
+use super::{request::authorize, AppConn, Inbound, Peer, PeerTls};
+
+/// Forwards an authorized, rewritten request to the app over the connection it calls for.
+pub(super) async fn forward(
+    inbound: &Inbound,
+    app_conn: &AppConn,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Error> {
+    // gRPC only exists over HTTP/2, so it goes to the app as h2c whatever the setting's default.
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let use_h2c = match inbound.app_protocol {
+        AppProtocol::H2c => true,
+        AppProtocol::Http1 => false,
+        AppProtocol::Auto => is_grpc,
+    };
+    if !use_h2c && req.version() <= Version::HTTP_11 {
+        if app_conn.open.may_hold() {
+            return forward_held(inbound, app_conn, req).await;
+        }
+        // Many peer connections now: share the pooled app connections instead.
+        drop(app_conn.held.take());
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(inbound.app_authority.clone());
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::BadRequest("bad request target"))?;
+    let client = if use_h2c {
+        *req.version_mut() = Version::HTTP_2;
+        &inbound.h2c
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        &inbound.http1
+    };
+    forward::exchange(
+        Hop::App,
+        inbound.limits.request_timeout,
+        client.request(req),
+    )
+    .await
+}
+
+/// Forwards a request from an HTTP/1.x peer connection on the app connection it holds (made
+/// on first use; replaced if the app closed it, [`pool::send`]).
+async fn forward_held(
+    inbound: &Inbound,
+    app_conn: &AppConn,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Error> {
+    *req.version_mut() = Version::HTTP_11;
+    let kept = app_conn
+        .held
+        .take()
+        .and_then(|mut c| c.is_ready_now().then_some(c));
+    let connect = || connect_app(inbound);
+    let timeout = inbound.limits.request_timeout;
+    let (resp, conn) = pool::send(Hop::App, kept, connect, req, timeout).await?;
+    app_conn.held.put(conn);
+    Ok(forward::finish(resp))
+}
+
+/// A new HTTP/1.1 connection to the app, its connection task spawned (able to carry an
+/// upgrade, for [`forward_upgrade`]).
+async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, Error> {
+    let app = inbound.app;
+    let tcp = TcpStream::connect(app)
+        .await
+        .map_err(|e| Error::failed(Hop::App, format_args!("app {app} unreachable: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| Error::failed(Hop::App, format_args!("app {app} handshake failed: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("app connection ended: {e}");
+        }
+    });
+    Ok(Conn { sender, tag: () })
+}
+
+/// Forwards an upgrade request to the app on a connection of its own and, on 101, splices the
+/// two upgraded streams together.
+pub(super) async fn forward_upgrade(
+    inbound: &Inbound,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Error> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let mut conn = connect_app(inbound).await?;
+    let timeout = inbound.limits.request_timeout;
+    forward::exchange_upgrade(Hop::App, timeout, downstream, conn.sender.send_request(req)).await
+}
+
+/// TCP mode: the policy decides on the caller's identity alone, then bytes flow both ways
+/// until either side closes.
+pub(super) async fn carry_tcp(inbound: &Inbound, peer: &Peer, mut tls: PeerTls) {
+    let policy = inbound.policy.current();
+    let decision = policy.decide(&peer.cert.id, None, None, time::OffsetDateTime::now_utc());
+    if !authorize(inbound, &policy, decision, peer, &"tcp") {
+        return;
+    }
+    let Ok(mut app) = TcpStream::connect(inbound.app).await else {
+        return tracing::warn!("inbound TCP: app {} unreachable", inbound.app);
+    };
+    let _ = tokio::io::copy_bidirectional(&mut tls, &mut app).await;
+}

@@ -1,0 +1,211 @@
+//! Inbound: peer sidecars → mTLS → policy → the local app.
+//!
+//! Each connection is verified once at the handshake (chain to the bundle, X509-SVID rules,
+//! revocation), and the caller's identity and `x-forwarded-client-cert` value are computed once
+//! per connection, not per request. Each request's path is normalized, the policy decides on
+//! (caller, method, normalized path), and the request forwarded to the app carries exactly the
+//! path that was matched plus our XFCC header — any XFCC the caller sent is dropped first.
+//!
+//! # Layout
+//! - this file: the listener, the handshake and the per-connection state.
+//! - [`request`]: one request — normalize, authorize, rewrite, count.
+//! - [`app`]: the connections to the local app (held, pooled, h2c, upgrades, TCP).
+
+mod app;
+mod request;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::uri::Authority;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{AppProtocol, Inbound as InboundConfig, Limits, Mode};
+use crate::forward;
+use crate::identity::IdentityStore;
+use crate::metrics::{Direction, Metrics};
+use crate::policy::PolicyHandle;
+use crate::pool::{Held, OpenGuard};
+use crate::revocation::RevocationCache;
+use crate::tls::{self, HandshakeResult, PeerCert};
+
+/// Everything the inbound side needs, shared by all its connections.
+pub struct Inbound {
+    identity: IdentityStore,
+    policy: Arc<PolicyHandle>,
+    metrics: Metrics,
+    limits: Limits,
+    revocation: Arc<RevocationCache>,
+    /// `tether_request_duration_seconds{direction="inbound"}`, resolved once.
+    seconds: prometheus::Histogram,
+    app: SocketAddr,
+    app_authority: Authority,
+    mode: Mode,
+    app_protocol: AppProtocol,
+    http1: Client<HttpConnector, Incoming>,
+    h2c: Client<HttpConnector, Incoming>,
+    /// HTTP connections from peers open now ([`crate::pool::DEDICATED_UP_TO`]).
+    open_http: Arc<AtomicUsize>,
+}
+
+impl Inbound {
+    /// Builds the inbound side for `config`.
+    pub fn new(
+        config: &InboundConfig,
+        identity: IdentityStore,
+        policy: Arc<PolicyHandle>,
+        metrics: Metrics,
+        limits: Limits,
+        revocation: Arc<RevocationCache>,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        let app_authority = Authority::try_from(config.app.to_string().as_str())
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        Arc::new(Inbound {
+            identity,
+            policy,
+            seconds: metrics.latency(Direction::Inbound),
+            metrics,
+            limits,
+            revocation,
+            app: config.app,
+            app_authority,
+            mode: config.mode,
+            app_protocol: config.app_protocol,
+            http1,
+            h2c,
+            open_http: Arc::default(),
+        })
+    }
+}
+
+/// The verified caller of one connection.
+struct Peer {
+    cert: PeerCert,
+    /// `tether_requests_total{direction="inbound",peer=<id>,code="200"}`, resolved once.
+    ok: prometheus::IntCounter,
+    xfcc: HeaderValue,
+}
+
+/// The app connection one HTTP connection from a peer holds, while there are few of those.
+struct AppConn {
+    held: Held<()>,
+    open: OpenGuard,
+}
+
+/// Serves the inbound listener until `shutdown` resolves, then drains.
+pub async fn run(listener: TcpListener, inbound: Arc<Inbound>, shutdown: impl Future<Output = ()>) {
+    let limits = forward::listener_limits(&inbound.limits);
+    tether_net::serve(
+        "inbound",
+        listener,
+        limits,
+        shutdown,
+        move |tcp, _, watcher| {
+            let inbound = inbound.clone();
+            async move { connection(inbound, tcp, watcher).await }
+        },
+    )
+    .await;
+}
+
+/// Verifies the peer of one connection, then serves its requests (or its bytes, in TCP mode)
+/// until it closes, drains, or a newer CRL revokes the peer.
+async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::Watcher) {
+    let _open = inbound.metrics.open_connection(Direction::Inbound);
+    let Some(peer) = handshake(&inbound, tcp).await else {
+        return;
+    };
+    let (tls, peer) = peer;
+    // Closed the moment a newer CRL revokes this peer, not when it next idles out.
+    let live = inbound.revocation.watch(peer.cert.serial.as_bytes());
+    if inbound.mode == Mode::Tcp {
+        tokio::select! {
+            _ = app::carry_tcp(&inbound, &peer, tls) => {}
+            _ = live.revoked() => tracing::info!("closed TCP connection of revoked peer {}", peer.cert.id),
+        }
+        return;
+    }
+    let peer_id = peer.cert.id.clone();
+    let peer = Arc::new(peer);
+    let svc_inbound = inbound.clone();
+    let app_conn = Arc::new(AppConn {
+        held: Held::default(),
+        open: OpenGuard::new(&inbound.open_http),
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let inbound = svc_inbound.clone();
+        let peer = peer.clone();
+        let app_conn = app_conn.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                request::handle(&inbound, &peer, &app_conn, req).await,
+            )
+        }
+    });
+    let conn = forward::server_builder(&inbound.limits)
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+        .into_owned();
+    tokio::select! {
+        r = watcher.watch(conn) => if let Err(e) = r {
+            tracing::debug!("inbound connection ended: {e}");
+        },
+        _ = live.revoked() => tracing::info!("closed connection of revoked peer {peer_id}"),
+    }
+}
+
+/// Server TLS on a connection from a peer.
+type PeerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The mTLS handshake, counted: fails closed without a certificate (enrollment pending) or with
+/// a stale CRL under `deny`, and refuses a peer whose verified leaf cannot be read.
+async fn handshake(inbound: &Inbound, tcp: TcpStream) -> Option<(PeerTls, Peer)> {
+    let count = |r| inbound.metrics.count_handshake(Direction::Inbound, r);
+    let Some(creds) = inbound.identity.current() else {
+        count(HandshakeResult::NoIdentity);
+        return None;
+    };
+    if !inbound.revocation.admits(time::OffsetDateTime::now_utc()) {
+        count(HandshakeResult::StaleCrl);
+        return None;
+    }
+    let tls = match tls::accept(creds.server.clone(), tcp, inbound.limits.handshake_timeout).await {
+        Ok(tls) => tls,
+        Err(refusal) => {
+            count(refusal.result);
+            tracing::debug!(
+                "inbound handshake refused ({}): {}",
+                refusal.result.as_str(),
+                refusal.detail
+            );
+            return None;
+        }
+    };
+    let Some(peer) = PeerCert::of(tls.get_ref().1.peer_certificates()).and_then(|cert| {
+        let xfcc = format!("By={};Hash={};URI={}", creds.id, cert.fingerprint, cert.id);
+        Some(Peer {
+            ok: inbound
+                .metrics
+                .requests_for(Direction::Inbound, cert.id.as_str(), "200"),
+            xfcc: HeaderValue::from_str(&xfcc).ok()?,
+            cert,
+        })
+    }) else {
+        count(HandshakeResult::BadSvid);
+        return None;
+    };
+    count(HandshakeResult::Ok);
+    Some((tls, peer))
+}

@@ -1,0 +1,233 @@
+//! Connections to peer sidecars, and the one get/release choke point for the connections
+//! requests travel on.
+//!
+//! [`Outbound::connect_route`] makes an mTLS connection to a service, trying its addresses in
+//! the route's order and marking failed ones down; every handshake is counted. Requests get
+//! their connection from [`Outbound::checkout_h1`] (the app connection's held one, else a ready
+//! one from the address's idle pool, else a new one from [`Outbound::open_h1`]) and give it
+//! back with [`Affinity::keep`]; HTTP/2 requests share [`Outbound::h2_session`]. Every peer
+//! connection task ends the moment a CRL revokes the peer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::error::{ConnectError, ConnectFailure, Error};
+use crate::identity::{Alpn, Credentials};
+use crate::metrics::Direction;
+use crate::outbound::affinity::{give_back, Affinity, H1Tag, PeerConn};
+use crate::outbound::route::Route;
+use crate::outbound::Outbound;
+use crate::pool::Conn;
+use crate::tls::{self, HandshakeResult, PeerCert, Refusal};
+
+/// An mTLS connection to a peer sidecar.
+pub type PeerTls = TlsStream<TcpStream>;
+
+impl Outbound {
+    /// TCP + mTLS to `addr`, requiring `route`'s identity; counts the handshake result.
+    async fn connect_addr(
+        &self,
+        route: &Route,
+        addr: SocketAddr,
+        creds: &Credentials,
+        alpn: Alpn,
+    ) -> Result<PeerTls, ConnectFailure> {
+        let config = creds.client_for(&route.identity, alpn).map_err(|e| {
+            ConnectFailure::Handshake(Refusal {
+                result: HandshakeResult::Protocol,
+                detail: e.to_string(),
+            })
+        })?;
+        let timeout = self.limits.handshake_timeout;
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(ConnectFailure::Unreachable(format!("{addr}: {e}"))),
+            Err(_) => {
+                return Err(ConnectFailure::Unreachable(format!(
+                    "{addr}: connect timed out"
+                )))
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        match tls::connect(config, &route.name, tcp, timeout).await {
+            Ok(tls) => {
+                self.metrics
+                    .count_handshake(Direction::Outbound, HandshakeResult::Ok);
+                Ok(tls)
+            }
+            Err(mut refusal) => {
+                self.metrics
+                    .count_handshake(Direction::Outbound, refusal.result);
+                refusal.detail = format!("{addr}: {}", refusal.detail);
+                Err(ConnectFailure::Handshake(refusal))
+            }
+        }
+    }
+
+    /// An mTLS connection to `route`, trying its addresses in order from `start`; returns the
+    /// connection and the index of the address used. Each address that fails is marked down.
+    pub(super) async fn connect_route(
+        &self,
+        route: &Route,
+        creds: &Credentials,
+        alpn: Alpn,
+        start: usize,
+    ) -> Result<(PeerTls, usize), Error> {
+        let mut last = None;
+        for i in route.order(start) {
+            let up = &route.upstreams[i];
+            match self.connect_addr(route, up.addr, creds, alpn).await {
+                Ok(tls) => return Ok((tls, i)),
+                Err(e) => {
+                    up.mark_down();
+                    last = Some(e);
+                }
+            }
+        }
+        Err(connect_error(route, last))
+    }
+
+    /// The connection this app connection holds to address `upstream` of `route` if it was made
+    /// with the current credentials and is ready; else a ready one from that address's idle
+    /// pool; else `None` (the caller opens one with [`Outbound::open_h1`]).
+    pub(super) fn checkout_h1(
+        route: &Arc<Route>,
+        affinity: &Affinity,
+        creds: &Arc<Credentials>,
+        upstream: usize,
+    ) -> Option<PeerConn> {
+        if let Some(mut held) = affinity.take(route, upstream) {
+            if Arc::ptr_eq(&held.tag.creds, creds) && held.is_ready_now() {
+                return Some(held);
+            }
+            // A rotated certificate, or closed by the peer.
+            give_back(held);
+        }
+        route.upstreams[upstream]
+            .idle
+            .pop(|c| Arc::ptr_eq(c, creds))
+            .map(|c| Conn {
+                sender: c.sender,
+                tag: H1Tag {
+                    route: route.clone(),
+                    upstream,
+                    creds: creds.clone(),
+                },
+            })
+    }
+
+    /// A new HTTP/1.1 mTLS connection to address `first` of `route`, or to the next healthy one
+    /// if that fails.
+    pub(super) async fn open_h1(
+        &self,
+        route: &Arc<Route>,
+        creds: &Arc<Credentials>,
+        first: usize,
+    ) -> Result<PeerConn, Error> {
+        let (tls, upstream) = self.connect_route(route, creds, Alpn::Http1, first).await?;
+        let serial = peer_serial(&tls);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| Error::PeerRefused(format!("{}: {e}", route.name)))?;
+        self.spawn_peer_connection(route, &serial, conn);
+        Ok(Conn {
+            sender,
+            tag: H1Tag {
+                route: route.clone(),
+                upstream,
+                creds: creds.clone(),
+            },
+        })
+    }
+
+    /// The shared HTTP/2 connection to one healthy address of `route`, made if needed.
+    pub(super) async fn h2_session(
+        &self,
+        route: &Route,
+        creds: &Arc<Credentials>,
+    ) -> Result<SendRequest<Incoming>, Error> {
+        let mut last = None;
+        for i in route.order(route.turn()) {
+            let up = &route.upstreams[i];
+            let mut slot = up.h2.lock().await;
+            if let Some((c, s)) = slot.as_ref() {
+                if Arc::ptr_eq(c, creds) && !s.is_closed() {
+                    return Ok(s.clone());
+                }
+            }
+            match self.connect_addr(route, up.addr, creds, Alpn::H2).await {
+                Ok(tls) => {
+                    let serial = peer_serial(&tls);
+                    let mut builder =
+                        hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+                    builder
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(self.limits.idle_timeout / 2)
+                        .keep_alive_while_idle(false);
+                    match builder.handshake(TokioIo::new(tls)).await {
+                        Ok((sender, conn)) => {
+                            self.spawn_peer_connection(route, &serial, conn);
+                            *slot = Some((creds.clone(), sender.clone()));
+                            return Ok(sender);
+                        }
+                        Err(e) => {
+                            last = Some(ConnectFailure::Handshake(Refusal {
+                                result: HandshakeResult::Protocol,
+                                detail: e.to_string(),
+                            }))
+                        }
+                    }
+                }
+                Err(e) => last = Some(e),
+            }
+            up.mark_down();
+        }
+        Err(connect_error(route, last))
+    }
+
+    /// Runs a client connection to a peer until it ends, or until a CRL revokes the peer's
+    /// certificate (`serial`): then it is closed at once, with whatever it carries.
+    fn spawn_peer_connection(
+        &self,
+        route: &Route,
+        serial: &[u8],
+        conn: impl Future<Output = hyper::Result<()>> + Send + 'static,
+    ) {
+        let live = self.revocation.watch(serial);
+        let name = route.name.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!("connection to peer of {name} ended: {e}");
+                },
+                _ = live.revoked() => tracing::info!("closed connection to revoked peer of {name}"),
+            }
+        });
+    }
+}
+
+/// The serial of the peer's leaf on an established connection (empty if none, which the
+/// verifier makes impossible).
+pub fn peer_serial(tls: &PeerTls) -> Vec<u8> {
+    PeerCert::of(tls.get_ref().1.peer_certificates())
+        .map(|p| p.serial.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+fn connect_error(route: &Route, last: Option<ConnectFailure>) -> Error {
+    Error::Connect(ConnectError {
+        service: route.name.clone(),
+        identity: route.identity.to_string(),
+        // The route has at least one address (checked when it was resolved), so an attempt was
+        // made; the fallback only keeps this total.
+        failure: last.unwrap_or_else(|| ConnectFailure::Unreachable("no address tried".into())),
+    })
+}

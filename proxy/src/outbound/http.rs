@@ -1,0 +1,95 @@
+//! Forwarding one HTTP request from the app to a peer sidecar: on the app connection's own
+//! HTTP/1.1 connection ([`forward_h1`]), on the shared HTTP/2 connection ([`forward_h2`]), or,
+//! for an upgrade, on a dedicated HTTP/1.1 connection whose upgraded stream is spliced to the
+//! app's ([`forward_upgrade`]).
+
+use std::sync::Arc;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::error::{Error, Hop, RespBody};
+use crate::forward;
+use crate::identity::{Alpn, Credentials};
+use crate::outbound::affinity::Affinity;
+use crate::outbound::route::Route;
+use crate::outbound::Outbound;
+use crate::pool;
+
+/// Forwards an HTTP/1.x request on the peer connection this app connection holds, or on one
+/// from the idle pool, or on a new one ([`pool::send`]).
+pub(super) async fn forward_h1(
+    outbound: &Outbound,
+    route: &Arc<Route>,
+    affinity: &Affinity,
+    creds: &Arc<Credentials>,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Error> {
+    // HTTP/1.1 to the peer: origin-form target; `Host` (set by the caller) names the service.
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    *req.version_mut() = Version::HTTP_11;
+
+    // Balanced per request, as over HTTP/2: the next healthy address in turn.
+    let pick = route.pick();
+    let kept = Outbound::checkout_h1(route, affinity, creds, pick);
+    let open = || outbound.open_h1(route, creds, pick);
+    let timeout = outbound.limits.request_timeout;
+    let (resp, conn) = pool::send(Hop::Peer, kept, open, req, timeout).await?;
+    affinity.keep(conn);
+    Ok(forward::finish(resp))
+}
+
+/// Forwards a request on the shared HTTP/2 connection to one of `route`'s addresses.
+pub(super) async fn forward_h2(
+    outbound: &Outbound,
+    route: &Route,
+    creds: &Arc<Credentials>,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Error> {
+    let mut sender = outbound.h2_session(route, creds).await?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(route.authority.clone());
+    parts.path_and_query = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .or_else(|| Some(PathAndQuery::from_static("/")));
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::BadRequest("bad request target"))?;
+    *req.version_mut() = Version::HTTP_2;
+    let timeout = outbound.limits.request_timeout;
+    forward::exchange(Hop::Peer, timeout, sender.send_request(req)).await
+}
+
+/// Upgrade requests ride a dedicated HTTP/1.1 mTLS connection (HTTP/2 cannot carry them here).
+pub(super) async fn forward_upgrade(
+    outbound: &Outbound,
+    route: &Route,
+    creds: &Credentials,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Error> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let (tls, _) = outbound
+        .connect_route(route, creds, Alpn::Http1, route.turn())
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| Error::PeerRefused(format!("{}: {e}", route.name)))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        if let Ok(uri) = Uri::try_from(pq.as_str()) {
+            *req.uri_mut() = uri;
+        }
+    }
+    let timeout = outbound.limits.request_timeout;
+    forward::exchange_upgrade(Hop::Peer, timeout, downstream, sender.send_request(req)).await
+}

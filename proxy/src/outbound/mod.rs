@@ -1,0 +1,203 @@
+//! Outbound: the local app → plain HTTP (or h2c) → mTLS → the peer's sidecar.
+//!
+//! The app names the service in `Host` (or in an absolute-form URI, so `http_proxy` works). The
+//! sidecar connects to one of the service's addresses with our certificate and requires the peer
+//! to present exactly the configured SPIFFE ID. With `peer_protocol = "http1"` each HTTP/1.x
+//! connection from the app keeps its own keep-alive HTTP/1.1 mTLS connection to each peer
+//! address it uses, pooled when the app closes it ([`crate::pool`]); HTTP/2 requests from the
+//! app, and every request under `peer_protocol = "h2"`, share one HTTP/2 connection per
+//! address. `"auto"` (the default) is `http1` while at most [`crate::pool::DEDICATED_UP_TO`] app
+//! connections are open and `h2` beyond. Either way requests take the service's addresses in
+//! turn. An address that fails to connect is skipped for [`route::DOWN_FOR`]; an identity
+//! mismatch is a 502 and a metric, never a fallback to another identity.
+//!
+//! # Layout
+//! - [`route`]: the route table, address order and health.
+//! - [`affinity`]: the peer connections one app connection holds.
+//! - [`connect`]: mTLS connections to peers and the get/release choke point.
+//! - [`http`]: forwarding one request over HTTP/1.1, HTTP/2 or an upgrade.
+//! - [`tcp`]: TCP services.
+
+mod affinity;
+mod connect;
+mod http;
+mod route;
+mod tcp;
+
+use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::http::header::{self, HeaderValue};
+use ::http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::config::{Limits, Service};
+use crate::error::{Error, RespBody};
+use crate::forward;
+use crate::identity::{Credentials, IdentityStore};
+use crate::metrics::{Direction, Metrics};
+use crate::revocation::RevocationCache;
+use crate::tls::HandshakeResult;
+
+pub use route::Route;
+pub use tcp::run_tcp;
+
+use affinity::Affinity;
+use route::Routes;
+
+/// The outbound side, shared by all its connections.
+pub struct Outbound {
+    identity: IdentityStore,
+    routes: Routes,
+    metrics: Metrics,
+    limits: Limits,
+    revocation: Arc<RevocationCache>,
+    /// `tether_request_duration_seconds{direction="outbound"}`, resolved once.
+    seconds: prometheus::Histogram,
+    /// HTTP app connections open on the outbound listener (for `peer_protocol = "auto"`).
+    open_app_connections: Arc<AtomicUsize>,
+}
+
+impl Outbound {
+    /// The outbound side for `services`.
+    pub fn new(
+        services: &[Service],
+        identity: IdentityStore,
+        metrics: Metrics,
+        limits: Limits,
+        revocation: Arc<RevocationCache>,
+    ) -> Arc<Self> {
+        Arc::new(Outbound {
+            routes: Routes::new(services, &metrics, &limits),
+            revocation,
+            identity,
+            seconds: metrics.latency(Direction::Outbound),
+            metrics,
+            limits,
+            open_app_connections: Arc::default(),
+        })
+    }
+
+    /// The route of service `name` (for TCP services' listeners).
+    pub fn route(&self, name: &str) -> Option<Arc<Route>> {
+        self.routes.get(name).cloned()
+    }
+
+    /// The current credentials if new connections may be made: there is a certificate, and the
+    /// CRL is not stale under `on_stale_crl = "deny"` (fail closed). Counts the refusal
+    /// otherwise.
+    fn usable_identity(&self) -> Option<Arc<Credentials>> {
+        let Some(creds) = self.identity.current() else {
+            self.metrics
+                .count_handshake(Direction::Outbound, HandshakeResult::NoIdentity);
+            return None;
+        };
+        if !self.revocation.admits(time::OffsetDateTime::now_utc()) {
+            self.metrics
+                .count_handshake(Direction::Outbound, HandshakeResult::StaleCrl);
+            return None;
+        }
+        Some(creds)
+    }
+}
+
+/// Serves the HTTP outbound listener until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = forward::listener_limits(&outbound.limits);
+    tether_net::serve(
+        "outbound",
+        listener,
+        limits,
+        shutdown,
+        move |tcp, _, watcher| {
+            let outbound = outbound.clone();
+            async move {
+                let _open = outbound.metrics.open_connection(Direction::Outbound);
+                let svc_out = outbound.clone();
+                let affinity = Arc::new(Affinity::new(&outbound.open_app_connections));
+                let svc = hyper::service::service_fn(move |req| {
+                    let outbound = svc_out.clone();
+                    let affinity = affinity.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(request(&outbound, &affinity, req).await)
+                    }
+                });
+                let conn = forward::server_builder(&outbound.limits)
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!("outbound connection ended: {e}");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// One request from the app: routed, forwarded, and counted; errors become responses here.
+async fn request(
+    outbound: &Outbound,
+    affinity: &Affinity,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    let started = Instant::now();
+    let (resp, route) = match outbound.routes.resolve(&req) {
+        Ok(route) => {
+            let result = forward(outbound, route, affinity, req).await;
+            (result.unwrap_or_else(Error::into_response), Some(route))
+        }
+        Err(e) => (e.into_response(), None),
+    };
+    // The common case uses handles resolved once per route: no label hashing per request.
+    match route {
+        Some(r) if resp.status() == StatusCode::OK => r.ok.inc(),
+        _ => {
+            let peer = route.map(|r| r.identity.as_str()).unwrap_or("");
+            outbound
+                .metrics
+                .requests_for(Direction::Outbound, peer, resp.status().as_str())
+                .inc();
+        }
+    }
+    outbound.seconds.observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Forwards a request to `route`'s peer over the connection its protocol calls for.
+async fn forward(
+    outbound: &Outbound,
+    route: &Arc<Route>,
+    affinity: &Affinity,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Error> {
+    if route.upstreams.is_empty() {
+        return Err(Error::NoAddress);
+    }
+    let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade(req.headers());
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&route.name) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    forward::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let creds = outbound.usable_identity().ok_or(Error::NoIdentity)?;
+    if upgrade {
+        return http::forward_upgrade(outbound, route, &creds, req).await;
+    }
+    if req.version() <= Version::HTTP_11 {
+        if affinity.dedicated(route) {
+            return http::forward_h1(outbound, route, affinity, &creds, req).await;
+        }
+        // Many app connections now: a connection this one held goes back to the pool.
+        affinity.release();
+    }
+    http::forward_h2(outbound, route, &creds, req).await
+}
