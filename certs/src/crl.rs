@@ -5,13 +5,19 @@
 //! issuer name must equal that certificate's subject. Freshness (nextUpdate) is reported rather
 //! than enforced at parse time, because what a stale CRL means is the reader's policy (fail
 //! closed or fail open), not the parser's.
+//!
+//! A reader that fetched a CRL from the network does not know its signer in advance:
+//! [`RevocationList::parse_and_verify_in_bundle`] tries every CA certificate the trust bundle
+//! vouches for.
 
 use std::collections::HashSet;
 
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams};
+use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 
+use crate::bundle::TrustBundle;
 use crate::issue::Signer;
 use crate::serial::{normalize, Serial};
 
@@ -38,6 +44,9 @@ pub enum CrlError {
     /// The CRL has no nextUpdate, so nobody could tell when it goes stale.
     #[error("CRL has no nextUpdate")]
     NoNextUpdate,
+    /// No CA certificate the trust bundle vouches for was offered to check the CRL against.
+    #[error("no CA certificate the trust bundle vouches for signed it")]
+    NoTrustedSigner,
     /// Signing failed at the CA.
     #[error("could not sign CRL: {0}")]
     Sign(#[from] rcgen::Error),
@@ -240,6 +249,34 @@ impl RevocationList {
         })
     }
 
+    /// Parses `body` (PEM: the CRL, optionally followed by CA certificates, as the CA's CRL
+    /// endpoint answers) and verifies it against every CA certificate `bundle` vouches for at
+    /// `now`: those in `body` and those in `known` (the CA certificates of the reader's own
+    /// chain). A certificate shipped in the body is only a candidate, never trusted by itself: a
+    /// CRL signed by a foreign CA that carries its own issuer is refused.
+    ///
+    /// Returns the first candidate's verified list; otherwise the last candidate's error, or
+    /// [`CrlError::NoTrustedSigner`] when the bundle vouches for none of them.
+    pub fn parse_and_verify_in_bundle(
+        body: &[u8],
+        bundle: &TrustBundle,
+        known: &[CertificateDer<'static>],
+        now: OffsetDateTime,
+    ) -> Result<Self, CrlError> {
+        // A body without certificates (or with unreadable PEM) still has `known` to try, and the
+        // CRL parse below says what is wrong with it.
+        let mut candidates = crate::pem::certificates(body).unwrap_or_default();
+        candidates.extend(known.iter().cloned());
+        let mut last = CrlError::NoTrustedSigner;
+        for issuer in candidates.iter().filter(|c| bundle.vouches_for(c, now)) {
+            match Self::parse_and_verify(body, issuer) {
+                Ok(crl) => return Ok(crl),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// The CRL number (strictly increasing per issuer).
     pub fn number(&self) -> u64 {
         self.number
@@ -273,5 +310,79 @@ impl RevocationList {
     /// The CRL as PEM (`X509 CRL`), as `openssl crl` reads it.
     pub fn to_pem(&self) -> String {
         crate::pem::encode("X509 CRL", &self.der)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::TrustDomain;
+
+    /// A root in a bundle and the intermediate it signed.
+    fn hierarchy(now: OffsetDateTime) -> (TrustBundle, Signer) {
+        let td = TrustDomain::new("example.org").unwrap();
+        let day = Duration::from_secs(86400);
+        let (root, _) = crate::issue::new_root(&td, day, now).unwrap();
+        let (inter, _) = root.issue_intermediate(&td, day, now).unwrap();
+        let mut bundle = TrustBundle::default();
+        bundle.push(root.cert().clone()).unwrap();
+        (bundle, inter)
+    }
+
+    fn crl_pem(signer: &Signer, number: u64, now: OffsetDateTime) -> Vec<u8> {
+        let der = build(signer, number, now, now + time::Duration::hours(1), &[]).unwrap();
+        crate::pem::encode("X509 CRL", &der).into_bytes()
+    }
+
+    #[test]
+    fn a_bundle_verifies_crls_from_known_or_shipped_signers() {
+        let now = OffsetDateTime::now_utc();
+        let (bundle, inter) = hierarchy(now);
+        let body = crl_pem(&inter, 3, now);
+        let known = [inter.cert().clone()];
+        let crl = RevocationList::parse_and_verify_in_bundle(&body, &bundle, &known, now).unwrap();
+        assert_eq!(crl.number(), 3);
+        // The CA's answer carries the signer after the CRL: no known certificate is needed.
+        let mut shipped = body.clone();
+        shipped.extend_from_slice(inter.cert_pem().as_bytes());
+        let crl = RevocationList::parse_and_verify_in_bundle(&shipped, &bundle, &[], now).unwrap();
+        assert_eq!(crl.number(), 3);
+    }
+
+    #[test]
+    fn a_signer_the_bundle_does_not_vouch_for_is_never_tried() {
+        let now = OffsetDateTime::now_utc();
+        let (bundle, inter) = hierarchy(now);
+        let (_, foreign) = hierarchy(now);
+        // A foreign CA's CRL that ships its own signer: the signer is not vouched for.
+        let mut body = crl_pem(&foreign, 9, now);
+        body.extend_from_slice(foreign.cert_pem().as_bytes());
+        let err = RevocationList::parse_and_verify_in_bundle(&body, &bundle, &[], now).unwrap_err();
+        assert!(matches!(err, CrlError::NoTrustedSigner), "{err:?}");
+        // With our own intermediate known, it is tried and names the mismatch.
+        let known = [inter.cert().clone()];
+        let err =
+            RevocationList::parse_and_verify_in_bundle(&body, &bundle, &known, now).unwrap_err();
+        assert!(matches!(err, CrlError::WrongIssuer { .. }), "{err:?}");
+        // Past the intermediate's notAfter, the bundle stops vouching for it.
+        let later = now + time::Duration::days(2);
+        let ours = crl_pem(&inter, 1, now);
+        let err =
+            RevocationList::parse_and_verify_in_bundle(&ours, &bundle, &known, later).unwrap_err();
+        assert!(matches!(err, CrlError::NoTrustedSigner), "{err:?}");
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_parse_error() {
+        let now = OffsetDateTime::now_utc();
+        let (bundle, inter) = hierarchy(now);
+        let known = [inter.cert().clone()];
+        for body in [&b"<html>oops</html>"[..], b""] {
+            let err =
+                RevocationList::parse_and_verify_in_bundle(body, &bundle, &known, now).unwrap_err();
+            assert!(matches!(err, CrlError::Malformed(_)), "{err:?}");
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! ready-to-use rustls configs once per credential (never per connection).
 //!
 //! Credentials are published on a `watch` channel ([`IdentityStore`]); every new handshake takes
-//! the newest, and connections in flight keep the config they started with. This issue loads them
-//! from files at start; renewal and hot reload publish on the same channel.
+//! the newest, and connections in flight keep the config they started with. Whatever produces
+//! them — the files at start, a file reload, an enrollment or a renewal (see
+//! [`crate::lifecycle`]) — publishes on the same channel.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,6 +33,18 @@ pub enum IdentityError {
     Invalid(String, String),
 }
 
+/// Why [`Credentials::build`] refused a chain and key: which of the two is at fault (so a file
+/// loader can name the right file), and why.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    /// The certificate or its chain is unusable.
+    #[error("{0}")]
+    Certificate(String),
+    /// The private key does not match the certificate or is unusable.
+    #[error("{0}")]
+    Key(String),
+}
+
 /// One loaded credential with its TLS configs.
 pub struct Credentials {
     /// Our SPIFFE ID.
@@ -39,12 +52,12 @@ pub struct Credentials {
     /// Our leaf's serial.
     pub serial: Serial,
     /// Our leaf's notBefore.
-    pub not_before: OffsetDateTime,
+    pub(crate) not_before: OffsetDateTime,
     /// Our leaf's notAfter.
     pub not_after: OffsetDateTime,
     /// notAfter of the CA certificates our chain depends on (intermediate, root): past it the
     /// chain is dead even with a fresh leaf.
-    pub chain_not_after: OffsetDateTime,
+    pub(crate) chain_not_after: OffsetDateTime,
     /// The trust bundle.
     pub bundle: TrustBundle,
     /// Inbound: TLS 1.3, client certificate required, any SVID of the bundle (policy decides).
@@ -78,7 +91,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// Reads a file, naming it in the error.
-pub fn read_file(p: &Path) -> Result<Vec<u8>, IdentityError> {
+pub(crate) fn read_file(p: &Path) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(p).map_err(|e| IdentityError::Read(p.display().to_string(), e))
 }
 
@@ -87,6 +100,8 @@ impl Credentials {
     /// certificate must be a valid, unexpired X509-SVID that chains to the bundle and is not
     /// revoked by `revocation`. Returns the CRL file's list (signature-checked against our issuing
     /// CA) for the caller to install *before* this call's revocation check matters.
+    ///
+    /// Blocking file I/O: call it from async code through `spawn_blocking`.
     pub fn load_files(
         files: &IdentityFiles,
         revocation: Arc<Revocation>,
@@ -122,51 +137,51 @@ impl Credentials {
                 Some(crl)
             }
         };
-        let creds =
-            Self::build(chain, key, bundle, revocation).map_err(|(key_fault, problem)| {
-                IdentityError::Invalid(
-                    if key_fault {
-                        name(&files.key)
-                    } else {
-                        name(&files.cert)
-                    },
-                    problem,
-                )
-            })?;
+        let creds = Self::build(chain, key, bundle, revocation).map_err(|e| match e {
+            BuildError::Certificate(problem) => IdentityError::Invalid(name(&files.cert), problem),
+            BuildError::Key(problem) => IdentityError::Invalid(name(&files.key), problem),
+        })?;
         Ok((creds, crl))
     }
 
     /// Builds credentials from a chain (leaf first), its key and a bundle. The error says whether
-    /// the key (true) or the certificate (false) is at fault, and why.
-    pub fn build(
+    /// the key or the certificate is at fault, and why.
+    pub(crate) fn build(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         bundle: TrustBundle,
         revocation: Arc<Revocation>,
-    ) -> Result<Self, (bool, String)> {
-        let leaf = tether_certs::svid::inspect_leaf(&chain[0], None)
-            .map_err(|e| (false, format!("not a valid X509-SVID: {e}")))?;
+    ) -> Result<Self, BuildError> {
+        let Some(leaf_der) = chain.first() else {
+            return Err(BuildError::Certificate(
+                "no certificate in the chain".into(),
+            ));
+        };
+        let leaf = tether_certs::svid::inspect_leaf(leaf_der, None)
+            .map_err(|e| BuildError::Certificate(format!("not a valid X509-SVID: {e}")))?;
         let verifier = Arc::new(SvidVerifier::new(&bundle, revocation));
         // Our own certificate must be one our peers accept: chain to the bundle, unexpired,
         // not revoked. Checked as a server certificate (EKU serverAuth), the stricter use.
         verifier
             .verify(
-                &chain[0],
+                leaf_der,
                 &chain[1..],
                 tether_certs::svid::Usage::Server,
                 rustls_pki_types::UnixTime::now(),
                 &ExpectedPeer::AnyInBundle,
             )
-            .map_err(|e| (false, format!("our own certificate is unusable: {e}")))?;
+            .map_err(|e| {
+                BuildError::Certificate(format!("our own certificate is unusable: {e}"))
+            })?;
         let client_verifier =
             SvidClientVerifier::new(verifier.clone(), ExpectedPeer::AnyInBundle, true);
         let server =
             server_config(chain.clone(), key.clone_key(), client_verifier).map_err(|e| {
-                let key_fault = matches!(e, rustls::Error::InconsistentKeys(_));
-                (
-                    key_fault,
-                    format!("key does not match the certificate or is unusable: {e}"),
-                )
+                let problem = format!("key does not match the certificate or is unusable: {e}");
+                match e {
+                    rustls::Error::InconsistentKeys(_) => BuildError::Key(problem),
+                    _ => BuildError::Certificate(problem),
+                }
             })?;
         let chain_not_after = chain_expiry(&chain, &bundle).unwrap_or(leaf.not_after);
         Ok(Credentials {
@@ -185,22 +200,22 @@ impl Credentials {
     }
 
     /// The same certificate and key with another trust bundle (after a root rotation).
-    pub fn with_bundle(
+    pub(crate) fn with_bundle(
         &self,
         bundle: TrustBundle,
         revocation: Arc<Revocation>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         Self::build(self.chain.clone(), self.key.clone_key(), bundle, revocation)
-            .map_err(|(_, e)| e)
     }
 
     /// The CA certificates of our chain (everything after the leaf).
-    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
-        &self.chain[1..]
+    pub(crate) fn intermediates(&self) -> &[CertificateDer<'static>] {
+        // `build` refused an empty chain, so the leaf is there to skip.
+        self.chain.get(1..).unwrap_or_default()
     }
 
     /// Our chain (leaf first) and key, for presenting to the CA.
-    pub fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub(crate) fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (self.chain.clone(), self.key.clone_key())
     }
 
@@ -286,12 +301,76 @@ impl IdentityStore {
     }
 
     /// Publishes new credentials for every new handshake; connections in flight keep theirs.
-    pub fn publish(&self, creds: Credentials) {
+    pub(crate) fn publish(&self, creds: Credentials) {
         self.tx.send_replace(Some(Arc::new(creds)));
     }
+}
 
-    /// A receiver that sees every publication.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Credentials>>> {
-        self.tx.subscribe()
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+
+    use super::*;
+
+    /// A bundle, and a chain (leaf, intermediate) for `spiffe://example.org/a` with its key.
+    fn credential() -> (TrustBundle, Vec<CertificateDer<'static>>, rcgen::KeyPair) {
+        let td = tether_certs::TrustDomain::new("example.org").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let day = Duration::from_secs(86400);
+        let (root, _) = tether_certs::issue::new_root(&td, day, now).unwrap();
+        let (inter, _) = root.issue_intermediate(&td, day, now).unwrap();
+        let key = tether_certs::keys::generate_key().unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/a").unwrap();
+        let leaf = inter.issue_leaf(&id, &key, day, day, now).unwrap();
+        let mut bundle = TrustBundle::default();
+        bundle.push(root.cert().clone()).unwrap();
+        (bundle, vec![leaf.der, inter.cert().clone()], key)
+    }
+
+    fn der(key: &rcgen::KeyPair) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
+    }
+
+    fn build(
+        chain: Vec<CertificateDer<'static>>,
+        key: &rcgen::KeyPair,
+        bundle: &TrustBundle,
+    ) -> Result<Credentials, BuildError> {
+        let revocation = Revocation::new(Default::default());
+        Credentials::build(chain, der(key), bundle.clone(), revocation)
+    }
+
+    #[test]
+    fn a_matching_chain_and_key_build_and_publish() {
+        let (bundle, chain, key) = credential();
+        let creds = build(chain, &key, &bundle).unwrap();
+        assert_eq!(creds.id.as_str(), "spiffe://example.org/a");
+        assert_eq!(creds.intermediates().len(), 1);
+        let store = IdentityStore::default();
+        assert!(
+            store.current().is_none(),
+            "empty until the first certificate"
+        );
+        store.publish(creds);
+        assert_eq!(store.current().unwrap().bundle.len(), 1);
+    }
+
+    #[test]
+    fn the_error_says_whether_the_key_or_the_certificate_is_at_fault() {
+        let (bundle, chain, key) = credential();
+        let other = tether_certs::keys::generate_key().unwrap();
+        let err = build(chain.clone(), &other, &bundle).unwrap_err();
+        assert!(matches!(err, BuildError::Key(_)), "{err:?}");
+        // The intermediate is no X509-SVID leaf.
+        let err = build(chain[1..].to_vec(), &key, &bundle).unwrap_err();
+        assert!(matches!(err, BuildError::Certificate(_)), "{err:?}");
+        // A chain to a root outside the bundle is unusable, whatever the key.
+        let (foreign, _, _) = credential();
+        let err = build(chain, &key, &foreign).unwrap_err();
+        assert!(matches!(err, BuildError::Certificate(_)), "{err:?}");
+        let err = build(Vec::new(), &key, &bundle).unwrap_err();
+        assert!(matches!(err, BuildError::Certificate(_)), "{err:?}");
     }
 }

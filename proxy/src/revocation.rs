@@ -1,5 +1,5 @@
-//! The revocation cache (the seed's "token store"): the CRL in force, its freshness, and the live
-//! connections it may have to cut.
+//! The revocation cache: the CRL in force, its freshness, and the live connections it may have to
+//! cut.
 //!
 //! A new CRL is installed only if it is at least as new as the one held (a lower CRL number is a
 //! rollback and is refused); installing swaps the serial set the TLS verifiers consult, so the
@@ -90,7 +90,7 @@ impl RevocationCache {
     }
 
     /// The number of the CRL in force (0 if none).
-    pub fn number(&self) -> u64 {
+    pub(crate) fn number(&self) -> u64 {
         self.current().map(|c| c.number()).unwrap_or(0)
     }
 
@@ -132,7 +132,7 @@ impl RevocationCache {
     }
 
     /// When the CRL goes stale (nextUpdate + grace), if one is held.
-    pub fn stale_at(&self) -> Option<OffsetDateTime> {
+    pub(crate) fn stale_at(&self) -> Option<OffsetDateTime> {
         self.current().map(|c| c.next_update() + self.grace)
     }
 
@@ -146,8 +146,10 @@ impl RevocationCache {
         !(self.on_stale == OnStale::Deny && self.is_stale(now))
     }
 
-    /// Whether `serial` (big-endian bytes) is revoked now.
-    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+    /// Whether `serial` (big-endian bytes) is revoked now. The handshake path asks the verifiers'
+    /// [`Revocation`] directly; this is for tests of the cache.
+    #[cfg(test)]
+    fn is_revoked(&self, serial: &[u8]) -> bool {
         self.revocation.is_revoked(serial)
     }
 

@@ -87,16 +87,10 @@ async fn inbound_ca_mode(
     app: std::net::SocketAddr,
     token: Option<&Path>,
 ) -> Sidecar {
-    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_ALL);
-    Sidecar::start(
-        pki.dir.path(),
-        name,
-        &format!(
-            "{}[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            ca_section(pki, ca, token, &format!("state-{name}"), "")
-        ),
-    )
-    .await
+    let credentials = ca_section(pki, ca, token, &format!("state-{name}"), "");
+    let pol = pki.policy(ALLOW_ALL);
+    pki.start_inbound(name, &credentials, app, &pol, ADMIN_SECTION)
+        .await
 }
 
 async fn outbound_ca_mode(
@@ -107,17 +101,13 @@ async fn outbound_ca_mode(
     token: Option<&Path>,
 ) -> Sidecar {
     let mut s = format!(
-        "{}[outbound]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "{}{OUTBOUND_SECTION}{ADMIN_SECTION}",
         ca_section(pki, ca, token, &format!("state-{name}"), "")
     );
     for (svc, sidecar, identity) in services {
-        s.push_str(&format!(
-            "[services.{svc}]\naddress = [\"{}\"]\nidentity = \"{}\"\n",
-            sidecar.inbound.unwrap(),
-            id(identity)
-        ));
+        s.push_str(&service_section(svc, &[sidecar.inbound.unwrap()], identity));
     }
-    Sidecar::start(pki.dir.path(), name, &s).await
+    pki.start(name, &s).await
 }
 
 /// service-a's outbound sidecar and service-b's inbound sidecar (in front of `app`), both
@@ -137,6 +127,21 @@ async fn ready_pair(pki: &Pki, ca: &CaServer, app: std::net::SocketAddr) -> (Sid
     wait_ready(&b).await;
     wait_ready(&a).await;
     (a, b)
+}
+
+/// A CA state dir served over HTTPS, and an echo app for the sidecars to front.
+async fn ca_and_app() -> (Pki, CaServer, std::net::SocketAddr) {
+    let pki = Pki::new();
+    let ca = CaServer::start(&pki).await;
+    (pki, ca, start_app().await)
+}
+
+/// Two inbound sidecars, b1 and b2, in front of `app`, each enrolling with a fresh token from
+/// `ca` (not yet waited for).
+async fn inbound_b1_b2(pki: &Pki, ca: &CaServer, app: std::net::SocketAddr) -> (Sidecar, Sidecar) {
+    let b1 = inbound_ca_mode(pki, ca, "b1", app, Some(&token(pki, "ns/default/sa/b1"))).await;
+    let b2 = inbound_ca_mode(pki, ca, "b2", app, Some(&token(pki, "ns/default/sa/b2"))).await;
+    (b1, b2)
 }
 
 async fn ready(s: &Sidecar) -> bool {
@@ -160,9 +165,7 @@ async fn identity(s: &Sidecar) -> serde_json::Value {
 
 #[tokio::test]
 async fn enrolls_with_a_one_time_token_and_serves_mtls() {
-    let pki = Pki::new();
-    let ca = CaServer::start(&pki).await;
-    let app = start_app().await;
+    let (pki, ca, app) = ca_and_app().await;
     let tb = token(&pki, "ns/default/sa/service-b");
     let b = inbound_ca_mode(&pki, &ca, "b", app, Some(&tb)).await;
     let a = outbound_ca_mode(
@@ -214,9 +217,7 @@ async fn enrolls_with_a_one_time_token_and_serves_mtls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_continuous_traffic_fails_no_request() {
-    let pki = Pki::new();
-    let ca = CaServer::start(&pki).await;
-    let app = start_app().await;
+    let (pki, ca, app) = ca_and_app().await;
     let (a, b) = ready_pair(&pki, &ca, app).await;
     let (serial_a, serial_b) = (
         identity(&a).await["serial"].clone(),
@@ -277,9 +278,7 @@ async fn rotation_under_continuous_traffic_fails_no_request() {
 
 #[tokio::test]
 async fn a_ca_outage_stops_nothing_and_a_restart_uses_the_cache() {
-    let pki = Pki::new();
-    let ca = CaServer::start(&pki).await;
-    let app = start_app().await;
+    let (pki, ca, app) = ca_and_app().await;
     let (a, b) = ready_pair(&pki, &ca, app).await;
     ca.stop().await;
 
@@ -333,11 +332,8 @@ fn ca_placeholder() -> CaServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_two_sidecars_and_cuts_a_live_connection() {
-    let pki = Pki::new();
-    let ca = CaServer::start(&pki).await;
-    let app = start_app().await;
-    let b1 = inbound_ca_mode(&pki, &ca, "b1", app, Some(&token(&pki, "ns/default/sa/b1"))).await;
-    let b2 = inbound_ca_mode(&pki, &ca, "b2", app, Some(&token(&pki, "ns/default/sa/b2"))).await;
+    let (pki, ca, app) = ca_and_app().await;
+    let (b1, b2) = inbound_b1_b2(&pki, &ca, app).await;
     let a = outbound_ca_mode(
         &pki,
         &ca,
@@ -406,13 +402,7 @@ async fn revocation_reaches_two_sidecars_and_cuts_a_live_connection() {
 
 /// A CRL from the real intermediate with the given nextUpdate offset, written to a file.
 fn crl_file(pki: &Pki, name: &str, number: u64, next_update_in: time::Duration) -> PathBuf {
-    let state = pki.ca.dir();
-    let read = |p: &str| std::fs::read_to_string(state.join(p)).unwrap();
-    let inter = tether_certs::issue::Signer::from_pem(
-        &read("intermediate/cert.pem"),
-        &read("intermediate/key.pem"),
-    )
-    .unwrap();
+    let inter = pki.intermediate();
     let now = time::OffsetDateTime::now_utc();
     let der = tether_certs::crl::build(
         &inter,
@@ -429,17 +419,14 @@ fn crl_file(pki: &Pki, name: &str, number: u64, next_update_in: time::Duration) 
 
 async fn file_mode_with_crl(pki: &Pki, crl: &Path, extra: &str) -> Sidecar {
     let app = start_app().await;
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_ALL);
-    Sidecar::start(
-        pki.dir.path(),
-        "b",
-        &format!(
-            "{}crl_grace = \"1s\"\n{extra}[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            identity_section(&bdir, Some(crl))
-        ),
-    )
-    .await
+    let bdir = pki.issue(SERVICE_B);
+    let credentials = format!(
+        "{}crl_grace = \"1s\"\n{extra}",
+        identity_section(&bdir, Some(crl))
+    );
+    let pol = pki.policy(ALLOW_ALL);
+    pki.start_inbound("b", &credentials, app, &pol, ADMIN_SECTION)
+        .await
 }
 
 #[tokio::test]
@@ -448,11 +435,7 @@ async fn a_stale_crl_fails_closed_under_deny() {
     let crl = crl_file(&pki, "stale.pem", 1, -time::Duration::hours(1));
     let b = file_mode_with_crl(&pki, &crl, "").await;
     let a = pki.issue("ns/default/sa/service-a");
-    assert!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/")
-            .await
-            .is_err()
-    );
+    assert!(raw_get_as(b.inbound.unwrap(), &a, "/").await.is_err());
     assert_eq!(
         b.metric("tether_tls_handshakes_total", &[("result", "stale_crl")]),
         1.0
@@ -471,9 +454,7 @@ async fn a_stale_crl_fails_open_with_an_alarm_under_allow() {
     let b = file_mode_with_crl(&pki, &crl, "on_stale_crl = \"allow\"\n").await;
     let a = pki.issue("ns/default/sa/service-a");
     assert_eq!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/")
-            .await
-            .unwrap(),
+        raw_get_as(b.inbound.unwrap(), &a, "/").await.unwrap(),
         StatusCode::OK
     );
     assert!(
@@ -529,9 +510,7 @@ async fn file_mode_reloads_new_files_and_keeps_the_old_credential_on_broken_ones
     assert_eq!(identity(&b).await["serial"], second);
     let a = pki.issue("ns/default/sa/service-a");
     assert_eq!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/")
-            .await
-            .unwrap(),
+        raw_get_as(b.inbound.unwrap(), &a, "/").await.unwrap(),
         StatusCode::OK
     );
 }
@@ -549,7 +528,8 @@ fn crls_that_are_forged_foreign_or_garbage_are_refused() {
     .unwrap();
     let now = time::OffsetDateTime::now_utc();
     let good = std::fs::read(crl_file(&pki, "good.pem", 7, time::Duration::hours(1))).unwrap();
-    let crl = tether_proxy::lifecycle::verify_crl(&good, &bundle, &inter, now).unwrap();
+    let crl = tether_certs::RevocationList::parse_and_verify_in_bundle(&good, &bundle, &inter, now)
+        .unwrap();
     assert_eq!(crl.number(), 7);
 
     // Signed by another CA (same trust domain name): its intermediate is not vouched for.
@@ -564,7 +544,13 @@ fn crls_that_are_forged_foreign_or_garbage_are_refused() {
     let other_inter = std::fs::read(other.ca.dir().join("intermediate/cert.pem")).unwrap();
     let mut with_issuer = foreign.clone();
     with_issuer.extend_from_slice(&other_inter);
-    assert!(tether_proxy::lifecycle::verify_crl(&with_issuer, &bundle, &inter, now).is_err());
+    assert!(tether_certs::RevocationList::parse_and_verify_in_bundle(
+        &with_issuer,
+        &bundle,
+        &inter,
+        now
+    )
+    .is_err());
 
     // A flipped signature byte.
     let der = tether_certs::pem::block(&good, "X509 CRL").unwrap();
@@ -572,13 +558,26 @@ fn crls_that_are_forged_foreign_or_garbage_are_refused() {
     let last = bad.len() - 3;
     bad[last] ^= 0x55;
     let forged = tether_certs::pem::encode("X509 CRL", &bad);
-    assert!(tether_proxy::lifecycle::verify_crl(forged.as_bytes(), &bundle, &inter, now).is_err());
+    assert!(tether_certs::RevocationList::parse_and_verify_in_bundle(
+        forged.as_bytes(),
+        &bundle,
+        &inter,
+        now
+    )
+    .is_err());
 
     // Garbage and empty bodies.
+    assert!(tether_certs::RevocationList::parse_and_verify_in_bundle(
+        b"<html>oops</html>",
+        &bundle,
+        &inter,
+        now
+    )
+    .is_err());
     assert!(
-        tether_proxy::lifecycle::verify_crl(b"<html>oops</html>", &bundle, &inter, now).is_err()
+        tether_certs::RevocationList::parse_and_verify_in_bundle(b"", &bundle, &inter, now)
+            .is_err()
     );
-    assert!(tether_proxy::lifecycle::verify_crl(b"", &bundle, &inter, now).is_err());
 }
 
 /// Sends requests through `out` until `stop`; returns (ok, failed).
@@ -606,26 +605,9 @@ async fn roots(s: &Sidecar) -> usize {
         .unwrap_or(0)
 }
 
-async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() {
-    let pki = Pki::new();
-    let ca = CaServer::start(&pki).await;
-    let app = start_app().await;
+    let (pki, ca, app) = ca_and_app().await;
     let (a, b) = ready_pair(&pki, &ca, app).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(a.outbound.unwrap(), "service-b", stop.clone());
@@ -639,7 +621,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
         })
         .unwrap();
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
+        tether_testkit::wait::eventually(Duration::from_secs(20), || async {
             roots(&a).await == 2 && roots(&b).await == 2
         })
         .await,
@@ -656,7 +638,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
             StatusCode::ACCEPTED
         );
         assert!(
-            eventually_async(Duration::from_secs(10), || async {
+            tether_testkit::wait::eventually(Duration::from_secs(10), || async {
                 identity(s).await["serial"] != before
             })
             .await
@@ -681,7 +663,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
         "{outcome:?}"
     );
     assert!(
-        eventually_async(Duration::from_secs(20), || async {
+        tether_testkit::wait::eventually(Duration::from_secs(20), || async {
             roots(&a).await == 1 && roots(&b).await == 1
         })
         .await,
@@ -703,11 +685,8 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_wait_names_the_sidecar_that_did_not_acknowledge() {
-    let pki = Pki::new();
-    let ca = CaServer::start(&pki).await;
-    let app = start_app().await;
-    let b1 = inbound_ca_mode(&pki, &ca, "b1", app, Some(&token(&pki, "ns/default/sa/b1"))).await;
-    let b2 = inbound_ca_mode(&pki, &ca, "b2", app, Some(&token(&pki, "ns/default/sa/b2"))).await;
+    let (pki, ca, app) = ca_and_app().await;
+    let (b1, b2) = inbound_b1_b2(&pki, &ca, app).await;
     wait_ready(&b1).await;
     wait_ready(&b2).await;
     // Both report to the fleet table with their first poll after enrolling.
@@ -763,11 +742,8 @@ async fn revoke_wait_names_the_sidecar_that_did_not_acknowledge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn revocation_latency_figures() {
-    let pki = Pki::new();
-    let ca = CaServer::start(&pki).await;
-    let app = start_app().await;
-    let b1 = inbound_ca_mode(&pki, &ca, "b1", app, Some(&token(&pki, "ns/default/sa/b1"))).await;
-    let b2 = inbound_ca_mode(&pki, &ca, "b2", app, Some(&token(&pki, "ns/default/sa/b2"))).await;
+    let (pki, ca, app) = ca_and_app().await;
+    let (b1, b2) = inbound_b1_b2(&pki, &ca, app).await;
     wait_ready(&b1).await;
     wait_ready(&b2).await;
     let mut samples = Vec::new();

@@ -1,43 +1,28 @@
 //! CA mode: enrollment with a one-time token, renewal over mTLS, the state-directory cache, the
 //! CRL long-poll and trust-bundle updates.
+//!
+//! Apart from reading the cache once at start (see [`StateDir`]), file work — the token file,
+//! caching what the CA sent — runs on tokio's blocking pool.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use bytes::Bytes;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
+use tether_certs::wire::Issued;
 use tether_certs::{RevocationList, TrustBundle};
 
 use crate::ca_client::{CaClient, CaClientError, CrlPoll};
 use crate::config::CaSettings;
 use crate::identity::{read_file, Credentials, IdentityError, IdentityStore};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::revocation::RevocationCache;
 
-use super::{rand01, renewal_loop, Backoff, Clock, CRL_WAIT};
-
-/// Verifies a CRL body (PEM: the CRL, optionally followed by the CA certificate that signed it)
-/// against every CA certificate the bundle vouches for: the ones in the body and `known`.
-pub fn verify_crl(
-    body: &[u8],
-    bundle: &TrustBundle,
-    known: &[CertificateDer<'static>],
-    now: OffsetDateTime,
-) -> Result<RevocationList, String> {
-    let mut candidates = tether_certs::pem::certificates(body).unwrap_or_default();
-    candidates.extend(known.iter().cloned());
-    let mut last = "no CA certificate the trust bundle vouches for signed it".to_string();
-    for issuer in candidates.iter().filter(|c| bundle.vouches_for(c, now)) {
-        match RevocationList::parse_and_verify(body, issuer) {
-            Ok(crl) => return Ok(crl),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(format!("CRL refused: {last}"))
-}
+use super::state_dir::StateDir;
+use super::{off_runtime, rand01, renewal_loop, Backoff, Clock, CRL_WAIT};
 
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -51,6 +36,7 @@ impl Drop for AbortOnDrop {
 /// The CA-mode state of one sidecar.
 pub struct CaMode {
     settings: CaSettings,
+    state: StateDir,
     client: Arc<CaClient>,
     store: IdentityStore,
     cache: Arc<RevocationCache>,
@@ -62,32 +48,25 @@ pub struct CaMode {
 impl CaMode {
     /// Loads the trust bundle (cached, else configured) and, if present and still good, the
     /// cached certificate and CRL, publishing them so the sidecar serves at once — even with the
-    /// CA down.
+    /// CA down. An unusable cache is logged and skipped (the sidecar enrolls); an unusable
+    /// state directory or trust bundle is an error.
     pub fn start(
         settings: CaSettings,
         store: IdentityStore,
         cache: Arc<RevocationCache>,
         metrics: Metrics,
     ) -> Result<Arc<Self>, IdentityError> {
-        crate::fsutil::create_private_dir(&settings.state_dir).map_err(|e| {
-            IdentityError::Invalid(settings.state_dir.display().to_string(), e.to_string())
-        })?;
-        let dir = &settings.state_dir;
-        let cached_bundle = dir.join("bundle.pem");
-        let (bundle_path, version) = if cached_bundle.exists() {
-            let v = std::fs::read_to_string(dir.join("bundle.version"))
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
-            (cached_bundle, v.unwrap_or(0))
-        } else {
-            (settings.bundle.clone(), 0)
-        };
+        let state = StateDir::open(&settings.state_dir)?;
+        let (bundle_path, version) = state
+            .cached_bundle()
+            .unwrap_or_else(|| (settings.bundle.clone(), 0));
         let bundle = TrustBundle::from_pem(&read_file(&bundle_path)?).map_err(|e| {
             IdentityError::Invalid(bundle_path.display().to_string(), e.to_string())
         })?;
         let mode = Arc::new(CaMode {
             client: CaClient::new(settings.urls.clone()),
             settings,
+            state,
             store,
             cache,
             metrics,
@@ -98,10 +77,6 @@ impl CaMode {
         Ok(mode)
     }
 
-    fn dir(&self) -> &Path {
-        &self.settings.state_dir
-    }
-
     fn bundle(&self) -> (TrustBundle, u64) {
         self.bundle
             .lock()
@@ -109,29 +84,27 @@ impl CaMode {
             .clone()
     }
 
+    fn set_bundle(&self, bundle: TrustBundle, version: u64) {
+        *self.bundle.lock().unwrap_or_else(|p| p.into_inner()) = (bundle, version);
+    }
+
     /// Restores the cached certificate and CRL, if usable.
     fn load_cache(&self) {
         let (bundle, _) = self.bundle();
-        let (Ok(chain_pem), Ok(key_pem)) = (
-            std::fs::read(self.dir().join("chain.pem")),
-            std::fs::read(self.dir().join("key.pem")),
-        ) else {
-            return tracing::info!(
-                "no cached certificate in {}; enrolling",
-                self.dir().display()
-            );
+        let dir = self.state.path().display();
+        let Some((chain_pem, key_pem)) = self.state.cached_credential() else {
+            return tracing::info!("no cached certificate in {dir}; enrolling");
         };
         let (Ok(chain), Ok(key)) = (
             tether_certs::pem::certificates(&chain_pem),
             tether_certs::pem::private_key(&key_pem),
         ) else {
-            return tracing::warn!(
-                "cached certificate in {} is unreadable; enrolling",
-                self.dir().display()
-            );
+            return tracing::warn!("cached certificate in {dir} is unreadable; enrolling");
         };
-        if let Ok(body) = std::fs::read(self.dir().join("crl.pem")) {
-            match verify_crl(&body, &bundle, &chain[1..], OffsetDateTime::now_utc()) {
+        if let Some(body) = self.state.cached_crl() {
+            let known = chain.get(1..).unwrap_or_default();
+            let now = OffsetDateTime::now_utc();
+            match RevocationList::parse_and_verify_in_bundle(&body, &bundle, known, now) {
                 Ok(crl) => {
                     let _ = self.cache.install(crl);
                 }
@@ -145,13 +118,10 @@ impl CaMode {
                     creds.id,
                     creds.serial
                 );
-                self.metrics
-                    .cert_refresh
-                    .with_label_values(&["cache"])
-                    .inc();
+                self.metrics.count_cert_refresh(Outcome::Cache);
                 self.store.publish(creds);
             }
-            Err((_, e)) => tracing::warn!("cached certificate not usable ({e}); enrolling"),
+            Err(e) => tracing::warn!("cached certificate not usable ({e}); enrolling"),
         }
     }
 
@@ -174,19 +144,24 @@ impl CaMode {
         .await;
     }
 
-    fn token(&self) -> Option<String> {
+    /// The enrollment token: the configured one, else the token file's content (read at each
+    /// attempt, so an operator can drop a new token in place), if it is not empty.
+    async fn token(&self) -> Option<String> {
         if let Some(t) = &self.settings.token {
             return Some(t.trim().to_string());
         }
-        let path = self.settings.token_file.as_ref()?;
-        std::fs::read_to_string(path)
+        let path = self.settings.token_file.clone()?;
+        off_runtime(move || std::fs::read_to_string(path))
+            .await
+            .ok()?
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
     }
 
     /// Renews with the current certificate, or enrolls with the token when there is no usable
-    /// certificate (none yet, expired, or refused by the CA).
+    /// certificate (none yet, expired, or refused by the CA). On failure nothing changes: the
+    /// current certificate keeps serving.
     async fn refresh(&self) -> Result<(), String> {
         let key = tether_certs::keys::generate_key().map_err(|e| e.to_string())?;
         let current = self
@@ -199,37 +174,41 @@ impl CaMode {
                     tether_certs::keys::generate_csr(&key, &creds.id).map_err(|e| e.to_string())?;
                 match self.client.renew(creds, &csr).await {
                     Ok(i) => i,
-                    Err(CaClientError::Refused { status, message })
-                        if status.as_u16() == 403 && self.token().is_some() =>
-                    {
-                        tracing::warn!("renewal refused ({message}); trying the enrollment token");
-                        self.enroll(&key).await?
+                    Err(e @ CaClientError::Refused { .. }) if e.is_forbidden() => {
+                        let Some(token) = self.token().await else {
+                            return Err(e.to_string());
+                        };
+                        tracing::warn!("renewal refused ({e}); trying the enrollment token");
+                        self.enroll(&key, &token).await?
                     }
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            None => self.enroll(&key).await?,
+            None => {
+                let token = self.token().await.ok_or_else(|| {
+                    "no usable certificate and no enrollment token (set ca.token_file or TETHER_PROXY_TOKEN)".to_string()
+                })?;
+                self.enroll(&key, &token).await?
+            }
         };
         if let Some(note) = &issued.note {
             tracing::info!("CA: {note}");
         }
-        self.adopt(issued, key)
+        self.adopt(issued, key).await
     }
 
-    async fn enroll(&self, key: &rcgen::KeyPair) -> Result<crate::ca_client::Issued, String> {
-        let token = self.token().ok_or_else(|| {
-            "no usable certificate and no enrollment token (set ca.token_file or TETHER_PROXY_TOKEN)".to_string()
-        })?;
+    async fn enroll(&self, key: &rcgen::KeyPair, token: &str) -> Result<Issued, String> {
         let csr = tether_certs::keys::generate_anonymous_csr(key).map_err(|e| e.to_string())?;
         let (bundle, _) = self.bundle();
         self.client
-            .enroll(&bundle, &token, &csr)
+            .enroll(&bundle, token, &csr)
             .await
             .map_err(|e| e.to_string())
     }
 
-    /// Builds, persists and publishes a freshly issued certificate.
-    fn adopt(&self, issued: crate::ca_client::Issued, key: rcgen::KeyPair) -> Result<(), String> {
+    /// Builds, persists and publishes a freshly issued certificate. If the CA's certificate is
+    /// unusable or cannot be cached, the current one keeps serving.
+    async fn adopt(&self, issued: Issued, key: rcgen::KeyPair) -> Result<(), String> {
         let chain =
             tether_certs::pem::certificates(issued.chain.as_bytes()).map_err(|e| e.to_string())?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -238,30 +217,18 @@ impl CaMode {
         if let Ok(b) = TrustBundle::from_pem(issued.bundle.as_bytes()) {
             if b.to_pem() != bundle.to_pem() {
                 bundle = b;
-                *self.bundle.lock().unwrap_or_else(|p| p.into_inner()) = (bundle.clone(), version);
-                let _ = crate::fsutil::write_atomic(
-                    &self.dir().join("bundle.pem"),
-                    bundle.to_pem().as_bytes(),
-                    0o644,
-                );
+                self.set_bundle(bundle.clone(), version);
+                let pem = bundle.to_pem().into_bytes();
+                if let Err(e) = self.state.cache_bundle(pem, None).await {
+                    tracing::warn!("{e}");
+                }
             }
         }
         let creds = Credentials::build(chain, key_der, bundle, self.cache.revocation())
-            .map_err(|(_, e)| format!("the CA issued an unusable certificate: {e}"))?;
-        // Key first, then the chain: a crash in between leaves a key that matches no chain and
-        // the cache is simply not used at the next start (re-enroll or renew).
-        crate::fsutil::write_atomic(
-            &self.dir().join("key.pem"),
-            key.serialize_pem().as_bytes(),
-            0o600,
-        )
-        .map_err(|e| format!("caching key: {e}"))?;
-        crate::fsutil::write_atomic(
-            &self.dir().join("chain.pem"),
-            issued.chain.as_bytes(),
-            0o644,
-        )
-        .map_err(|e| format!("caching certificate: {e}"))?;
+            .map_err(|e| format!("the CA issued an unusable certificate: {e}"))?;
+        self.state
+            .cache_credential(key.serialize_pem().into_bytes(), issued.chain.into_bytes())
+            .await?;
         tracing::info!(
             "new certificate {} serial {} valid until {}",
             creds.id,
@@ -275,7 +242,7 @@ impl CaMode {
         Ok(())
     }
 
-    /// Long-polls the CA's CRL forever.
+    /// Long-polls the CA's CRL forever, following the CA's bundle version as it goes.
     async fn crl_loop(self: Arc<Self>) {
         let mut backoff = Backoff::default();
         loop {
@@ -298,31 +265,8 @@ impl CaMode {
                     pem,
                     bundle_version,
                 }) => {
-                    let known = creds
-                        .as_deref()
-                        .map(|c| c.intermediates().to_vec())
-                        .unwrap_or_default();
-                    match verify_crl(&pem, &bundle, &known, OffsetDateTime::now_utc()) {
-                        Ok(crl) => {
-                            let number = crl.number();
-                            match self.cache.install(crl) {
-                                Ok(closed) => {
-                                    backoff = Backoff::default();
-                                    tracing::info!("CRL {number} installed ({closed} revoked connection(s) closed)");
-                                    if let Err(e) = crate::fsutil::write_atomic(
-                                        &self.dir().join("crl.pem"),
-                                        &pem,
-                                        0o644,
-                                    ) {
-                                        tracing::warn!("caching the CRL: {e}");
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::warn!("{e}");
-                                    tokio::time::sleep(backoff.next(None, rand01())).await;
-                                }
-                            }
-                        }
+                    match self.take_crl(&pem, creds.as_deref(), &bundle).await {
+                        Ok(()) => backoff = Backoff::default(),
                         Err(e) => {
                             tracing::warn!("{e}; keeping CRL {after}");
                             tokio::time::sleep(backoff.next(None, rand01())).await;
@@ -347,7 +291,29 @@ impl CaMode {
         }
     }
 
-    /// Fetches the CA's bundle and applies it to new handshakes.
+    /// Verifies a CRL the CA sent against the bundle (and our chain's CA certificates), installs
+    /// it and caches it. If it is refused (unverifiable or a rollback), the CRL in force stays.
+    async fn take_crl(
+        &self,
+        pem: &Bytes,
+        creds: Option<&Credentials>,
+        bundle: &TrustBundle,
+    ) -> Result<(), String> {
+        let known = creds.map(Credentials::intermediates).unwrap_or_default();
+        let now = OffsetDateTime::now_utc();
+        let crl = RevocationList::parse_and_verify_in_bundle(pem, bundle, known, now)
+            .map_err(|e| format!("CRL refused: {e}"))?;
+        let number = crl.number();
+        let closed = self.cache.install(crl).map_err(|e| e.to_string())?;
+        tracing::info!("CRL {number} installed ({closed} revoked connection(s) closed)");
+        if let Err(e) = self.state.cache_crl(pem.to_vec()).await {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+
+    /// Fetches the CA's bundle and applies it to new handshakes. If it cannot be fetched, does
+    /// not parse, or would not verify our own certificate, ours is kept.
     async fn update_bundle(&self, announced: u64) {
         let (bundle, _) = self.bundle();
         let fetched = match self.client.bundle(&bundle).await {
@@ -374,21 +340,13 @@ impl CaMode {
             "trust bundle version {version} applied ({} root(s))",
             new.len()
         );
-        let _ = crate::fsutil::write_atomic(
-            &self.dir().join("bundle.pem"),
-            new.to_pem().as_bytes(),
-            0o644,
-        );
-        let _ = crate::fsutil::write_atomic(
-            &self.dir().join("bundle.version"),
-            version.to_string().as_bytes(),
-            0o644,
-        );
-        *self.bundle.lock().unwrap_or_else(|p| p.into_inner()) = (new, version);
+        let cached = self
+            .state
+            .cache_bundle(new.to_pem().into_bytes(), Some(version))
+            .await;
+        if let Err(e) = cached {
+            tracing::warn!("{e}");
+        }
+        self.set_bundle(new, version);
     }
-}
-
-/// The state directory's path for `name` (for tests and `/identity`).
-pub fn state_file(settings: &CaSettings, name: &str) -> PathBuf {
-    settings.state_dir.join(name)
 }

@@ -1,70 +1,130 @@
 //! File mode: watch the `[identity]` files and publish a new credential when a complete,
 //! consistent set appears; a broken or mismatched set keeps the old credential and says why.
+//!
+//! Every look at the disk (the change check and the reload) runs on tokio's blocking pool, as the
+//! policy reloader's does, so a slow or stalled file system never holds up the worker threads
+//! that carry traffic.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tether_certs::RevocationList;
+
 use crate::config::IdentityFiles;
-use crate::identity::{Credentials, IdentityStore};
-use crate::metrics::Metrics;
+use crate::identity::{Credentials, IdentityError, IdentityStore};
+use crate::metrics::{Metrics, Outcome};
 use crate::revocation::RevocationCache;
 
-use super::FILE_POLL;
+use super::{off_runtime, FILE_POLL};
 
-/// Watches `[identity]` files and publishes a new credential when a consistent set appears.
+/// What the change check compares: (modified, length) of each file, `None` for a missing one.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+/// Watches `[identity]` files and publishes a new credential when a consistent set appears. If
+/// a reload fails, the old credential (and CRL) stay in force and the failure is logged and
+/// counted; the next change is tried again.
 pub async fn watch_files(
     files: IdentityFiles,
     store: IdentityStore,
     cache: Arc<RevocationCache>,
     metrics: Metrics,
 ) {
-    let stamp = |files: &IdentityFiles| -> Vec<Option<(SystemTime, u64)>> {
-        [
-            Some(&files.cert),
-            Some(&files.key),
-            Some(&files.bundle),
-            files.crl.as_ref(),
-        ]
-        .into_iter()
-        .map(|p| {
-            p.and_then(|p| std::fs::metadata(p).ok())
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
-    };
-    let mut last = stamp(&files);
+    let mut last = stamp_off_runtime(&files).await;
     loop {
         tokio::time::sleep(FILE_POLL).await;
-        let now = stamp(&files);
+        let now = stamp_off_runtime(&files).await;
         if now == last {
             continue;
         }
         last = now;
-        match Credentials::load_files(&files, cache.revocation()) {
-            Ok((creds, crl)) => {
-                if let Some(crl) = crl {
-                    if let Err(e) = cache.install(crl) {
-                        metrics.cert_refresh.with_label_values(&["error"]).inc();
-                        tracing::warn!(
-                            "new CRL file refused, keeping the old credential and CRL: {e}"
-                        );
-                        continue;
-                    }
-                }
-                tracing::info!(
-                    "reloaded certificate {} (serial {}) from files",
-                    creds.id,
-                    creds.serial
-                );
-                metrics.cert_refresh.with_label_values(&["ok"]).inc();
-                store.publish(creds);
-            }
-            Err(e) => {
-                metrics.cert_refresh.with_label_values(&["error"]).inc();
-                tracing::warn!(
-                    "certificate files changed but are unusable, keeping the old credential: {e}"
-                );
-            }
+        let (files, revocation) = (files.clone(), cache.revocation());
+        let loaded = off_runtime(move || Credentials::load_files(&files, revocation))
+            .await
+            .unwrap_or_else(|e| Err(IdentityError::Invalid("[identity] files".into(), e)));
+        let result = match loaded {
+            Ok((creds, crl)) => adopt(creds, crl, &store, &cache),
+            Err(e) => Err(format!(
+                "certificate files changed but are unusable, keeping the old credential: {e}"
+            )),
+        };
+        metrics.count_cert_refresh(Outcome::of(&result));
+        if let Err(e) = result {
+            tracing::warn!("{e}");
         }
+    }
+}
+
+/// Installs the reloaded CRL (if any) and then publishes the credential; a refused CRL keeps
+/// both the old credential and the old CRL.
+fn adopt(
+    creds: Credentials,
+    crl: Option<RevocationList>,
+    store: &IdentityStore,
+    cache: &RevocationCache,
+) -> Result<(), String> {
+    if let Some(crl) = crl {
+        cache.install(crl).map_err(|e| {
+            format!("new CRL file refused, keeping the old credential and CRL: {e}")
+        })?;
+    }
+    tracing::info!(
+        "reloaded certificate {} (serial {}) from files",
+        creds.id,
+        creds.serial
+    );
+    store.publish(creds);
+    Ok(())
+}
+
+/// [`stamp`] on the blocking pool; a failed look counts as "every file missing", which differs
+/// from any real stamp, so the next good look triggers a reload attempt.
+async fn stamp_off_runtime(files: &IdentityFiles) -> Stamp {
+    let files = files.clone();
+    off_runtime(move || stamp(&files)).await.unwrap_or_default()
+}
+
+/// The (modified, length) of each configured file.
+fn stamp(files: &IdentityFiles) -> Stamp {
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        Some(&files.bundle),
+        files.crl.as_ref(),
+    ]
+    .into_iter()
+    .map(|p| {
+        p.and_then(|p| std::fs::metadata(p).ok())
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_sees_a_rewrite_and_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = IdentityFiles {
+            cert: dir.path().join("chain.pem"),
+            key: dir.path().join("key.pem"),
+            bundle: dir.path().join("bundle.pem"),
+            crl: None,
+        };
+        for p in [&files.cert, &files.key, &files.bundle] {
+            std::fs::write(p, "x").unwrap();
+        }
+        let first = stamp(&files);
+        // No CRL configured: its slot is always `None`.
+        assert_eq!(first.len(), 4);
+        assert!(first[..3].iter().all(Option::is_some), "{first:?}");
+        assert_eq!(first[3], None);
+        assert_eq!(stamp(&files), first, "nothing changed");
+        // Same modification time is possible within the clock's resolution: the length differs.
+        std::fs::write(&files.key, "longer").unwrap();
+        assert_ne!(stamp(&files), first);
+        std::fs::remove_file(&files.bundle).unwrap();
+        assert_eq!(stamp(&files)[2], None);
     }
 }

@@ -13,6 +13,10 @@
 //!
 //! Either way new credentials are published on the [`IdentityStore`]: new handshakes use them at
 //! once, connections in flight finish on the old ones.
+//!
+//! Here: the renewal timing (`renew_at`, `Backoff`, `renewal_loop`) and the gauges. In
+//! `ca_mode`: enrollment, renewal, the CRL poller and bundle updates; in `state_dir`: the
+//! CA-mode cache on disk; in `files`: file mode.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,33 +26,36 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use crate::identity::{Credentials, IdentityStore};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::revocation::{OnStale, RevocationCache};
 
 mod ca_mode;
 mod files;
+mod state_dir;
 #[cfg(test)]
 mod tests;
 
-pub use ca_mode::{state_file, verify_crl, CaMode};
+pub use ca_mode::CaMode;
 pub use files::watch_files;
 
 /// Renewal happens at half the lifetime, ± this fraction of the lifetime, so a CA outage of up
 /// to half a lifetime costs nothing and a fleet issued at once does not renew at once.
-pub const RENEW_JITTER: f64 = 0.1;
-/// First retry delay after a failed renewal.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const RENEW_JITTER: f64 = 0.1;
+/// First retry delay after a failed renewal: a CA that blinked is retried at once.
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay: a recovered CA is noticed within this.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// How long one CRL long-poll waits at the CA.
-pub const CRL_WAIT: Duration = Duration::from_secs(30);
-/// How often `[identity]` files are checked for changes.
-pub const FILE_POLL: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How long one CRL long-poll waits at the CA: well under the CA's longest hold, so the CA
+/// answers 304 before any proxy or load balancer in between times the request out.
+pub(crate) const CRL_WAIT: Duration = Duration::from_secs(30);
+/// How often `[identity]` files are checked for changes: a second is quick enough for an
+/// operator replacing files and cheap (four `stat` calls).
+pub(crate) const FILE_POLL: Duration = Duration::from_secs(1);
 
 /// Wall-clock time that follows tokio's clock, so time-based logic can run under paused tokio
 /// time in tests while reading as real time in production.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
+pub(crate) struct Clock {
     wall: OffsetDateTime,
     mono: tokio::time::Instant,
 }
@@ -64,7 +71,8 @@ impl Default for Clock {
 
 impl Clock {
     /// A clock that reads `wall` now.
-    pub fn starting_at(wall: OffsetDateTime) -> Self {
+    #[cfg(test)]
+    pub(crate) fn starting_at(wall: OffsetDateTime) -> Self {
         Clock {
             wall,
             mono: tokio::time::Instant::now(),
@@ -72,14 +80,14 @@ impl Clock {
     }
 
     /// The current time.
-    pub fn now(&self) -> OffsetDateTime {
+    pub(crate) fn now(&self) -> OffsetDateTime {
         self.wall + self.mono.elapsed()
     }
 }
 
 /// When to renew a certificate valid from `not_before` to `not_after`: half-life plus
 /// `jitter` × [`RENEW_JITTER`] × lifetime, with `jitter` in [-1, 1].
-pub fn renew_at(
+pub(crate) fn renew_at(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     jitter: f64,
@@ -90,7 +98,7 @@ pub fn renew_at(
 
 /// Capped exponential backoff with jitter, tightened so retries keep happening before expiry.
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     attempt: u32,
 }
 
@@ -98,7 +106,7 @@ impl Backoff {
     /// The delay before the next retry. `left` is the time until the certificate expires (if
     /// any): the delay never exceeds half of it, so attempts keep coming until the last moment.
     /// `rand01` in [0, 1) spreads retries of many sidecars ("full jitter" over the upper half).
-    pub fn next(&mut self, left: Option<Duration>, rand01: f64) -> Duration {
+    pub(crate) fn next(&mut self, left: Option<Duration>, rand01: f64) -> Duration {
         let exp = BACKOFF_BASE
             .saturating_mul(1u32 << self.attempt.min(16))
             .min(BACKOFF_CAP);
@@ -115,7 +123,7 @@ impl Backoff {
 /// request), calls `refresh`, and on failure retries with [`Backoff`] while the old certificate
 /// keeps serving. `validity` reads the current certificate's (notBefore, notAfter); `None` means
 /// there is none yet and `refresh` is called at once (enrollment).
-pub async fn renewal_loop<R, Fut>(
+pub(crate) async fn renewal_loop<R, Fut>(
     validity: impl Fn() -> Option<(OffsetDateTime, OffsetDateTime)>,
     mut refresh: R,
     rotate: Arc<Notify>,
@@ -138,11 +146,11 @@ pub async fn renewal_loop<R, Fut>(
         loop {
             match refresh().await {
                 Ok(()) => {
-                    results.with_label_values(&["ok"]).inc();
+                    results.with_label_values(&[Outcome::Ok.as_str()]).inc();
                     break;
                 }
                 Err(e) => {
-                    results.with_label_values(&["error"]).inc();
+                    results.with_label_values(&[Outcome::Error.as_str()]).inc();
                     let left = validity()
                         .map(|(_, na)| (na - clock.now()).max(time::Duration::ZERO).unsigned_abs());
                     let delay = backoff.next(left, rand01());
@@ -160,6 +168,17 @@ pub async fn renewal_loop<R, Fut>(
 /// A uniform random number in [0, 1) (the thread RNG is not held across awaits).
 fn rand01() -> f64 {
     rand::thread_rng().gen()
+}
+
+/// Runs blocking file work on tokio's blocking pool, so a slow disk (an fsync, a stalled network
+/// mount) never holds up the worker threads that carry traffic. The error says the work panicked
+/// or was cancelled at shutdown.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("file work did not finish: {e}"))
 }
 
 /// Seconds of service left if nothing can be renewed from now on: the least of the leaf's

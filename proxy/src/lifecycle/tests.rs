@@ -48,6 +48,18 @@ struct Fake {
     fail_first: usize,
 }
 
+impl Fake {
+    /// A holder of a certificate valid over `validity` (none: not enrolled yet) whose first
+    /// `fail_first` refreshes fail.
+    fn new(validity: Option<(OffsetDateTime, OffsetDateTime)>, fail_first: usize) -> Arc<Self> {
+        Arc::new(Fake {
+            validity: StdMutex::new(validity),
+            attempts: StdMutex::new(Vec::new()),
+            fail_first,
+        })
+    }
+}
+
 fn spawn_loop(
     fake: Arc<Fake>,
     clock: Clock,
@@ -89,11 +101,7 @@ fn spawn_loop(
 #[tokio::test(start_paused = true)]
 async fn renews_at_half_life_then_again_for_the_new_certificate() {
     let clock = Clock::starting_at(t0());
-    let fake = Arc::new(Fake {
-        validity: StdMutex::new(Some((t0(), t0() + time::Duration::hours(1)))),
-        attempts: StdMutex::new(Vec::new()),
-        fail_first: 0,
-    });
+    let fake = Fake::new(Some((t0(), t0() + time::Duration::hours(1))), 0);
     let (task, results) = spawn_loop(fake.clone(), clock, Arc::new(Notify::new()));
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
     task.abort();
@@ -119,11 +127,7 @@ async fn renews_at_half_life_then_again_for_the_new_certificate() {
 async fn failed_renewals_back_off_and_keep_the_last_good_certificate() {
     let clock = Clock::starting_at(t0());
     let first_cert = (t0(), t0() + time::Duration::hours(1));
-    let fake = Arc::new(Fake {
-        validity: StdMutex::new(Some(first_cert)),
-        attempts: StdMutex::new(Vec::new()),
-        fail_first: 5,
-    });
+    let fake = Fake::new(Some(first_cert), 5);
     let (task, results) = spawn_loop(fake.clone(), clock, Arc::new(Notify::new()));
     tokio::time::sleep(Duration::from_secs(40 * 60)).await;
     task.abort();
@@ -149,11 +153,7 @@ async fn failed_renewals_back_off_and_keep_the_last_good_certificate() {
 async fn retries_keep_coming_until_expiry_and_never_extend_it() {
     let clock = Clock::starting_at(t0());
     let expiry = t0() + time::Duration::hours(1);
-    let fake = Arc::new(Fake {
-        validity: StdMutex::new(Some((t0(), expiry))),
-        attempts: StdMutex::new(Vec::new()),
-        fail_first: usize::MAX,
-    });
+    let fake = Fake::new(Some((t0(), expiry)), usize::MAX);
     let (task, _) = spawn_loop(fake.clone(), clock, Arc::new(Notify::new()));
     tokio::time::sleep(Duration::from_secs(3600 + 120)).await;
     task.abort();
@@ -186,11 +186,7 @@ async fn retries_keep_coming_until_expiry_and_never_extend_it() {
 #[tokio::test(start_paused = true)]
 async fn rotate_renews_now() {
     let clock = Clock::starting_at(t0());
-    let fake = Arc::new(Fake {
-        validity: StdMutex::new(Some((t0(), t0() + time::Duration::hours(1)))),
-        attempts: StdMutex::new(Vec::new()),
-        fail_first: 0,
-    });
+    let fake = Fake::new(Some((t0(), t0() + time::Duration::hours(1))), 0);
     let rotate = Arc::new(Notify::new());
     let (task, _) = spawn_loop(fake.clone(), clock, rotate.clone());
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -206,11 +202,7 @@ async fn rotate_renews_now() {
 #[tokio::test(start_paused = true)]
 async fn enrolls_at_once_without_a_certificate() {
     let clock = Clock::starting_at(t0());
-    let fake = Arc::new(Fake {
-        validity: StdMutex::new(None),
-        attempts: StdMutex::new(Vec::new()),
-        fail_first: 2,
-    });
+    let fake = Fake::new(None, 2);
     let (task, _) = spawn_loop(fake.clone(), clock, Arc::new(Notify::new()));
     tokio::time::sleep(Duration::from_secs(5)).await;
     task.abort();

@@ -1,0 +1,144 @@
+//! The CA client against real HTTPS servers on 127.0.0.1: the answer size limit (with and
+//! without a Content-Length), and how refusals are quoted.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// A trust bundle and a TLS server config for `127.0.0.1` that chains to it, as the CA has.
+fn pki() -> (TrustBundle, Arc<rustls::ServerConfig>) {
+    let td = tether_certs::TrustDomain::new("example.org").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let day = Duration::from_secs(86400);
+    let (root, _) = tether_certs::issue::new_root(&td, day, now).unwrap();
+    let (inter, _) = root.issue_intermediate(&td, day, now).unwrap();
+    let key = tether_certs::keys::generate_key().unwrap();
+    let leaf = inter
+        .issue_server(&key, &["127.0.0.1".to_string()], day, now)
+        .unwrap();
+    let mut bundle = TrustBundle::default();
+    bundle.push(root.cert().clone()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(tether_certs::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der, inter.cert().clone()], key)
+        .unwrap();
+    (bundle, Arc::new(config))
+}
+
+/// A one-connection HTTPS server that answers any request with a 200 (bundle version 3) and
+/// `body_len` bytes of body in 64 KiB chunks (chunked encoding if `chunked`), as fast as they
+/// are read.
+async fn serve_once(
+    config: Arc<rustls::ServerConfig>,
+    body_len: usize,
+    chunked: bool,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = tls.read(&mut buf).await;
+        let framing = if chunked {
+            "transfer-encoding: chunked".to_string()
+        } else {
+            format!("content-length: {body_len}")
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\n{framing}\r\n{}: 3\r\n\r\n",
+            wire::BUNDLE_VERSION_HEADER
+        );
+        if tls.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            let written = if chunked {
+                let mut framed = format!("{n:x}\r\n").into_bytes();
+                framed.extend_from_slice(&chunk[..n]);
+                framed.extend_from_slice(b"\r\n");
+                tls.write_all(&framed).await
+            } else {
+                tls.write_all(&chunk[..n]).await
+            };
+            if written.is_err() {
+                // The client stopped reading: exactly what a limit does.
+                return;
+            }
+            left -= n;
+        }
+        if chunked {
+            let _ = tls.write_all(b"0\r\n\r\n").await;
+        }
+        let _ = tls.flush().await;
+        let _ = tls.shutdown().await;
+    });
+    addr
+}
+
+async fn fetch_bundle(
+    body_len: usize,
+    chunked: bool,
+) -> Result<(Bytes, Option<u64>), CaClientError> {
+    let (bundle, config) = pki();
+    let addr = serve_once(config, body_len, chunked).await;
+    let client = CaClient::new(vec![format!("https://{addr}").parse().unwrap()]);
+    client.bundle(&bundle).await
+}
+
+#[tokio::test]
+async fn an_answer_within_the_limit_is_read_whole() {
+    let (body, version) = fetch_bundle(wire::MAX_RESPONSE_BODY, false).await.unwrap();
+    assert_eq!(body.len(), wire::MAX_RESPONSE_BODY);
+    assert_eq!(version, Some(3));
+}
+
+#[tokio::test]
+async fn an_oversized_answer_is_an_error_with_or_without_a_length() {
+    for chunked in [false, true] {
+        let err = fetch_bundle(wire::MAX_RESPONSE_BODY + 1, chunked)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("answer larger than"),
+            "chunked={chunked}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_limited_reader_stops_at_the_limit() {
+    let ok = read_limited(Full::new(Bytes::from(vec![0u8; 10])), 10).await;
+    assert_eq!(ok.unwrap().len(), 10);
+    let err = read_limited(Full::new(Bytes::from(vec![0u8; 11])), 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err, "answer larger than 10 bytes");
+}
+
+#[test]
+fn a_refusal_quotes_the_json_error_or_the_start_of_the_body() {
+    let json = refused(StatusCode::FORBIDDEN, br#"{"error":"certificate revoked"}"#);
+    assert!(json.is_forbidden());
+    assert_eq!(
+        json.to_string(),
+        "CA answered 403 Forbidden: certificate revoked"
+    );
+    let html = refused(StatusCode::BAD_GATEWAY, "<html>".repeat(100).as_bytes());
+    assert!(!html.is_forbidden());
+    let CaClientError::Refused { message, .. } = html else {
+        unreachable!()
+    };
+    assert_eq!(message.chars().count(), QUOTED_ERROR_CHARS);
+}
