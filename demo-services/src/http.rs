@@ -44,7 +44,7 @@ pub fn json(status: u16, value: &serde_json::Value) -> Response {
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        "application/json".parse().expect("static header"),
+        hyper::header::HeaderValue::from_static("application/json"),
     );
     r
 }

@@ -8,5 +8,10 @@
 //!
 //! # Layout
 //! - [`http`]: the tiny HTTP server and client the apps share.
+//!
+//! The bins live in `src/bin/`: `service-a.rs`, `service-b.rs`, `upstream-ok.rs`, and the demo
+//! driver `tether-demo/` (`main.rs`; `steps/`, one function per narrated step; `mesh.rs`, the
+//! ports and configs; `supervisor.rs`, the child processes; `narrate.rs`; `probes.rs`). The driver
+//! keeps its own HTTP and TLS probes because this crate depends on nothing in the workspace.
 
 pub mod http;
