@@ -34,10 +34,7 @@ async fn enroll_issues_a_leaf_for_the_tokens_identity_not_the_csrs() {
     // The CSR asks for the admin identity; the token says /ns/default/sa/web.
     let (key, csr) = csr_for("/tether/admin");
 
-    let resp = ca
-        .client()
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-        .await;
+    let resp = ca.client().enroll(&token, &csr).await;
 
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     assert_eq!(
@@ -101,7 +98,7 @@ async fn enroll_issues_a_leaf_for_the_tokens_identity_not_the_csrs() {
     let svid = spiffe::X509Svid::parse_from_der(&concatenated, &key.serialize_der())
         .expect("a SPIFFE library accepts the SVID with its key");
     assert_eq!(svid.spiffe_id().to_string(), wanted.as_str());
-    let listed = ca.authority.list(None).unwrap();
+    let listed = ca.issued();
     let rec = listed
         .iter()
         .find(|r| r.serial == facts.serial.to_string())
@@ -140,10 +137,7 @@ async fn enroll_ignores_ca_true_key_usages_and_extra_sans_in_the_csr() {
     ];
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
 
-    let resp = ca
-        .client()
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-        .await;
+    let resp = ca.client().enroll(&token, &csr).await;
 
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     let facts = cert_facts(resp.json()["certificate"].as_str().unwrap());
@@ -170,23 +164,12 @@ async fn an_enrollment_token_works_once() {
     let (_k2, csr2) = csr_for("/ns/default/sa/once");
     let client = ca.client();
 
-    let first = client
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr1}))
-        .await;
+    let first = client.enroll(&token, &csr1).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
-    let again = client
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr2}))
-        .await;
-    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
-    assert!(again.error().contains("already used"), "{}", again.error());
+    let again = client.enroll(&token, &csr2).await;
+    again.assert_error(StatusCode::UNAUTHORIZED, "already used");
     // Exactly one certificate came out of it.
-    let enrolled = ca
-        .authority
-        .list(None)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.method == "enroll")
-        .count();
+    let enrolled = ca.count_issued(|r| r.method == "enroll");
     assert_eq!(enrolled, 1);
 }
 
@@ -200,12 +183,7 @@ async fn concurrent_enrollments_with_one_token_issue_exactly_one_certificate() {
             let client = ca.client();
             let token = token.clone();
             let (_k, csr) = csr_for("/ns/default/sa/race");
-            tokio::spawn(async move {
-                client
-                    .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-                    .await
-                    .status
-            })
+            tokio::spawn(async move { client.enroll(&token, &csr).await.status })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -217,13 +195,7 @@ async fn concurrent_enrollments_with_one_token_issue_exactly_one_certificate() {
     assert!(statuses
         .iter()
         .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED));
-    let issued = ca
-        .authority
-        .list(None)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.spiffe_id == who.as_str())
-        .count();
+    let issued = ca.count_issued(|r| r.spiffe_id == who.as_str());
     assert_eq!(issued, 1);
 }
 
@@ -232,33 +204,18 @@ async fn unknown_and_expired_tokens_are_refused() {
     let ca = TestCa::start().await;
     let (_k, csr) = csr_for("/ns/default/sa/late");
 
-    let unknown = ca
-        .client()
-        .post_json(
-            "/v1/enroll",
-            &json!({"token": "tether-not-a-token", "csr": csr}),
-        )
-        .await;
-    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
-    assert!(unknown.error().contains("unknown"), "{}", unknown.error());
+    let unknown = ca.client().enroll("tether-not-a-token", &csr).await;
+    unknown.assert_error(StatusCode::UNAUTHORIZED, "unknown");
 
     let token = ca
         .authority
         .create_token(&id("/ns/default/sa/late"), Duration::from_secs(1))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let expired = ca
-        .client()
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-        .await;
-    assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
-    assert!(expired.error().contains("expired"), "{}", expired.error());
+    let expired = ca.client().enroll(&token, &csr).await;
+    expired.assert_error(StatusCode::UNAUTHORIZED, "expired");
     assert!(
-        ca.authority
-            .list(None)
-            .unwrap()
-            .iter()
-            .all(|r| r.method != "enroll"),
+        ca.issued().iter().all(|r| r.method != "enroll"),
         "nothing was issued"
     );
 }
@@ -272,22 +229,16 @@ async fn bad_csrs_are_400_with_a_message_and_do_not_consume_the_token() {
     let enroll = |csr: String| {
         let client = client.clone();
         let token = token.clone();
-        async move {
-            client
-                .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-                .await
-        }
+        async move { client.enroll(&token, &csr).await }
     };
 
     // Not a CSR at all.
     let r = enroll("this is not a CSR".into()).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().contains("malformed CSR"), "{}", r.error());
+    r.assert_error(StatusCode::BAD_REQUEST, "malformed CSR");
 
     // A PEM block that is a certificate, not a CSR.
     let r = enroll(read(ca.dir.join("bundle.pem"))).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().contains("CSR"), "{}", r.error());
+    r.assert_error(StatusCode::BAD_REQUEST, "CSR");
 
     // A well-formed CSR whose signature was tampered with.
     let key = generate_key().unwrap();
@@ -296,14 +247,12 @@ async fn bad_csrs_are_400_with_a_message_and_do_not_consume_the_token() {
     let last = der.len() - 1;
     der[last] ^= 0x01;
     let r = enroll(tether_certs::pem::encode("CERTIFICATE REQUEST", &der)).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().contains("signature"), "{}", r.error());
+    r.assert_error(StatusCode::BAD_REQUEST, "signature");
 
     // A valid CSR for a key type the CA does not issue for.
     let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     let r = enroll(generate_csr(&p384, &wanted).unwrap()).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().contains("P-256"), "{}", r.error());
+    r.assert_error(StatusCode::BAD_REQUEST, "P-256");
 
     // None of that used the token up.
     let r = enroll(good).await;
@@ -332,19 +281,15 @@ async fn malformed_bodies_are_400() {
     );
 
     let invalid = client.post_bytes("/v1/enroll", "{\"token\": ").await;
-    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
-    assert!(invalid.error().contains("JSON"), "{}", invalid.error());
+    invalid.assert_error(StatusCode::BAD_REQUEST, "JSON");
 
     let missing = client
         .post_json("/v1/enroll", &json!({"token": token}))
         .await;
-    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
-    assert!(missing.error().contains("csr"), "{}", missing.error());
+    missing.assert_error(StatusCode::BAD_REQUEST, "csr");
 
     // The token survived all three.
-    let ok = client
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-        .await;
+    let ok = client.enroll(&token, &csr).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
 }
 
@@ -358,8 +303,7 @@ async fn bodies_over_64_kib_are_413_whether_sized_or_chunked() {
     // With Content-Length.
     let big = format!("{{\"token\":\"t\",\"csr\":\"{}\"}}", "A".repeat(limit));
     let r = client.post_bytes("/v1/enroll", big.clone()).await;
-    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(r.error().contains("65536"), "{}", r.error());
+    r.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "65536");
 
     // Chunked, so the size is only known while reading.
     let mut raw = String::from(
@@ -393,8 +337,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     let client = ca.client();
 
     let r = client.get("/v1/nothing-here").await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert!(r.error().contains("/v1/nothing-here"), "{}", r.error());
+    r.assert_error(StatusCode::NOT_FOUND, "/v1/nothing-here");
     assert_eq!(client.get("/").await.status, StatusCode::NOT_FOUND);
 
     for (method, path) in [
@@ -436,10 +379,7 @@ async fn renew_keeps_the_identity_with_a_fresh_key_and_serial() {
 
     // The renewal CSR asks for another identity; the CA must keep the caller's.
     let (new_key, csr) = csr_for("/tether/admin");
-    let resp = ca
-        .client_with(&first.chain, &first.key_pem())
-        .post_json("/v1/renew", &json!({"csr": csr}))
-        .await;
+    let resp = ca.client_as(&first).renew(&csr).await;
 
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     let second = Enrolled::from_response(&resp.json(), new_key);
@@ -452,20 +392,11 @@ async fn renew_keeps_the_identity_with_a_fresh_key_and_serial() {
 
     // The renewed certificate is itself good for the next renewal.
     let (_k3, csr3) = csr_for("/ns/default/sa/web");
-    let third = ca
-        .client_with(&second.chain, &second.key_pem())
-        .post_json("/v1/renew", &json!({"csr": csr3}))
-        .await;
+    let third = ca.client_as(&second).renew(&csr3).await;
     assert_eq!(third.status, StatusCode::OK, "{}", third.text());
     assert_eq!(third.json()["spiffe_id"], web.as_str());
 
-    let renewed = ca
-        .authority
-        .list(None)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.method == "renew" && r.spiffe_id == web.as_str())
-        .count();
+    let renewed = ca.count_issued(|r| r.method == "renew" && r.spiffe_id == web.as_str());
     assert_eq!(renewed, 2);
 }
 
@@ -473,31 +404,20 @@ async fn renew_keeps_the_identity_with_a_fresh_key_and_serial() {
 async fn renew_without_a_client_certificate_is_401() {
     let ca = TestCa::start().await;
     let (_k, csr) = csr_for("/ns/default/sa/web");
-    let r = ca
-        .client()
-        .post_json("/v1/renew", &json!({"csr": csr}))
-        .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(r.error().contains("certificate"), "{}", r.error());
+    let r = ca.client().renew(&csr).await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "certificate");
 }
 
 #[tokio::test]
 async fn renew_with_a_revoked_certificate_is_403() {
     let ca = TestCa::start().await;
     let cred = ca.enroll(&id("/ns/default/sa/gone")).await;
-    let revoked = ca
-        .admin()
-        .post_json("/v1/revoke", &json!({"serial": cred.serial}))
-        .await;
+    let revoked = ca.admin().revoke(&json!({"serial": cred.serial})).await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
 
     let (_k, csr) = csr_for("/ns/default/sa/gone");
-    let r = ca
-        .client_with(&cred.chain, &cred.key_pem())
-        .post_json("/v1/renew", &json!({"csr": csr}))
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(r.error().contains("revoked"), "{}", r.error());
+    let r = ca.client_as(&cred).renew(&csr).await;
+    r.assert_error(StatusCode::FORBIDDEN, "revoked");
 }
 
 #[tokio::test]
@@ -513,18 +433,9 @@ async fn renew_with_a_certificate_from_another_ca_is_403() {
         .unwrap();
 
     let (_k, csr) = csr_for("/ns/default/sa/web");
-    let r = ca
-        .client_with(&read(out.join("chain.pem")), &read(out.join("key.pem")))
-        .post_json("/v1/renew", &json!({"csr": csr}))
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
-    assert!(r.error().contains("trusted root"), "{}", r.error());
-    assert!(ca
-        .authority
-        .list(None)
-        .unwrap()
-        .iter()
-        .all(|r| r.method != "renew"));
+    let r = ca.client_from_dir(&out).renew(&csr).await;
+    r.assert_error(StatusCode::FORBIDDEN, "trusted root");
+    assert!(ca.issued().iter().all(|r| r.method != "renew"));
 
     // The foreign CA's admin credential may not revoke here either.
     let admin = ca
@@ -532,7 +443,7 @@ async fn renew_with_a_certificate_from_another_ca_is_403() {
             &read(other_dir.join("admin/chain.pem")),
             &read(other_dir.join("admin/key.pem")),
         )
-        .post_json("/v1/revoke", &json!({"serial": "01"}))
+        .revoke(&json!({"serial": "01"}))
         .await;
     assert_eq!(admin.status, StatusCode::FORBIDDEN, "{}", admin.text());
 }
@@ -574,28 +485,18 @@ async fn renew_with_an_expired_certificate_is_403() {
     let (_k, csr) = csr_for("/ns/default/sa/web");
     let r = ca
         .client_with(&chain, &key.serialize_pem())
-        .post_json("/v1/renew", &json!({"csr": csr}))
+        .renew(&csr)
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
-    assert!(r.error().contains("expired"), "{}", r.error());
+    r.assert_error(StatusCode::FORBIDDEN, "expired");
 }
 
 #[tokio::test]
 async fn renew_with_a_bad_csr_is_400_and_issues_nothing() {
     let ca = TestCa::start().await;
     let cred = ca.enroll(&id("/ns/default/sa/web")).await;
-    let r = ca
-        .client_with(&cred.chain, &cred.key_pem())
-        .post_json("/v1/renew", &json!({"csr": "garbage"}))
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().contains("malformed CSR"), "{}", r.error());
-    assert!(ca
-        .authority
-        .list(None)
-        .unwrap()
-        .iter()
-        .all(|r| r.method != "renew"));
+    let r = ca.client_as(&cred).renew("garbage").await;
+    r.assert_error(StatusCode::BAD_REQUEST, "malformed CSR");
+    assert!(ca.issued().iter().all(|r| r.method != "renew"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -612,10 +513,7 @@ async fn admin_revokes_and_the_crl_lists_the_serial() {
 
     let r = ca
         .admin()
-        .post_json(
-            "/v1/revoke",
-            &json!({"serial": cred.serial, "reason": "key-compromise"}),
-        )
+        .revoke(&json!({"serial": cred.serial, "reason": "key-compromise"}))
         .await;
 
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -628,9 +526,7 @@ async fn admin_revokes_and_the_crl_lists_the_serial() {
     assert_eq!(crl.number(), number);
     assert!(crl.revoked().contains(&serial), "the CRL lists {serial}");
     let rec = ca
-        .authority
-        .list(None)
-        .unwrap()
+        .issued()
         .into_iter()
         .find(|r| r.serial == cred.serial)
         .unwrap();
@@ -646,10 +542,7 @@ async fn admin_revokes_and_the_crl_lists_the_serial() {
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect::<Vec<_>>()
         .join(":");
-    let again = ca
-        .admin()
-        .post_json("/v1/revoke", &json!({"serial": colon_upper}))
-        .await;
+    let again = ca.admin().revoke(&json!({"serial": colon_upper})).await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.text());
     assert_eq!(again.json()["status"], "already_revoked");
     assert!(again.json()["revoked_at"].as_i64().is_some());
@@ -667,24 +560,15 @@ async fn only_the_admin_may_revoke() {
     let mallory = ca.enroll(&id("/ns/default/sa/mallory")).await;
     let body = json!({"serial": victim.serial});
 
-    let r = ca
-        .client_with(&mallory.chain, &mallory.key_pem())
-        .post_json("/v1/revoke", &body)
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(r.error().contains("only the admin"), "{}", r.error());
+    let r = ca.client_as(&mallory).revoke(&body).await;
+    r.assert_error(StatusCode::FORBIDDEN, "only the admin");
 
-    let r = ca.client().post_json("/v1/revoke", &body).await;
+    let r = ca.client().revoke(&body).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
     let serial: tether_certs::Serial = victim.serial.parse().unwrap();
     assert!(!ca.fetch_crl().await.revoked().contains(&serial));
-    assert!(ca
-        .authority
-        .list(None)
-        .unwrap()
-        .iter()
-        .all(|r| r.revoked_at.is_none()));
+    assert!(ca.nothing_revoked());
 }
 
 #[tokio::test]
@@ -693,32 +577,17 @@ async fn revoke_rejects_unknown_and_malformed_serials_and_reasons() {
     let admin = ca.admin();
     let cred = ca.enroll(&id("/ns/default/sa/web")).await;
 
-    let r = admin
-        .post_json("/v1/revoke", &json!({"serial": "0123456789abcdef"}))
-        .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert!(r.error().contains("0123456789abcdef"), "{}", r.error());
+    let r = admin.revoke(&json!({"serial": "0123456789abcdef"})).await;
+    r.assert_error(StatusCode::NOT_FOUND, "0123456789abcdef");
+
+    let r = admin.revoke(&json!({"serial": "not-hex"})).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "not-hex");
 
     let r = admin
-        .post_json("/v1/revoke", &json!({"serial": "not-hex"}))
+        .revoke(&json!({"serial": cred.serial, "reason": "felt-like-it"}))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().contains("not-hex"), "{}", r.error());
-
-    let r = admin
-        .post_json(
-            "/v1/revoke",
-            &json!({"serial": cred.serial, "reason": "felt-like-it"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.error().contains("felt-like-it"), "{}", r.error());
-    assert!(ca
-        .authority
-        .list(None)
-        .unwrap()
-        .iter()
-        .all(|r| r.revoked_at.is_none()));
+    r.assert_error(StatusCode::BAD_REQUEST, "felt-like-it");
+    assert!(ca.nothing_revoked());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -732,39 +601,22 @@ async fn metrics_count_issuance_revocation_and_failures() {
     let a = ca.enroll(&id("/ns/default/sa/a")).await;
     let _b = ca.enroll(&id("/ns/default/sa/b")).await;
     let (_k, csr) = csr_for("/ns/default/sa/a");
-    let renewed = ca
-        .client_with(&a.chain, &a.key_pem())
-        .post_json("/v1/renew", &json!({"csr": csr}))
-        .await;
+    let renewed = ca.client_as(&a).renew(&csr).await;
     assert_eq!(renewed.status, StatusCode::OK);
-    let revoked = ca
-        .admin()
-        .post_json("/v1/revoke", &json!({"serial": a.serial}))
-        .await;
+    let revoked = ca.admin().revoke(&json!({"serial": a.serial})).await;
     assert_eq!(revoked.status, StatusCode::OK);
     let crl_number = revoked.json()["crl_number"].as_u64().unwrap();
 
     // Failures, one of each.
-    let bad_token = client
-        .post_json("/v1/enroll", &json!({"token": "nope", "csr": csr}))
-        .await;
+    let bad_token = client.enroll("nope", &csr).await;
     assert_eq!(bad_token.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         client.post_bytes("/v1/enroll", "{").await.status,
         StatusCode::BAD_REQUEST
     );
+    assert_eq!(client.renew(&csr).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        client
-            .post_json("/v1/renew", &json!({"csr": csr}))
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        ca.admin()
-            .post_json("/v1/revoke", &json!({"serial": "abcdef"}))
-            .await
-            .status,
+        ca.admin().revoke(&json!({"serial": "abcdef"})).await.status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(client.get("/nowhere").await.status, StatusCode::NOT_FOUND);

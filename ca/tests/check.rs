@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::StatusCode;
-use serde_json::json;
 
 use common::*;
 use tether_ca::{Authority, InitOptions};
@@ -22,44 +21,66 @@ fn check(dir: &Path, args: &[&str]) -> (Option<i32>, Vec<String>) {
     (o.status.code(), lines)
 }
 
-fn init(dir: &Path, extra: &[&str]) {
+/// `tether-ca init --trust-domain TD EXTRA…` into `parent/ca`; returns that state dir.
+fn init(parent: &Path, extra: &[&str]) -> PathBuf {
+    let dir = parent.join("ca");
     let mut args = vec!["init", "--trust-domain", TD];
     args.extend_from_slice(extra);
-    assert_ok(&ca_cli(dir, &args), "init");
+    assert_ok(&ca_cli(&dir, &args), "init");
+    dir
+}
+
+/// [`check`] from async code: the binary blocks while the in-process CA's API must keep serving.
+async fn check_off_runtime(
+    dir: &Path,
+    args: &'static [&'static str],
+) -> (Option<i32>, Vec<String>) {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || check(&dir, args))
+        .await
+        .unwrap()
+}
+
+/// What `check` answers for a healthy CA: exit 0 and the single line "ok".
+fn healthy_report() -> (Option<i32>, Vec<String>) {
+    (Some(0), vec!["ok".to_string()])
+}
+
+/// Runs `check ARGS`, fails the test unless it exits 1 listing `count` problems, and returns the
+/// problem lines.
+fn problems(dir: &Path, args: &[&str], count: usize) -> Vec<String> {
+    let (code, lines) = check(dir, args);
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), count, "{lines:?}");
+    lines
 }
 
 #[test]
 fn a_healthy_ca_is_ok() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ca");
-    init(&dir, &[]);
-    assert_eq!(check(&dir, &[]), (Some(0), vec!["ok".to_string()]));
-    assert_eq!(
-        check(&dir, &["--warn-within", "29d"]),
-        (Some(0), vec!["ok".to_string()])
-    );
+    let dir = init(tmp.path(), &[]);
+    assert_eq!(check(&dir, &[]), healthy_report());
+    assert_eq!(check(&dir, &["--warn-within", "29d"]), healthy_report());
 }
 
 #[test]
 fn an_intermediate_or_root_expiring_within_the_window_is_a_problem() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ca");
-    init(&dir, &["--root-ttl", "5d", "--intermediate-ttl", "2d"]);
+    let dir = init(
+        tmp.path(),
+        &["--root-ttl", "5d", "--intermediate-ttl", "2d"],
+    );
 
     let (code, lines) = check(&dir, &["--warn-within", "1d"]);
-    assert_eq!((code, lines), (Some(0), vec!["ok".to_string()]));
+    assert_eq!((code, lines), healthy_report());
 
-    let (code, lines) = check(&dir, &["--warn-within", "3d"]);
-    assert_eq!(code, Some(1), "{lines:?}");
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let lines = problems(&dir, &["--warn-within", "3d"], 1);
     assert!(
         lines[0].starts_with("intermediate of generation 1 expires at"),
         "{lines:?}"
     );
 
-    let (code, lines) = check(&dir, &["--warn-within", "7d"]);
-    assert_eq!(code, Some(1));
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    let lines = problems(&dir, &["--warn-within", "7d"], 2);
     assert!(
         lines
             .iter()
@@ -73,31 +94,23 @@ fn an_intermediate_or_root_expiring_within_the_window_is_a_problem() {
     // Rotating to a long-lived pair clears the intermediate; the old root still expires soon
     // while it is in the bundle, until it is retired.
     assert_ok(&ca_cli(&dir, &["root", "rotate"]), "root rotate");
-    let (code, lines) = check(&dir, &["--warn-within", "7d"]);
-    assert_eq!(code, Some(1));
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let lines = problems(&dir, &["--warn-within", "7d"], 1);
     assert!(lines[0].contains("(generation 1)"), "{lines:?}");
     let old = Authority::open(&dir).unwrap().roots().unwrap()[0]
         .fingerprint
         .clone();
     assert_ok(&ca_cli(&dir, &["root", "retire", &old]), "root retire");
-    assert_eq!(
-        check(&dir, &["--warn-within", "7d"]),
-        (Some(0), vec!["ok".to_string()])
-    );
+    assert_eq!(check(&dir, &["--warn-within", "7d"]), healthy_report());
 }
 
 #[test]
 fn a_crl_past_its_next_update_is_a_problem_until_re_signed() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ca");
     // 2 s rather than 1: the re-signed CRL below must stay fresh while `check` runs, and
     // nextUpdate is stored in whole seconds.
-    init(&dir, &["--crl-validity", "2s"]);
+    let dir = init(tmp.path(), &["--crl-validity", "2s"]);
     std::thread::sleep(Duration::from_millis(3100));
-    let (code, lines) = check(&dir, &[]);
-    assert_eq!(code, Some(1));
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let lines = problems(&dir, &[], 1);
     assert!(
         lines[0].starts_with("CRL number 1 is stale: its nextUpdate"),
         "{lines:?}"
@@ -105,7 +118,7 @@ fn a_crl_past_its_next_update_is_a_problem_until_re_signed() {
     // `check` itself re-signs nothing.
     assert_eq!(check(&dir, &[]).0, Some(1));
     assert_ok(&ca_cli(&dir, &["crl"]), "crl");
-    assert_eq!(check(&dir, &[]), (Some(0), vec!["ok".to_string()]));
+    assert_eq!(check(&dir, &[]), healthy_report());
 }
 
 #[test]
@@ -129,9 +142,7 @@ fn a_leaf_outliving_its_issuer_is_a_problem() {
             generation: 1,
         })
         .unwrap();
-    let (code, lines) = check(&dir, &[]);
-    assert_eq!(code, Some(1));
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let lines = problems(&dir, &[], 1);
     assert!(
         lines[0].contains(&serial.to_string())
             && lines[0].contains("after its issuing intermediate"),
@@ -139,7 +150,7 @@ fn a_leaf_outliving_its_issuer_is_a_problem() {
     );
     // Revoked, it no longer matters.
     assert_ok(&ca_cli(&dir, &["revoke", &serial.to_string()]), "revoke");
-    assert_eq!(check(&dir, &[]), (Some(0), vec!["ok".to_string()]));
+    assert_eq!(check(&dir, &[]), healthy_report());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,19 +160,10 @@ async fn a_sidecar_holding_an_expiring_unrenewed_certificate_is_a_problem() {
     // A healthy sidecar: a fresh 1 h certificate. It expires within 7 d, but it is nowhere near
     // the point where it should have been renewed.
     let healthy = ca.enroll(&id("/ns/default/sa/healthy")).await;
-    let r = poll_crl(
-        &ca.client_with(&healthy.chain, &healthy.key_pem()),
-        &format!("after={n}"),
-        Some("healthy-1"),
-        Some(1),
-    )
-    .await;
+    let r = poll_after(&ca.client_as(&healthy), n, "healthy-1").await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
-    let dir = ca.dir.clone();
-    let (code, lines) = tokio::task::spawn_blocking(move || check(&dir, &[]))
-        .await
-        .unwrap();
-    assert_eq!((code, lines), (Some(0), vec!["ok".to_string()]));
+    let (code, lines) = check_off_runtime(&ca.dir, &[]).await;
+    assert_eq!((code, lines), healthy_report());
 
     // A sidecar whose certificate has a minute left of its 6 minutes (1 min + 5 min backdating):
     // it should have renewed long ago.
@@ -169,18 +171,9 @@ async fn a_sidecar_holding_an_expiring_unrenewed_certificate_is_a_problem() {
     ca.authority
         .issue_to_dir(&id("/ns/default/sa/stale"), Duration::from_secs(60), &out)
         .unwrap();
-    let r = poll_crl(
-        &ca.client_with(&read(out.join("chain.pem")), &read(out.join("key.pem"))),
-        &format!("after={n}"),
-        Some("stale-1"),
-        Some(1),
-    )
-    .await;
+    let r = poll_after(&ca.client_from_dir(&out), n, "stale-1").await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
-    let dir = ca.dir.clone();
-    let (code, lines) = tokio::task::spawn_blocking(move || check(&dir, &[]))
-        .await
-        .unwrap();
+    let (code, lines) = check_off_runtime(&ca.dir, &[]).await;
     assert_eq!(code, Some(1), "{lines:?}");
     assert_eq!(lines.len(), 1, "only the stale sidecar: {lines:?}");
     assert!(
@@ -189,30 +182,17 @@ async fn a_sidecar_holding_an_expiring_unrenewed_certificate_is_a_problem() {
         "{lines:?}"
     );
     // A window shorter than what it has left does not flag it.
-    let dir = ca.dir.clone();
-    let (code, _) = tokio::task::spawn_blocking(move || check(&dir, &["--warn-within", "10s"]))
-        .await
-        .unwrap();
+    let (code, _) = check_off_runtime(&ca.dir, &["--warn-within", "10s"]).await;
     assert_eq!(code, Some(0));
 }
 
 #[test]
 fn the_cli_says_when_a_leaf_was_cut_to_the_intermediates_expiry() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ca");
-    init(&dir, &["--intermediate-ttl", "2h"]);
+    let dir = init(tmp.path(), &["--intermediate-ttl", "2h"]);
     let out = tmp.path().join("w");
-    let o = ca_cli(
-        &dir,
-        &[
-            "issue",
-            id("/ns/default/sa/w").as_str(),
-            "--out",
-            out.to_str().unwrap(),
-            "--ttl",
-            "5h",
-        ],
-    );
+    let issue = |ttl: &str| ca_issue(&dir, id("/ns/default/sa/w").as_str(), &out, &["--ttl", ttl]);
+    let o = issue("5h");
     assert_ok(&o, "issue");
     assert!(
         stdout(&o).contains("note: lifetime shortened to end with the issuing CA certificate"),
@@ -227,17 +207,7 @@ fn the_cli_says_when_a_leaf_was_cut_to_the_intermediates_expiry() {
     );
 
     // A lifetime that fits says nothing.
-    let o = ca_cli(
-        &dir,
-        &[
-            "issue",
-            id("/ns/default/sa/w").as_str(),
-            "--out",
-            out.to_str().unwrap(),
-            "--ttl",
-            "1h",
-        ],
-    );
+    let o = issue("1h");
     assert_ok(&o, "issue");
     assert!(!stdout(&o).contains("note:"), "{}", stdout(&o));
 }
@@ -252,10 +222,7 @@ async fn the_api_says_when_a_leaf_was_cut_to_the_intermediates_expiry() {
     let token = ca.token(&web);
     let key = tether_certs::keys::generate_key().unwrap();
     let csr = tether_certs::keys::generate_csr(&key, &web).unwrap();
-    let r = ca
-        .client()
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-        .await;
+    let r = ca.client().enroll(&token, &csr).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let body = r.json();
     let note = body["note"].as_str().expect("a note");
@@ -269,10 +236,7 @@ async fn the_api_says_when_a_leaf_was_cut_to_the_intermediates_expiry() {
     let cred = Enrolled::from_response(&body, key);
     let k = tether_certs::keys::generate_key().unwrap();
     let csr = tether_certs::keys::generate_csr(&k, &web).unwrap();
-    let r = ca
-        .client_with(&cred.chain, &cred.key_pem())
-        .post_json("/v1/renew", &json!({"csr": csr}))
-        .await;
+    let r = ca.client_as(&cred).renew(&csr).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(r.json()["note"]
         .as_str()

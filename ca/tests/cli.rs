@@ -8,19 +8,10 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
 use tether_ca::Authority;
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
 
 /// `tether-ca --state-dir DIR init --trust-domain test.tether`, asserting success.
 fn cli_init(dir: &Path) {
@@ -30,17 +21,7 @@ fn cli_init(dir: &Path) {
 
 /// Issues `path` for `ttl` into `out` with the CLI and returns the serial.
 fn cli_issue(dir: &Path, path: &str, ttl: &str, out: &Path) -> String {
-    let o = ca_cli(
-        dir,
-        &[
-            "issue",
-            id(path).as_str(),
-            "--out",
-            out.to_str().unwrap(),
-            "--ttl",
-            ttl,
-        ],
-    );
+    let o = ca_issue(dir, id(path).as_str(), out, &["--ttl", ttl]);
     assert_ok(&o, "issue");
     cert_facts(&read(out.join("cert.pem"))).serial.to_string()
 }
@@ -82,17 +63,9 @@ fn init_writes_the_state_dir_with_private_keys_0600() {
         stdout(&out)
     );
 
-    for key in [
-        "root/key.pem",
-        "intermediate/key.pem",
-        "server/key.pem",
-        "admin/key.pem",
-    ] {
-        assert_eq!(mode(&dir.join(key)), 0o600, "{key} mode");
+    assert_private_generation(&dir);
+    for key in GENERATION_KEYS {
         assert!(read(dir.join(key)).contains("PRIVATE KEY"));
-    }
-    for sub in ["", "root", "intermediate", "server", "admin"] {
-        assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/ mode");
     }
     for f in [
         "ca.db",
@@ -376,16 +349,12 @@ fn issue_writes_a_private_key_and_a_chain_that_verifies() {
     assert_eq!(rec["spiffe_id"], web.as_str());
 
     if have("openssl") {
-        let o = std::process::Command::new("openssl")
-            .arg("verify")
-            .arg("-CAfile")
-            .arg(out_dir.join("bundle.pem"))
-            .arg("-untrusted")
-            .arg(out_dir.join("chain.pem"))
-            .arg(out_dir.join("cert.pem"))
-            .output()
-            .unwrap();
-        assert_ok(&o, "openssl verify");
+        let (bundle, chain) = (out_dir.join("bundle.pem"), out_dir.join("chain.pem"));
+        let cert = out_dir.join("cert.pem");
+        let o = openssl_ok(
+            "openssl verify",
+            &[&"verify", &"-CAfile", &bundle, &"-untrusted", &chain, &cert],
+        );
         assert!(stdout(&o).contains("OK"), "{}", stdout(&o));
     }
 }
@@ -458,25 +427,20 @@ fn revoke_list_and_crl_agree_with_each_other_and_with_openssl() {
     assert!(printed.revoked().contains(&bad.parse().unwrap()));
 
     if have("openssl") {
-        let o = std::process::Command::new("openssl")
-            .args(["crl", "-text", "-noout", "-in"])
-            .arg(&crl_file)
-            .output()
-            .unwrap();
-        assert_ok(&o, "openssl crl");
+        let o = openssl_ok(
+            "openssl crl",
+            &[&"crl", &"-text", &"-noout", &"-in", &crl_file],
+        );
         let text = stdout(&o);
         assert!(text.contains(&bad.to_uppercase()), "{text}");
         assert!(!text.contains(&good.to_uppercase()), "{text}");
         assert!(text.contains("Superseded"), "{text}");
         // Signed by the intermediate.
-        let o = std::process::Command::new("openssl")
-            .args(["crl", "-noout", "-in"])
-            .arg(&crl_file)
-            .arg("-CAfile")
-            .arg(dir.join("intermediate/cert.pem"))
-            .output()
-            .unwrap();
-        assert_ok(&o, "openssl crl -CAfile");
+        let issuer = dir.join("intermediate/cert.pem");
+        let o = openssl_ok(
+            "openssl crl -CAfile",
+            &[&"crl", &"-noout", &"-in", &crl_file, &"-CAfile", &issuer],
+        );
         assert!(stderr(&o).contains("verify OK"), "{}", stderr(&o));
     }
 }
@@ -549,28 +513,15 @@ fn bad_identities_and_durations_exit_2_naming_the_argument() {
         &["<SPIFFE_ID>"],
     );
     assert_usage_error(
-        &ca_cli(
-            &dir,
-            &[
-                "issue",
-                "spiffe://test.tether/a/../b",
-                "--out",
-                out_dir.to_str().unwrap(),
-            ],
-        ),
+        &ca_issue(&dir, "spiffe://test.tether/a/../b", &out_dir, &[]),
         &["<SPIFFE_ID>"],
     );
     assert_usage_error(
-        &ca_cli(
+        &ca_issue(
             &dir,
-            &[
-                "issue",
-                id("/ns/default/sa/web").as_str(),
-                "--out",
-                out_dir.to_str().unwrap(),
-                "--ttl",
-                "5parsecs",
-            ],
+            id("/ns/default/sa/web").as_str(),
+            &out_dir,
+            &["--ttl", "5parsecs"],
         ),
         &["--ttl", "5parsecs"],
     );

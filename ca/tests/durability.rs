@@ -50,14 +50,7 @@ async fn serve(dir: &Path, log: &Path, extra: &[&str]) -> (tokio::process::Child
         if let Some(status) = child.try_wait().expect("try_wait") {
             panic!("tether-ca serve exited early with {status}");
         }
-        if let Ok(r) = client
-            .try_send(request(
-                http::Method::GET,
-                "/v1/bundle",
-                bytes::Bytes::new(),
-            ))
-            .await
-        {
+        if let Ok(r) = client.try_get("/v1/bundle").await {
             assert_eq!(r.status, StatusCode::OK);
             return (child, client);
         }
@@ -259,10 +252,7 @@ async fn acknowledged_enrollments_survive_sigkill() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
-    let crl = client
-        .try_send(request(http::Method::GET, "/v1/crl", bytes::Bytes::new()))
-        .await
-        .unwrap();
+    let crl = client.try_get("/v1/crl").await.unwrap();
     assert_eq!(crl.status, StatusCode::OK);
 
     // The optional plain-HTTP metrics listener serves the same registry.

@@ -55,7 +55,7 @@ async fn a_poll_with_a_client_certificate_records_the_sidecar() {
     let ca = TestCa::start().await;
     let web = id("/ns/default/sa/web");
     let cred = ca.enroll(&web).await;
-    let sidecar = ca.client_with(&cred.chain, &cred.key_pem());
+    let sidecar = ca.client_as(&cred);
     let n = ca.authority.latest_crl_number().unwrap();
     assert!(ca
         .authority
@@ -64,7 +64,7 @@ async fn a_poll_with_a_client_certificate_records_the_sidecar() {
         .is_empty());
 
     let before = now_unix();
-    let r = poll_crl(&sidecar, &format!("after={n}"), Some("web-7f3a"), Some(1)).await;
+    let r = poll_after(&sidecar, n, "web-7f3a").await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
 
     let fleet = ca.authority.fleet(Duration::from_secs(60)).unwrap();
@@ -98,8 +98,8 @@ async fn a_poll_with_a_client_certificate_records_the_sidecar() {
 
     // An unusable instance id (control characters, absurd length) falls back to the serial too.
     let long = "x".repeat(500);
-    poll_crl(&sidecar, &format!("after={n}"), Some(&long), Some(1)).await;
-    poll_crl(&sidecar, &format!("after={n}"), Some("a\tb"), Some(1)).await;
+    poll_after(&sidecar, n, &long).await;
+    poll_after(&sidecar, n, "a\tb").await;
     let fleet = ca.authority.fleet(Duration::from_secs(60)).unwrap();
     assert_eq!(fleet.len(), 2, "{fleet:?}");
     assert_eq!(
@@ -118,23 +118,14 @@ async fn polls_that_do_not_authenticate_are_answered_but_not_recorded() {
     let n = ca.authority.latest_crl_number().unwrap();
 
     // No client certificate.
-    let r = poll_crl(&ca.client(), &format!("after={n}"), Some("anon"), Some(1)).await;
+    let r = poll_after(&ca.client(), n, "anon").await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
 
     // A revoked certificate.
     let gone = ca.enroll(&id("/ns/default/sa/gone")).await;
-    let revoked = ca
-        .admin()
-        .post_json("/v1/revoke", &json!({"serial": gone.serial}))
-        .await;
+    let revoked = ca.admin().revoke(&json!({"serial": gone.serial})).await;
     assert_eq!(revoked.status, StatusCode::OK);
-    let r = poll_crl(
-        &ca.client_with(&gone.chain, &gone.key_pem()),
-        "after=0",
-        Some("gone"),
-        Some(1),
-    )
-    .await;
+    let r = poll_crl(&ca.client_as(&gone), "after=0", Some("gone"), Some(1)).await;
     assert_eq!(r.status, StatusCode::OK, "the CRL is still served");
     crl_and_signer(&r.body);
 
@@ -146,13 +137,7 @@ async fn polls_that_do_not_authenticate_are_answered_but_not_recorded() {
         .issue_to_dir(&id("/ns/default/sa/web"), HOUR, &out)
         .unwrap();
     let n = ca.authority.latest_crl_number().unwrap();
-    let r = poll_crl(
-        &ca.client_with(&read(out.join("chain.pem")), &read(out.join("key.pem"))),
-        &format!("after={n}"),
-        Some("foreign"),
-        Some(1),
-    )
-    .await;
+    let r = poll_after(&ca.client_from_dir(&out), n, "foreign").await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
 
     assert!(
@@ -171,14 +156,8 @@ async fn fleet_cli_and_fleet_size_metric_show_recent_sidecars() {
     let mut serials = vec![];
     for name in ["a", "b"] {
         let cred = ca.enroll(&id(&format!("/ns/default/sa/{name}"))).await;
-        let client = ca.client_with(&cred.chain, &cred.key_pem());
-        let r = poll_crl(
-            &client,
-            &format!("after={n}"),
-            Some(&format!("{name}-1")),
-            Some(1),
-        )
-        .await;
+        let client = ca.client_as(&cred);
+        let r = poll_after(&client, n, &format!("{name}-1")).await;
         assert_eq!(r.status, StatusCode::NOT_MODIFIED);
         serials.push(cred.serial);
     }

@@ -16,10 +16,7 @@ use tether_ca::store::{RenewalGate, Store};
 
 /// Issues `path` with the CLI into `tmp/<name>` and returns the serial.
 fn cli_issue(dir: &std::path::Path, path: &str, out: &std::path::Path) -> String {
-    let o = ca_cli(
-        dir,
-        &["issue", id(path).as_str(), "--out", out.to_str().unwrap()],
-    );
+    let o = ca_issue(dir, id(path).as_str(), out, &[]);
     assert_ok(&o, "issue");
     cert_facts(&read(out.join("cert.pem"))).serial.to_string()
 }
@@ -185,18 +182,15 @@ async fn admin_revokes_an_identity_over_the_api() {
 
     // Only the admin.
     let r = ca
-        .client_with(&other.chain, &other.key_pem())
-        .post_json("/v1/revoke", &json!({"id": web.as_str()}))
+        .client_as(&other)
+        .revoke(&json!({"id": web.as_str()}))
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
     // A cut-off in the past matches nothing.
     let r = ca
         .admin()
-        .post_json(
-            "/v1/revoke",
-            &json!({"id": web.as_str(), "before": "2000-01-01T00:00:00Z"}),
-        )
+        .revoke(&json!({"id": web.as_str(), "before": "2000-01-01T00:00:00Z"}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["revoked"], 0);
@@ -206,10 +200,7 @@ async fn admin_revokes_an_identity_over_the_api() {
 
     let r = ca
         .admin()
-        .post_json(
-            "/v1/revoke",
-            &json!({"id": web.as_str(), "reason": "privilege-withdrawn"}),
-        )
+        .revoke(&json!({"id": web.as_str(), "reason": "privilege-withdrawn"}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let body = r.json();
@@ -252,7 +243,7 @@ async fn admin_revokes_an_identity_over_the_api() {
         (json!({"id": "spiffe://other.example/x"}), "trust domain"),
         (json!({"id": "nope"}), ""),
     ] {
-        let r = ca.admin().post_json("/v1/revoke", &body).await;
+        let r = ca.admin().revoke(&body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
         assert!(r.error().contains(says), "{body}: {}", r.error());
     }
@@ -305,19 +296,9 @@ async fn renewal_with_a_revoked_certificate_is_refused_inside_the_recording_tran
         let csr = tether_certs::keys::generate_csr(&k, &web).unwrap();
         (k, csr)
     };
-    let r = ca
-        .client_with(&cred.chain, &cred.key_pem())
-        .post_json("/v1/renew", &json!({"csr": csr}))
-        .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
-    assert!(r.error().contains("revoked"), "{}", r.error());
-    let renewed = ca
-        .authority
-        .list(None)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.method == "renew")
-        .count();
+    let r = ca.client_as(&cred).renew(&csr).await;
+    r.assert_error(StatusCode::FORBIDDEN, "revoked");
+    let renewed = ca.count_issued(|r| r.method == "renew");
     assert_eq!(renewed, 0, "no renewal was recorded");
 }
 
@@ -328,7 +309,7 @@ async fn renewals_racing_a_revocation_never_outlive_it() {
     let ca = TestCa::start().await;
     let web = id("/ns/default/sa/web");
     let cred = ca.enroll(&web).await;
-    let client = ca.client_with(&cred.chain, &cred.key_pem());
+    let client = ca.client_as(&cred);
     // Two concurrent renewers, each going until it has been refused a few times (or a deadline).
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut renewers = vec![];
@@ -342,7 +323,7 @@ async fn renewals_racing_a_revocation_never_outlive_it() {
             while refused < 3 && Instant::now() < deadline {
                 let k = tether_certs::keys::generate_key().unwrap();
                 let csr = tether_certs::keys::generate_csr(&k, &web).unwrap();
-                let r = client.post_json("/v1/renew", &json!({"csr": csr})).await;
+                let r = client.renew(&csr).await;
                 match r.status {
                     StatusCode::OK => {
                         accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -363,20 +344,10 @@ async fn renewals_racing_a_revocation_never_outlive_it() {
         })
         .await
     );
-    let r = ca
-        .admin()
-        .post_json("/v1/revoke", &json!({"serial": cred.serial}))
-        .await;
+    let r = ca.admin().revoke(&json!({"serial": cred.serial})).await;
     assert_eq!(r.status, StatusCode::OK);
     // Every renewal recorded from here on would have been recorded after the revocation.
-    let renewed = |ca: &TestCa| {
-        ca.authority
-            .list(None)
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.method == "renew")
-            .count()
-    };
+    let renewed = |ca: &TestCa| ca.count_issued(|r| r.method == "renew");
     let at_revocation = renewed(&ca);
     for renewer in renewers {
         assert_eq!(
@@ -415,7 +386,7 @@ async fn revoke_wait_returns_once_every_polling_sidecar_acknowledged() {
     let mut sidecars = vec![];
     for name in ["a", "b"] {
         let cred = ca.enroll(&id(&format!("/ns/default/sa/{name}"))).await;
-        let client = ca.client_with(&cred.chain, &cred.key_pem());
+        let client = ca.client_as(&cred);
         sidecars.push(Sidecar::start(client, &format!("{name}-1"), n, 1));
     }
     let victim = ca.enroll(&id("/ns/default/sa/victim")).await;
@@ -447,10 +418,10 @@ async fn revoke_wait_fails_listing_a_sidecar_that_stopped_polling() {
     let ca = TestCa::start().await;
     let n = ca.authority.latest_crl_number().unwrap();
     let live = ca.enroll(&id("/ns/default/sa/live")).await;
-    let live = Sidecar::start(ca.client_with(&live.chain, &live.key_pem()), "live-1", n, 1);
+    let live = Sidecar::start(ca.client_as(&live), "live-1", n, 1);
     // The other sidecar polled once and then went quiet (crashed, partitioned).
     let dead = ca.enroll(&id("/ns/default/sa/dead")).await;
-    let dead_client = ca.client_with(&dead.chain, &dead.key_pem());
+    let dead_client = ca.client_as(&dead);
     let dead_poller = Sidecar::start(dead_client, "dead-1", n, 1);
     let web = id("/ns/default/sa/web");
     ca.enroll(&web).await;
@@ -508,15 +479,7 @@ async fn revoke_wait_fails_listing_a_sidecar_that_stopped_polling() {
     let tmp = tempfile::tempdir().unwrap();
     let quiet = init_state(tmp.path());
     let serial = {
-        let o = ca_cli(
-            &quiet,
-            &[
-                "issue",
-                web.as_str(),
-                "--out",
-                tmp.path().join("w").to_str().unwrap(),
-            ],
-        );
+        let o = ca_issue(&quiet, web.as_str(), &tmp.path().join("w"), &[]);
         assert_ok(&o, "issue");
         cert_facts(&read(tmp.path().join("w/cert.pem")))
             .serial

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,10 +16,6 @@ use serde_json::json;
 
 use common::*;
 use tether_ca::Authority;
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
 
 fn roots_json(dir: &Path) -> Vec<serde_json::Value> {
     let o = ca_cli(dir, &["root", "list", "--json"]);
@@ -130,14 +125,7 @@ async fn rotate_switches_signer_bundle_and_tls_certificate_of_a_running_server()
         assert_eq!(served[1], ders(&new_inter)[0]);
         assert_eq!(served[2], cross);
     }
-    let r = ca
-        .client_trusting(&new_root)
-        .try_send(request(
-            http::Method::GET,
-            "/v1/bundle",
-            bytes::Bytes::new(),
-        ))
-        .await;
+    let r = ca.client_trusting(&new_root).try_get("/v1/bundle").await;
     assert!(
         r.is_ok(),
         "a client trusting only the new root is served: {r:?}"
@@ -149,9 +137,7 @@ async fn rotate_switches_signer_bundle_and_tls_certificate_of_a_running_server()
     let token = ca.token(&web);
     let key = tether_certs::keys::generate_key().unwrap();
     let csr = tether_certs::keys::generate_csr(&key, &web).unwrap();
-    let r = both
-        .post_json("/v1/enroll", &json!({"token": token, "csr": csr}))
-        .await;
+    let r = both.enroll(&token, &csr).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let fresh = Enrolled::from_response(&r.json(), key);
     assert!(signed_by(
@@ -169,7 +155,7 @@ async fn rotate_switches_signer_bundle_and_tls_certificate_of_a_running_server()
     let csr = tether_certs::keys::generate_csr(&k, &id("/ns/default/sa/old")).unwrap();
     let r = ca
         .client_trusting_with(&bundle, &old_leaf.chain, &old_leaf.key_pem())
-        .post_json("/v1/renew", &json!({"csr": csr}))
+        .renew(&csr)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(chains_to(r.json()["chain"].as_str().unwrap(), &new_root));
@@ -185,19 +171,15 @@ async fn rotate_switches_signer_bundle_and_tls_certificate_of_a_running_server()
     let admin = ca.client_trusting_with(&bundle, &admin_chain, &read(ca.dir.join("admin/key.pem")));
     let r = ca
         .client_trusting_with(&bundle, &old_admin.0, &old_admin.1)
-        .post_json("/v1/revoke", &json!({"serial": old_leaf.serial}))
+        .revoke(&json!({"serial": old_leaf.serial}))
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
 
     // A CRL after the rotation is signed by the new intermediate and lists serials of every
     // generation.
-    let r = admin
-        .post_json("/v1/revoke", &json!({"serial": old_leaf.serial}))
-        .await;
+    let r = admin.revoke(&json!({"serial": old_leaf.serial})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let r = admin
-        .post_json("/v1/revoke", &json!({"serial": fresh.serial}))
-        .await;
+    let r = admin.revoke(&json!({"serial": fresh.serial})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = both.get("/v1/crl").await;
     let (crl, signers) = crl_and_signers(&r.body);
@@ -231,17 +213,7 @@ fn rotate_lays_out_generation_2_and_root_list_shows_both() {
     assert_ok(&o, "root rotate");
 
     let g2 = dir.join("generations/2");
-    for key in [
-        "root/key.pem",
-        "intermediate/key.pem",
-        "server/key.pem",
-        "admin/key.pem",
-    ] {
-        assert_eq!(mode(&g2.join(key)), 0o600, "{key}");
-    }
-    for sub in ["", "root", "intermediate", "server", "admin"] {
-        assert_eq!(mode(&g2.join(sub)), 0o700, "{sub}/");
-    }
+    assert_private_generation(&g2);
     assert_eq!(mode(&dir.join("generations")), 0o700);
     let leftovers: Vec<_> = std::fs::read_dir(dir.join("generations"))
         .unwrap()
@@ -285,15 +257,7 @@ fn rotate_lays_out_generation_2_and_root_list_shows_both() {
 
     // New leaves from the CLI chain to the new root.
     let out = tmp.path().join("w");
-    let o = ca_cli(
-        &dir,
-        &[
-            "issue",
-            id("/ns/default/sa/w").as_str(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = ca_issue(&dir, id("/ns/default/sa/w").as_str(), &out, &[]);
     assert_ok(&o, "issue");
     let new_root_pem = read(g2.join("root/cert.pem"));
     assert!(chains_to(&read(out.join("chain.pem")), &new_root_pem));
@@ -445,7 +409,7 @@ async fn retire_waits_for_every_recent_sidecar_to_report_the_new_bundle() {
     ));
     let sidecar = ca.client_trusting_with(&bundle, &cred.chain, &cred.key_pem());
     let n = ca.authority.latest_crl_number().unwrap();
-    let r = poll_crl(&sidecar, &format!("after={n}"), Some("web-1"), Some(1)).await;
+    let r = poll_after(&sidecar, n, "web-1").await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
 
     let old = fingerprint_of(&ca.dir, 1);
@@ -478,14 +442,7 @@ async fn retire_waits_for_every_recent_sidecar_to_report_the_new_bundle() {
         "the server serves the retired bundle"
     );
     let old_root = tether_certs::pem::encode("CERTIFICATE", &ders(&bundle)[0]);
-    let r = ca
-        .client_trusting(&old_root)
-        .try_send(request(
-            http::Method::GET,
-            "/v1/bundle",
-            bytes::Bytes::new(),
-        ))
-        .await;
+    let r = ca.client_trusting(&old_root).try_get("/v1/bundle").await;
     assert!(r.is_err(), "no chain to the retired root is served: {r:?}");
     let (_, signer) = crl_and_signer(&both.get("/v1/crl").await.body);
     assert_eq!(

@@ -237,13 +237,7 @@ impl Signer {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<(Signer, KeyPair), IssueError> {
-        let key = crate::keys::generate_key().map_err(|e| IssueError::CaMaterial(e.to_string()))?;
-        let mut params = ca_params(td, "intermediate", ttl, now)?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.not_after = params.not_after.min(self.not_after);
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let signer = Signer::from_der(cert.der().clone(), clone_key(&key)?)?;
+        let (_, key, signer) = self.new_intermediate(td, ttl, now)?;
         Ok((signer, key))
     }
 
@@ -259,6 +253,23 @@ impl Signer {
         now: OffsetDateTime,
         also_by: &Signer,
     ) -> Result<(Signer, KeyPair, CertificateDer<'static>), IssueError> {
+        let (mut params, key, signer) = self.new_intermediate(td, ttl, now)?;
+        // Same subject and key (so it names the same issuer for everything the intermediate
+        // signs), a serial of its own, and never past the certifying root.
+        params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
+        params.not_after = params.not_after.min(also_by.not_after);
+        let cross = params.signed_by(&key, &also_by.issuer)?;
+        Ok((signer, key, cross.der().clone()))
+    }
+
+    /// A new intermediate for `td` (path length 0, never past this signer) certified by this
+    /// signer: its params (kept so a cross-certificate can repeat its subject), key and signer.
+    fn new_intermediate(
+        &self,
+        td: &TrustDomain,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<(CertificateParams, KeyPair, Signer), IssueError> {
         let key = crate::keys::generate_key().map_err(|e| IssueError::CaMaterial(e.to_string()))?;
         let mut params = ca_params(td, "intermediate", ttl, now)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -266,12 +277,7 @@ impl Signer {
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;
         let signer = Signer::from_der(cert.der().clone(), clone_key(&key)?)?;
-        // Same subject and key (so it names the same issuer for everything the intermediate
-        // signs), a serial of its own, and never past the certifying root.
-        params.serial_number = Some(SerialNumber::from_slice(Serial::random().as_bytes()));
-        params.not_after = params.not_after.min(also_by.not_after);
-        let cross = params.signed_by(&key, &also_by.issuer)?;
-        Ok((signer, key, cross.der().clone()))
+        Ok((params, key, signer))
     }
 }
 

@@ -451,6 +451,17 @@ mod tests {
         format!("{prefix}{}", "a".repeat(len - prefix.len()))
     }
 
+    /// One `#[test]` per rejected input, named as the case: parsing the input fails with exactly
+    /// the given error.
+    macro_rules! rejects {
+        ($($name:ident: $input:expr => $want:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                assert_eq!(err($input), $want);
+            }
+        )*};
+    }
+
     // ---- accepts ----
 
     #[test]
@@ -513,158 +524,33 @@ mod tests {
 
     // ---- rejects ----
 
-    #[test]
-    fn rejects_empty() {
-        assert_eq!(err(""), E::Empty);
-    }
-
-    #[test]
-    fn rejects_other_scheme() {
-        assert_eq!(err("http://x/y"), E::MissingScheme);
-    }
-
-    #[test]
-    fn rejects_uppercase_scheme() {
-        assert_eq!(err("SPIFFE://x"), E::MissingScheme);
-    }
-
-    #[test]
-    fn rejects_single_slash_scheme() {
-        assert_eq!(err("spiffe:/x"), E::MissingScheme);
-    }
-
-    #[test]
-    fn rejects_missing_scheme() {
-        assert_eq!(err("example.org/x"), E::MissingScheme);
-    }
-
-    #[test]
-    fn rejects_scheme_only() {
-        assert_eq!(err("spiffe://"), E::EmptyTrustDomain);
-    }
-
-    #[test]
-    fn rejects_empty_trust_domain_with_path() {
-        assert_eq!(err("spiffe:///path"), E::EmptyTrustDomain);
-    }
-
-    #[test]
-    fn rejects_uppercase_trust_domain() {
-        assert_eq!(
-            err("spiffe://Example.org"),
-            E::InvalidTrustDomainChar { ch: 'E', index: 9 }
-        );
-    }
-
-    #[test]
-    fn rejects_space_in_trust_domain() {
-        assert_eq!(
-            err("spiffe://ex ample"),
-            E::InvalidTrustDomainChar { ch: ' ', index: 11 }
-        );
-    }
-
-    #[test]
-    fn rejects_port() {
-        assert_eq!(
-            err("spiffe://host:8080/x"),
-            E::InvalidTrustDomainChar { ch: ':', index: 13 }
-        );
-    }
-
-    #[test]
-    fn rejects_userinfo() {
-        assert_eq!(
-            err("spiffe://user@host/x"),
-            E::InvalidTrustDomainChar { ch: '@', index: 13 }
-        );
-    }
-
-    #[test]
-    fn rejects_query_in_trust_domain() {
-        assert_eq!(
-            err("spiffe://td?x"),
-            E::InvalidTrustDomainChar { ch: '?', index: 11 }
-        );
-    }
-
-    #[test]
-    fn rejects_trailing_slash_only() {
-        assert_eq!(err("spiffe://td/"), E::EmptySegment { segment: 1 });
-    }
-
-    #[test]
-    fn rejects_double_slash() {
-        assert_eq!(err("spiffe://td//x"), E::EmptySegment { segment: 1 });
-    }
-
-    #[test]
-    fn rejects_trailing_slash() {
-        assert_eq!(err("spiffe://td/a/"), E::EmptySegment { segment: 2 });
-    }
-
-    #[test]
-    fn rejects_dot_segment() {
-        assert_eq!(
-            err("spiffe://td/./x"),
-            E::DotSegment {
-                segment: 1,
-                value: "."
-            }
-        );
-    }
-
-    #[test]
-    fn rejects_dot_dot_segment() {
-        assert_eq!(
-            err("spiffe://td/a/.."),
-            E::DotSegment {
-                segment: 2,
-                value: ".."
-            }
-        );
-    }
-
-    #[test]
-    fn rejects_percent_encoding() {
-        assert_eq!(
-            err("spiffe://td/a%2Fb"),
-            E::InvalidPathChar { ch: '%', index: 13 }
-        );
-    }
-
-    #[test]
-    fn rejects_query() {
-        assert_eq!(
-            err("spiffe://td/a?b=c"),
-            E::InvalidPathChar { ch: '?', index: 13 }
-        );
-    }
-
-    #[test]
-    fn rejects_fragment() {
-        assert_eq!(
-            err("spiffe://td/a#frag"),
-            E::InvalidPathChar { ch: '#', index: 13 }
-        );
-    }
-
-    #[test]
-    fn rejects_space_in_path() {
-        assert_eq!(
-            err("spiffe://td/a b"),
-            E::InvalidPathChar { ch: ' ', index: 13 }
-        );
-    }
-
-    #[test]
-    fn rejects_non_ascii_path() {
-        assert_eq!(
-            err("spiffe://td/é"),
-            E::InvalidPathChar {
-                ch: 'é', index: 12
-            }
-        );
+    rejects! {
+        rejects_empty: "" => E::Empty;
+        rejects_other_scheme: "http://x/y" => E::MissingScheme;
+        rejects_uppercase_scheme: "SPIFFE://x" => E::MissingScheme;
+        rejects_single_slash_scheme: "spiffe:/x" => E::MissingScheme;
+        rejects_missing_scheme: "example.org/x" => E::MissingScheme;
+        rejects_scheme_only: "spiffe://" => E::EmptyTrustDomain;
+        rejects_empty_trust_domain_with_path: "spiffe:///path" => E::EmptyTrustDomain;
+        rejects_uppercase_trust_domain:
+            "spiffe://Example.org" => E::InvalidTrustDomainChar { ch: 'E', index: 9 };
+        rejects_space_in_trust_domain:
+            "spiffe://ex ample" => E::InvalidTrustDomainChar { ch: ' ', index: 11 };
+        rejects_port: "spiffe://host:8080/x" => E::InvalidTrustDomainChar { ch: ':', index: 13 };
+        rejects_userinfo:
+            "spiffe://user@host/x" => E::InvalidTrustDomainChar { ch: '@', index: 13 };
+        rejects_query_in_trust_domain:
+            "spiffe://td?x" => E::InvalidTrustDomainChar { ch: '?', index: 11 };
+        rejects_trailing_slash_only: "spiffe://td/" => E::EmptySegment { segment: 1 };
+        rejects_double_slash: "spiffe://td//x" => E::EmptySegment { segment: 1 };
+        rejects_trailing_slash: "spiffe://td/a/" => E::EmptySegment { segment: 2 };
+        rejects_dot_segment: "spiffe://td/./x" => E::DotSegment { segment: 1, value: "." };
+        rejects_dot_dot_segment: "spiffe://td/a/.." => E::DotSegment { segment: 2, value: ".." };
+        rejects_percent_encoding: "spiffe://td/a%2Fb" => E::InvalidPathChar { ch: '%', index: 13 };
+        rejects_query: "spiffe://td/a?b=c" => E::InvalidPathChar { ch: '?', index: 13 };
+        rejects_fragment: "spiffe://td/a#frag" => E::InvalidPathChar { ch: '#', index: 13 };
+        rejects_space_in_path: "spiffe://td/a b" => E::InvalidPathChar { ch: ' ', index: 13 };
+        rejects_non_ascii_path: "spiffe://td/é" => E::InvalidPathChar { ch: 'é', index: 12 };
     }
 
     #[test]
@@ -678,23 +564,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rejects_too_long() {
-        assert_eq!(
-            err(&id_of_len(SpiffeId::MAX_LEN + 1)),
-            E::TooLong { len: 2049 }
-        );
-    }
-
-    #[test]
-    fn rejects_nul_byte() {
-        assert_eq!(
-            err("spiffe://td/a\0b"),
-            E::InvalidPathChar {
-                ch: '\0',
-                index: 13
-            }
-        );
+    rejects! {
+        rejects_too_long: &id_of_len(SpiffeId::MAX_LEN + 1) => E::TooLong { len: 2049 };
+        rejects_nul_byte: "spiffe://td/a\0b" => E::InvalidPathChar { ch: '\0', index: 13 };
     }
 
     #[test]

@@ -21,6 +21,8 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+// A renamed import, not a type alias, so the public signatures still document `CertificateDer`.
+use rustls_pki_types::CertificateDer as Der;
 
 use crate::bundle::TrustBundle;
 use crate::crl::RevokedSet;
@@ -229,31 +231,61 @@ impl SvidVerifier {
 /// Checks a TLS 1.2 handshake signature with Tether's provider: the proof that the peer holds the
 /// key of the certificate it sent. Shared by every verifier, including ones that judge the
 /// certificate itself elsewhere (the CA API).
-pub fn verify_tls12(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    let algs = crate::provider().signature_verification_algorithms;
-    rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+pub fn verify_tls12(message: &[u8], cert: &Der, dss: &DigitallySignedStruct) -> SignatureResult {
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
 }
 
 /// The TLS 1.3 counterpart of [`verify_tls12`].
-pub fn verify_tls13(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    let algs = crate::provider().signature_verification_algorithms;
-    rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+pub fn verify_tls13(message: &[u8], cert: &Der, dss: &DigitallySignedStruct) -> SignatureResult {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
 }
 
 /// The signature schemes [`verify_tls12`] and [`verify_tls13`] accept.
 pub fn supported_schemes() -> Vec<SignatureScheme> {
-    crate::provider()
-        .signature_verification_algorithms
-        .supported_schemes()
+    algorithms().supported_schemes()
 }
+
+/// The signature algorithms of Tether's provider.
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    crate::provider().signature_verification_algorithms
+}
+
+/// Implements the three handshake-signature methods of rustls' `ClientCertVerifier` or
+/// `ServerCertVerifier` with [`verify_tls12`](crate::verify::verify_tls12),
+/// [`verify_tls13`](crate::verify::verify_tls13) and
+/// [`supported_schemes`](crate::verify::supported_schemes); use it inside the `impl` block.
+/// Every verifier in the workspace checks signatures this way and differs only in how it judges
+/// the certificate, and the two traits declare these methods separately, so the methods are
+/// written once here.
+#[macro_export]
+macro_rules! check_handshake_signatures {
+    () => {
+        $crate::check_handshake_signatures!(verify_tls12_signature => verify_tls12);
+        $crate::check_handshake_signatures!(verify_tls13_signature => verify_tls13);
+
+        fn supported_verify_schemes(&self) -> ::std::vec::Vec<::rustls::SignatureScheme> {
+            $crate::verify::supported_schemes()
+        }
+    };
+    // One signature method (the TLS 1.2 and 1.3 ones differ only in their names).
+    ($method:ident => $check:ident) => {
+        fn $method(
+            &self,
+            message: &[u8],
+            cert: &::rustls::pki_types::CertificateDer<'_>,
+            dss: &::rustls::DigitallySignedStruct,
+        ) -> $crate::verify::SignatureResult {
+            $crate::verify::$check(message, cert, dss)
+        }
+    };
+}
+
+/// What a handshake-signature check answers.
+pub type SignatureResult = Result<HandshakeSignatureValid, rustls::Error>;
+
+// Short names that keep the verifiers' certificate checks readable.
+type ClientVerdict = Result<ClientCertVerified, rustls::Error>;
+type ServerVerdict = Result<ServerCertVerified, rustls::Error>;
 
 /// Verifies client certificates on a TLS server (inbound sidecar, CA API).
 #[derive(Debug)]
@@ -285,43 +317,13 @@ impl ClientCertVerifier for SvidClientVerifier {
         &[]
     }
 
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.core.verify(
-            end_entity,
-            intermediates,
-            Usage::Client,
-            now,
-            &self.expected,
-        )?;
+    fn verify_client_cert(&self, leaf: &Der, chain: &[Der], now: UnixTime) -> ClientVerdict {
+        self.core
+            .verify(leaf, chain, Usage::Client, now, &self.expected)?;
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        supported_schemes()
-    }
+    crate::check_handshake_signatures!();
 }
 
 /// Verifies the server's certificate on a TLS client (outbound sidecar).
@@ -344,43 +346,18 @@ impl SvidServerVerifier {
 impl ServerCertVerifier for SvidServerVerifier {
     fn verify_server_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        leaf: &Der,
+        chain: &[Der],
+        _server_name: &ServerName,
+        _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.core.verify(
-            end_entity,
-            intermediates,
-            Usage::Server,
-            now,
-            &self.expected,
-        )?;
+    ) -> ServerVerdict {
+        self.core
+            .verify(leaf, chain, Usage::Server, now, &self.expected)?;
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        supported_schemes()
-    }
+    crate::check_handshake_signatures!();
 }
 
 /// A TLS 1.3-only server config for mesh traffic: ALPN h2 + http/1.1, no session resumption

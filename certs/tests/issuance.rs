@@ -19,9 +19,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use tether_certs::issue::{self, IssueError, Signer, CLOCK_SKEW};
+use tether_certs::issue::{self, IssueError, IssuedLeaf, Signer, CLOCK_SKEW};
 use tether_certs::keys;
 use tether_certs::{Serial, SpiffeId, TrustDomain};
+use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
@@ -31,6 +32,18 @@ fn td(name: &str) -> TrustDomain {
 
 fn csr_der(pem: &str) -> Vec<u8> {
     tether_certs::pem::block(pem.as_bytes(), "CERTIFICATE REQUEST").unwrap()
+}
+
+/// `pki`'s intermediate issues `id` over a fresh key at `at`, for `ttl` capped at `max_ttl`.
+fn issue_at(
+    pki: &Pki,
+    id: &SpiffeId,
+    ttl: Duration,
+    max_ttl: Duration,
+    at: OffsetDateTime,
+) -> Result<IssuedLeaf, IssueError> {
+    let key = keys::generate_key().unwrap();
+    pki.intermediate.issue_leaf(id, &key, ttl, max_ttl, at)
 }
 
 /// The URI SANs of a certificate, in order.
@@ -193,12 +206,8 @@ fn serials_are_positive_distinct_and_carry_at_least_64_random_bits() {
 #[test]
 fn not_before_is_backdated_by_five_minutes() {
     let pki = Pki::new(TD);
-    let key = keys::generate_key().unwrap();
     let at = now();
-    let leaf = pki
-        .intermediate
-        .issue_leaf(&pki.id("/svc"), &key, HOUR, DAY, at)
-        .unwrap();
+    let leaf = issue_at(&pki, &pki.id("/svc"), HOUR, DAY, at).unwrap();
     assert_eq!(CLOCK_SKEW, Duration::from_secs(300));
     assert_eq!(leaf.not_before, at - Duration::from_secs(300));
     with_cert(&leaf.der, |c| {
@@ -209,12 +218,8 @@ fn not_before_is_backdated_by_five_minutes() {
 #[test]
 fn not_after_is_now_plus_ttl_when_that_is_the_tightest_cap() {
     let pki = Pki::new(TD);
-    let key = keys::generate_key().unwrap();
     let at = now();
-    let leaf = pki
-        .intermediate
-        .issue_leaf(&pki.id("/svc"), &key, HOUR, DAY, at)
-        .unwrap();
+    let leaf = issue_at(&pki, &pki.id("/svc"), HOUR, DAY, at).unwrap();
     assert_eq!(leaf.not_after, at + HOUR);
     assert!(!leaf.shortened_to_issuer);
     with_cert(&leaf.der, |c| {
@@ -225,13 +230,9 @@ fn not_after_is_now_plus_ttl_when_that_is_the_tightest_cap() {
 #[test]
 fn not_after_is_capped_by_max_ttl() {
     let pki = Pki::new(TD);
-    let key = keys::generate_key().unwrap();
     let at = now();
     let max = Duration::from_secs(600);
-    let leaf = pki
-        .intermediate
-        .issue_leaf(&pki.id("/svc"), &key, DAY, max, at)
-        .unwrap();
+    let leaf = issue_at(&pki, &pki.id("/svc"), DAY, max, at).unwrap();
     assert_eq!(leaf.not_after, at + max);
     assert!(
         !leaf.shortened_to_issuer,
@@ -248,11 +249,7 @@ fn not_after_is_capped_by_the_issuer_and_the_caller_is_told() {
     // Intermediate with 30 minutes left; a 1 h leaf must stop when the intermediate does.
     let pki = Pki::with(TD, at, 30 * DAY, Duration::from_secs(1800));
     assert_eq!(pki.intermediate.not_after(), at + Duration::from_secs(1800));
-    let key = keys::generate_key().unwrap();
-    let leaf = pki
-        .intermediate
-        .issue_leaf(&pki.id("/svc"), &key, HOUR, DAY, at)
-        .unwrap();
+    let leaf = issue_at(&pki, &pki.id("/svc"), HOUR, DAY, at).unwrap();
     assert_eq!(leaf.not_after, pki.intermediate.not_after());
     assert!(leaf.shortened_to_issuer);
     with_cert(&leaf.der, |c| {
@@ -266,12 +263,8 @@ fn not_after_is_capped_by_the_issuer_and_the_caller_is_told() {
 #[test]
 fn absurd_ttls_are_capped_by_the_issuer_without_panicking() {
     let pki = Pki::new(TD);
-    let key = keys::generate_key().unwrap();
     let at = now();
-    let leaf = pki
-        .intermediate
-        .issue_leaf(&pki.id("/svc"), &key, Duration::MAX, Duration::MAX, at)
-        .unwrap();
+    let leaf = issue_at(&pki, &pki.id("/svc"), Duration::MAX, Duration::MAX, at).unwrap();
     assert_eq!(leaf.not_after, pki.intermediate.not_after());
     assert!(leaf.shortened_to_issuer);
 
@@ -289,11 +282,7 @@ fn absurd_ttls_are_capped_by_the_issuer_without_panicking() {
 #[test]
 fn the_bare_trust_domain_id_is_refused() {
     let pki = Pki::new(TD);
-    let key = keys::generate_key().unwrap();
-    let err = pki
-        .intermediate
-        .issue_leaf(&pki.td.id(), &key, HOUR, DAY, now())
-        .unwrap_err();
+    let err = issue_at(&pki, &pki.td.id(), HOUR, DAY, now()).unwrap_err();
     assert!(matches!(err, IssueError::Identity(..)), "{err:?}");
 }
 
@@ -302,35 +291,25 @@ fn an_expired_issuer_refuses_to_issue() {
     let at = now();
     // Created two hours ago with a one-hour intermediate: expired an hour ago.
     let pki = Pki::with(TD, at - 2 * HOUR, 30 * DAY, HOUR);
-    let key = keys::generate_key().unwrap();
-    let err = pki
-        .intermediate
-        .issue_leaf(&pki.id("/svc"), &key, HOUR, DAY, at)
-        .unwrap_err();
+    let err = issue_at(&pki, &pki.id("/svc"), HOUR, DAY, at).unwrap_err();
     assert!(matches!(err, IssueError::Lifetime(_)), "{err:?}");
 
     // At the very second it expires there is nothing left to give either.
-    let err = pki
-        .intermediate
-        .issue_leaf(
-            &pki.id("/svc"),
-            &key,
-            HOUR,
-            DAY,
-            pki.intermediate.not_after(),
-        )
-        .unwrap_err();
+    let err = issue_at(
+        &pki,
+        &pki.id("/svc"),
+        HOUR,
+        DAY,
+        pki.intermediate.not_after(),
+    )
+    .unwrap_err();
     assert!(matches!(err, IssueError::Lifetime(_)), "{err:?}");
 }
 
 #[test]
 fn a_zero_ttl_is_refused() {
     let pki = Pki::new(TD);
-    let key = keys::generate_key().unwrap();
-    let err = pki
-        .intermediate
-        .issue_leaf(&pki.id("/svc"), &key, Duration::ZERO, DAY, now())
-        .unwrap_err();
+    let err = issue_at(&pki, &pki.id("/svc"), Duration::ZERO, DAY, now()).unwrap_err();
     assert!(matches!(err, IssueError::Lifetime(_)), "{err:?}");
 }
 
@@ -660,33 +639,29 @@ fn garbage_truncated_and_empty_csrs_are_malformed() {
     }
 }
 
-fn csr_with(alg: &'static rcgen::SignatureAlgorithm) -> (KeyPair, Vec<u8>) {
+/// A CSR over a fresh `alg` key is refused as an unsupported key (only ECDSA P-256 is issued).
+fn assert_csr_key_unsupported(alg: &'static rcgen::SignatureAlgorithm) {
     let key = KeyPair::generate_for(alg).unwrap();
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![uri_san("spiffe://example.org/a")];
     let der = params.serialize_request(&key).unwrap().der().to_vec();
-    (key, der)
+    let err = issue::parse_csr(&der).unwrap_err();
+    assert!(matches!(err, IssueError::UnsupportedKey(_)), "{err:?}");
 }
 
 #[test]
 fn an_rsa_csr_is_refused_as_unsupported() {
-    let (_, der) = csr_with(&rcgen::PKCS_RSA_SHA256);
-    let err = issue::parse_csr(&der).unwrap_err();
-    assert!(matches!(err, IssueError::UnsupportedKey(_)), "{err:?}");
+    assert_csr_key_unsupported(&rcgen::PKCS_RSA_SHA256);
 }
 
 #[test]
 fn a_p384_csr_is_refused_as_unsupported() {
-    let (_, der) = csr_with(&rcgen::PKCS_ECDSA_P384_SHA384);
-    let err = issue::parse_csr(&der).unwrap_err();
-    assert!(matches!(err, IssueError::UnsupportedKey(_)), "{err:?}");
+    assert_csr_key_unsupported(&rcgen::PKCS_ECDSA_P384_SHA384);
 }
 
 #[test]
 fn an_ed25519_csr_is_refused_as_unsupported() {
-    let (_, der) = csr_with(&rcgen::PKCS_ED25519);
-    let err = issue::parse_csr(&der).unwrap_err();
-    assert!(matches!(err, IssueError::UnsupportedKey(_)), "{err:?}");
+    assert_csr_key_unsupported(&rcgen::PKCS_ED25519);
 }
 
 // ---------------------------------------------------------------------------------------------

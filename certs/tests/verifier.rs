@@ -67,6 +67,22 @@ struct Outcome {
     client: io::Result<Seen>,
 }
 
+impl Outcome {
+    /// The server refused the client for `want`, and the client learned that it was refused.
+    fn assert_server_refused(&self, want: &str) {
+        let err = self.server.as_ref().err();
+        assert_eq!(reason(&self.server), want, "{err:?}");
+        assert!(self.client.is_err(), "the client learns it was refused");
+    }
+
+    /// The client refused the server for `want`, and the server's side failed too.
+    fn assert_client_refused(&self, want: &str) {
+        let err = self.client.as_ref().err();
+        assert_eq!(reason(&self.client), want, "{err:?}");
+        assert!(self.server.is_err(), "the server's side fails too");
+    }
+}
+
 /// One connection: the server accepts, says "ping" and waits for "pong"; the client connects,
 /// reads "ping" (in TLS 1.3 this is where a client learns that its certificate was refused) and
 /// answers "pong".
@@ -160,6 +176,32 @@ fn client_cfg(
     Arc::new(client_config(svid.chain.clone(), svid.private_key(), verifier).unwrap())
 }
 
+/// A bundle holding the roots of all of `pkis`.
+fn bundle_of(pkis: &[&Pki]) -> TrustBundle {
+    let pem: String = pkis.iter().map(|p| p.root.cert_pem()).collect();
+    TrustBundle::from_pem(pem.as_bytes()).unwrap()
+}
+
+/// A client on Tether's provider with `versions`, verifying the server against `bundle` and
+/// presenting `svid`, but otherwise with rustls' defaults (so it would resume a session or speak
+/// TLS 1.2 if offered).
+fn default_client(
+    bundle: &TrustBundle,
+    svid: &Svid,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let core = Arc::new(SvidVerifier::new(bundle, none_revoked()));
+    let verifier = SvidServerVerifier::new(core, ExpectedPeer::AnyInBundle);
+    let config = ClientConfig::builder_with_provider(tether_certs::provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(svid.chain.clone(), svid.private_key())
+        .unwrap();
+    Arc::new(config)
+}
+
 /// A TLS 1.3 client that presents no certificate.
 fn anonymous_client(bundle: &TrustBundle) -> Arc<ClientConfig> {
     let core = Arc::new(SvidVerifier::new(bundle, none_revoked()));
@@ -195,13 +237,14 @@ impl Mesh {
 
     /// The server, requiring a client certificate from anyone in the bundle.
     fn server(&self) -> Arc<ServerConfig> {
-        server_cfg(
-            &self.pki.bundle(),
-            &self.server,
-            ExpectedPeer::AnyInBundle,
-            true,
-            none_revoked(),
-        )
+        self.server_expecting(ExpectedPeer::AnyInBundle, true)
+    }
+
+    /// The server, accepting the clients `expected` allows; a client certificate is required
+    /// when `mandatory`.
+    fn server_expecting(&self, expected: ExpectedPeer, mandatory: bool) -> Arc<ServerConfig> {
+        let bundle = self.pki.bundle();
+        server_cfg(&bundle, &self.server, expected, mandatory, none_revoked())
     }
 
     /// A client presenting `svid` and expecting the mesh's server identity.
@@ -226,14 +269,32 @@ impl Mesh {
     }
 }
 
+/// One handshake with a server of the mesh that trusts the mesh's root and a second trust
+/// domain's ([`FOREIGN_TD`]); the client presents the leaf `leaf` makes with that foreign PKI.
+async fn handshake_with_foreign_client(leaf: impl FnOnce(&Pki) -> Svid) -> Outcome {
+    let mesh = Mesh::new();
+    let foreign = Pki::new(FOREIGN_TD);
+    let bundle = bundle_of(&[&mesh.pki, &foreign]);
+    let server = server_cfg(
+        &bundle,
+        &mesh.server,
+        ExpectedPeer::AnyInBundle,
+        true,
+        none_revoked(),
+    );
+    let visitor = leaf(&foreign);
+    let expected = one_of(&[&mesh.pki.id("/server")]);
+    let client = client_cfg(&bundle, &visitor, expected, none_revoked());
+    handshake(server, client).await
+}
+
 /// The client presents a leaf made from `params` (signed by the real intermediate); the server
 /// must refuse it for `want`, and the client must not get to talk.
 async fn assert_client_cert_refused(params: rcgen::CertificateParams, want: &str) {
     let mesh = Mesh::new();
     let bad = mesh.pki.custom_leaf(&params);
     let out = handshake(mesh.server(), mesh.client_with(&bad)).await;
-    assert_eq!(reason(&out.server), want, "{:?}", out.server.as_ref().err());
-    assert!(out.client.is_err(), "the client learns it was refused");
+    out.assert_server_refused(want);
 }
 
 /// The server presents a leaf made from `params`; the client must refuse it for `want`.
@@ -241,8 +302,7 @@ async fn assert_server_cert_refused(params: rcgen::CertificateParams, want: &str
     let mesh = Mesh::new();
     let bad = mesh.pki.custom_leaf(&params);
     let out = handshake(mesh.server_with(&bad), mesh.client_with(&mesh.client)).await;
-    assert_eq!(reason(&out.client), want, "{:?}", out.client.as_ref().err());
-    assert!(out.server.is_err());
+    out.assert_client_refused(want);
 }
 
 const CLIENT_ID: &str = "spiffe://example.org/client";
@@ -270,13 +330,7 @@ async fn valid_client_and_server_see_each_others_spiffe_id() {
 #[tokio::test]
 async fn an_optional_client_certificate_may_be_absent() {
     let mesh = Mesh::new();
-    let server = server_cfg(
-        &mesh.pki.bundle(),
-        &mesh.server,
-        ExpectedPeer::AnyInBundle,
-        false,
-        none_revoked(),
-    );
+    let server = mesh.server_expecting(ExpectedPeer::AnyInBundle, false);
     let out = handshake(server.clone(), anonymous_client(&mesh.pki.bundle())).await;
     let seen = out.server.expect("handshake without a client certificate");
     assert!(seen.peer.is_none(), "no peer certificate");
@@ -291,29 +345,7 @@ async fn an_optional_client_certificate_may_be_absent() {
 #[tokio::test]
 async fn leaves_of_a_second_trust_domain_in_the_bundle_are_accepted() {
     // Control for the trust-domain binding test below: the foreign root really is trusted.
-    let mesh = Mesh::new();
-    let foreign = Pki::new(FOREIGN_TD);
-    let bundle = TrustBundle::from_pem(
-        [mesh.pki.root.cert_pem(), foreign.root.cert_pem()]
-            .concat()
-            .as_bytes(),
-    )
-    .unwrap();
-    let server = server_cfg(
-        &bundle,
-        &mesh.server,
-        ExpectedPeer::AnyInBundle,
-        true,
-        none_revoked(),
-    );
-    let visitor = foreign.leaf("/visitor");
-    let client = client_cfg(
-        &bundle,
-        &visitor,
-        one_of(&[&mesh.pki.id("/server")]),
-        none_revoked(),
-    );
-    let out = handshake(server, client).await;
+    let out = handshake_with_foreign_client(|foreign| foreign.leaf("/visitor")).await;
     assert_eq!(
         out.server.unwrap().peer.unwrap().as_str(),
         "spiffe://foreign.test/visitor"
@@ -329,8 +361,7 @@ async fn leaves_of_a_second_trust_domain_in_the_bundle_are_accepted() {
 async fn a_missing_client_certificate_is_no_cert_when_mandatory() {
     let mesh = Mesh::new();
     let out = handshake(mesh.server(), anonymous_client(&mesh.pki.bundle())).await;
-    assert_eq!(reason(&out.server), "no_cert");
-    assert!(out.client.is_err());
+    out.assert_server_refused("no_cert");
 }
 
 #[tokio::test]
@@ -339,8 +370,7 @@ async fn a_client_from_an_unknown_ca_is_unknown_ca() {
     // Same trust domain, a root the server never heard of.
     let stranger = Pki::new(TD).leaf("/client");
     let out = handshake(mesh.server(), mesh.client_with(&stranger)).await;
-    assert_eq!(reason(&out.server), "unknown_ca");
-    assert!(out.client.is_err());
+    out.assert_server_refused("unknown_ca");
 }
 
 #[tokio::test]
@@ -348,63 +378,47 @@ async fn a_server_from_an_unknown_ca_is_unknown_ca() {
     let mesh = Mesh::new();
     let stranger = Pki::new(TD).leaf("/server");
     let out = handshake(mesh.server_with(&stranger), mesh.client_with(&mesh.client)).await;
-    assert_eq!(reason(&out.client), "unknown_ca");
-    assert!(out.server.is_err());
+    out.assert_client_refused("unknown_ca");
 }
 
 #[tokio::test]
 async fn a_leaf_claiming_another_trust_domain_than_its_root_is_refused() {
     // Both roots are in the bundle, but the foreign CA signed a leaf that claims example.org:
     // a leaf is only checked against the roots of the trust domain it names.
-    let mesh = Mesh::new();
-    let foreign = Pki::new(FOREIGN_TD);
-    let bundle = TrustBundle::from_pem(
-        [mesh.pki.root.cert_pem(), foreign.root.cert_pem()]
-            .concat()
-            .as_bytes(),
-    )
-    .unwrap();
-    let server = server_cfg(
-        &bundle,
-        &mesh.server,
-        ExpectedPeer::AnyInBundle,
-        true,
-        none_revoked(),
-    );
-    let impostor = foreign.custom_leaf(&svid_params(CLIENT_ID));
-    let client = client_cfg(
-        &bundle,
-        &impostor,
-        one_of(&[&mesh.pki.id("/server")]),
-        none_revoked(),
-    );
-    let out = handshake(server, client).await;
-    assert_eq!(reason(&out.server), "unknown_ca");
-    assert!(out.client.is_err());
+    let out =
+        handshake_with_foreign_client(|foreign| foreign.custom_leaf(&svid_params(CLIENT_ID))).await;
+    out.assert_server_refused("unknown_ca");
 }
 
-#[tokio::test]
-async fn an_expired_client_certificate_is_expired() {
-    let mut params = svid_params(CLIENT_ID);
-    params.not_before = now() - 2 * HOUR;
-    params.not_after = now() - HOUR;
-    assert_client_cert_refused(params, "expired").await;
+/// One `#[tokio::test]` per case, named as the case: a leaf made from [`svid_params`] with the
+/// one edit is refused for the given reason by whoever it is presented to (`client`: the client
+/// presents it and the server refuses; `server`: the server presents it and the client refuses).
+macro_rules! leaf_refused_tests {
+    ($($name:ident: $side:ident, $reason:literal, |$p:ident| $edit:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            leaf_refused_tests!(@refused $side, $reason, |$p| $edit);
+        }
+    )*};
+    (@refused client, $reason:literal, |$p:ident| $edit:expr) => {{
+        let mut $p = svid_params(CLIENT_ID);
+        $edit;
+        assert_client_cert_refused($p, $reason).await;
+    }};
+    (@refused server, $reason:literal, |$p:ident| $edit:expr) => {{
+        let mut $p = svid_params(SERVER_ID);
+        $edit;
+        assert_server_cert_refused($p, $reason).await;
+    }};
 }
 
-#[tokio::test]
-async fn a_not_yet_valid_client_certificate_is_expired() {
-    let mut params = svid_params(CLIENT_ID);
-    params.not_before = now() + HOUR;
-    params.not_after = now() + 2 * HOUR;
-    assert_client_cert_refused(params, "expired").await;
-}
-
-#[tokio::test]
-async fn an_expired_server_certificate_is_expired() {
-    let mut params = svid_params(SERVER_ID);
-    params.not_before = now() - 2 * HOUR;
-    params.not_after = now() - HOUR;
-    assert_server_cert_refused(params, "expired").await;
+leaf_refused_tests! {
+    an_expired_client_certificate_is_expired: client, "expired",
+        |p| (p.not_before, p.not_after) = (now() - 2 * HOUR, now() - HOUR);
+    a_not_yet_valid_client_certificate_is_expired: client, "expired",
+        |p| (p.not_before, p.not_after) = (now() + HOUR, now() + 2 * HOUR);
+    an_expired_server_certificate_is_expired: server, "expired",
+        |p| (p.not_before, p.not_after) = (now() - 2 * HOUR, now() - HOUR);
 }
 
 #[tokio::test]
@@ -436,8 +450,7 @@ async fn a_revoked_client_is_refused_until_the_revocation_set_is_replaced() {
     let client = mesh.client_with(&mesh.client);
 
     let out = handshake(server.clone(), client.clone()).await;
-    assert_eq!(reason(&out.server), "revoked");
-    assert!(out.client.is_err());
+    out.assert_server_refused("revoked");
 
     // Another client of the same CA is unaffected.
     let other = mesh.pki.leaf("/other");
@@ -470,8 +483,7 @@ async fn a_revoked_server_is_refused_by_the_client() {
         Revocation::new(set),
     );
     let out = handshake(mesh.server(), client).await;
-    assert_eq!(reason(&out.client), "revoked");
-    assert!(out.server.is_err());
+    out.assert_client_refused("revoked");
 }
 
 #[tokio::test]
@@ -481,8 +493,7 @@ async fn a_server_with_the_wrong_identity_is_identity_mismatch() {
     let want = mesh.pki.id("/payments");
     let client = client_cfg(&bundle, &mesh.client, one_of(&[&want]), none_revoked());
     let out = handshake(mesh.server(), client).await;
-    assert_eq!(reason(&out.client), "identity_mismatch");
-    assert!(out.server.is_err());
+    out.assert_client_refused("identity_mismatch");
 
     // Control: listing the server's real ID among others is enough.
     let client = client_cfg(
@@ -497,117 +508,42 @@ async fn a_server_with_the_wrong_identity_is_identity_mismatch() {
 #[tokio::test]
 async fn a_client_with_the_wrong_identity_is_identity_mismatch() {
     let mesh = Mesh::new();
-    let server = server_cfg(
-        &mesh.pki.bundle(),
-        &mesh.server,
-        one_of(&[&mesh.pki.id("/ca-admin")]),
-        true,
-        none_revoked(),
-    );
+    let server = mesh.server_expecting(one_of(&[&mesh.pki.id("/ca-admin")]), true);
     let out = handshake(server, mesh.client_with(&mesh.client)).await;
-    assert_eq!(reason(&out.server), "identity_mismatch");
-    assert!(out.client.is_err());
+    out.assert_server_refused("identity_mismatch");
 }
 
 // ---------------------------------------------------------------------------------------------
 // X509-SVID rule violations (signed by the real intermediate, so the chain itself is fine)
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn two_uri_sans_are_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params
-        .subject_alt_names
-        .push(uri_san("spiffe://example.org/admin"));
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn no_uri_san_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.subject_alt_names = vec![SanType::DnsName("client.example.org".try_into().unwrap())];
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn a_uri_san_with_an_invalid_trust_domain_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.subject_alt_names = vec![uri_san("spiffe://Bad/x")];
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn a_uri_san_that_is_not_spiffe_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.subject_alt_names = vec![uri_san("https://x")];
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn a_trust_domain_only_id_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.subject_alt_names = vec![uri_san("spiffe://example.org")];
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn missing_basic_constraints_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.is_ca = IsCa::NoCa;
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn a_ca_certificate_as_leaf_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn key_cert_sign_on_a_leaf_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.key_usages.push(KeyUsagePurpose::KeyCertSign);
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn crl_sign_on_a_leaf_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.key_usages.push(KeyUsagePurpose::CrlSign);
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn no_key_usage_is_bad_svid() {
-    let mut params = svid_params(CLIENT_ID);
-    params.key_usages.clear();
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn a_server_auth_only_leaf_used_as_client_is_bad_svid() {
+leaf_refused_tests! {
+    two_uri_sans_are_bad_svid: client, "bad_svid",
+        |p| p.subject_alt_names.push(uri_san("spiffe://example.org/admin"));
+    no_uri_san_is_bad_svid: client, "bad_svid",
+        |p| p.subject_alt_names = vec![SanType::DnsName("client.example.org".try_into().unwrap())];
+    a_uri_san_with_an_invalid_trust_domain_is_bad_svid: client, "bad_svid",
+        |p| p.subject_alt_names = vec![uri_san("spiffe://Bad/x")];
+    a_uri_san_that_is_not_spiffe_is_bad_svid: client, "bad_svid",
+        |p| p.subject_alt_names = vec![uri_san("https://x")];
+    a_trust_domain_only_id_is_bad_svid: client, "bad_svid",
+        |p| p.subject_alt_names = vec![uri_san("spiffe://example.org")];
+    missing_basic_constraints_is_bad_svid: client, "bad_svid", |p| p.is_ca = IsCa::NoCa;
+    a_ca_certificate_as_leaf_is_bad_svid: client, "bad_svid",
+        |p| p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    key_cert_sign_on_a_leaf_is_bad_svid: client, "bad_svid",
+        |p| p.key_usages.push(KeyUsagePurpose::KeyCertSign);
+    crl_sign_on_a_leaf_is_bad_svid: client, "bad_svid",
+        |p| p.key_usages.push(KeyUsagePurpose::CrlSign);
+    no_key_usage_is_bad_svid: client, "bad_svid", |p| p.key_usages.clear();
     // Caught by our SVID check (EKU for the handshake's direction) before webpki would say
     // bad_chain.
-    let mut params = svid_params(CLIENT_ID);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    assert_client_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn a_client_auth_only_leaf_used_as_server_is_bad_svid() {
-    let mut params = svid_params(SERVER_ID);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    assert_server_cert_refused(params, "bad_svid").await;
-}
-
-#[tokio::test]
-async fn a_server_with_two_uri_sans_is_bad_svid() {
-    let mut params = svid_params(SERVER_ID);
-    params
-        .subject_alt_names
-        .push(uri_san("spiffe://example.org/other"));
-    assert_server_cert_refused(params, "bad_svid").await;
+    a_server_auth_only_leaf_used_as_client_is_bad_svid: client, "bad_svid",
+        |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    a_client_auth_only_leaf_used_as_server_is_bad_svid: server, "bad_svid",
+        |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    a_server_with_two_uri_sans_is_bad_svid: server, "bad_svid",
+        |p| p.subject_alt_names.push(uri_san("spiffe://example.org/other"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,16 +553,8 @@ async fn a_server_with_two_uri_sans_is_bad_svid() {
 #[tokio::test]
 async fn a_tls12_only_client_cannot_connect() {
     let mesh = Mesh::new();
-    let core = Arc::new(SvidVerifier::new(&mesh.pki.bundle(), none_revoked()));
-    let verifier = SvidServerVerifier::new(core, ExpectedPeer::AnyInBundle);
-    let tls12 = ClientConfig::builder_with_provider(tether_certs::provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(mesh.client.chain.clone(), mesh.client.private_key())
-        .unwrap();
-    let out = handshake(mesh.server(), Arc::new(tls12)).await;
+    let tls12 = default_client(&mesh.pki.bundle(), &mesh.client, &[&rustls::version::TLS12]);
+    let out = handshake(mesh.server(), tls12).await;
     let err = rustls_error(&out.server);
     assert!(
         matches!(err, rustls::Error::PeerIncompatible(_)),
@@ -673,17 +601,7 @@ async fn sessions_are_never_resumed() {
     assert!(!ours.enable_early_data);
 
     // A client that *would* resume (rustls' default in-memory session cache).
-    let core = Arc::new(SvidVerifier::new(&mesh.pki.bundle(), none_revoked()));
-    let verifier = SvidServerVerifier::new(core, ExpectedPeer::AnyInBundle);
-    let eager = Arc::new(
-        ClientConfig::builder_with_provider(tether_certs::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(mesh.client.chain.clone(), mesh.client.private_key())
-            .unwrap(),
-    );
+    let eager = default_client(&mesh.pki.bundle(), &mesh.client, &[&rustls::version::TLS13]);
 
     // Control: against a server that issues tickets, that client does resume, so the
     // assertions below would see a resumption if server_config allowed one.
@@ -745,12 +663,7 @@ fn verify_returns_the_leafs_id_and_serial_for_both_usages() {
 fn verify_honours_a_root_rotation() {
     let old = Pki::new(TD);
     let new = Pki::new(TD);
-    let mut bundle = TrustBundle::from_pem(
-        [old.root.cert_pem(), new.root.cert_pem()]
-            .concat()
-            .as_bytes(),
-    )
-    .unwrap();
+    let mut bundle = bundle_of(&[&old, &new]);
     let old_leaf = old.leaf("/svc");
     let new_leaf = new.leaf("/svc");
     let any = ExpectedPeer::AnyInBundle;
@@ -941,12 +854,7 @@ fn verify_reports_which_svid_rule_was_broken() {
 fn verify_binds_a_leaf_to_the_roots_of_its_own_trust_domain() {
     let pki = Pki::new(TD);
     let foreign = Pki::new(FOREIGN_TD);
-    let bundle = TrustBundle::from_pem(
-        [pki.root.cert_pem(), foreign.root.cert_pem()]
-            .concat()
-            .as_bytes(),
-    )
-    .unwrap();
+    let bundle = bundle_of(&[&pki, &foreign]);
     let verifier = SvidVerifier::new(&bundle, none_revoked());
     let any = ExpectedPeer::AnyInBundle;
     // Even the real issuance path signs whatever ID it is given; the verifier is the backstop.

@@ -16,17 +16,10 @@ const ALLOW_ALL: &str = "[[rule]]\nname = \"all\"\nfrom = [\"spiffe://demo.tethe
 
 async fn inbound_sidecar(pki: &Pki, crl: Option<&Path>) -> Sidecar {
     let app = start_app().await;
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_ALL);
-    Sidecar::start(
-        pki.dir.path(),
-        "b",
-        &format!(
-            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n",
-            identity_section(&bdir, crl)
-        ),
-    )
-    .await
+    let bdir = pki.issue(SERVICE_B);
+    let pol = pki.policy(ALLOW_ALL);
+    pki.start_inbound("b", &identity_section(&bdir, crl), app, &pol, "")
+        .await
 }
 
 fn handshakes(s: &Sidecar, result: &str) -> f64 {
@@ -36,14 +29,21 @@ fn handshakes(s: &Sidecar, result: &str) -> f64 {
     )
 }
 
+/// A caller presenting the credential in `cred` is refused at `b`'s handshake (so it never
+/// gets to send a request) and counted under `reason`.
+async fn assert_refused(b: &Sidecar, cred: &Path, reason: &str) {
+    let r = raw_get_as(b.inbound.unwrap(), cred, "/x").await;
+    assert!(r.is_err(), "got {r:?}");
+    let counted = eventually(Duration::from_secs(2), || handshakes(b, reason) == 1.0).await;
+    assert!(counted, "the refusal is counted as {reason}");
+}
+
 #[tokio::test]
 async fn a_valid_member_is_accepted() {
     let pki = Pki::new();
     let b = inbound_sidecar(&pki, None).await;
     let a = pki.issue("ns/default/sa/service-a");
-    let status = raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/x")
-        .await
-        .unwrap();
+    let status = raw_get_as(b.inbound.unwrap(), &a, "/x").await.unwrap();
     assert_eq!(status, http::StatusCode::OK);
     assert_eq!(handshakes(&b, "ok"), 1.0);
 }
@@ -64,16 +64,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused() {
     let b = inbound_sidecar(&pki, None).await;
     let other = Pki::new(); // same trust domain name, different root
     let a = other.issue("ns/default/sa/service-a");
-    assert!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/x")
-            .await
-            .is_err()
-    );
-    assert!(
-        eventually(Duration::from_secs(2), || handshakes(&b, "unknown_ca")
-            == 1.0)
-        .await
-    );
+    assert_refused(&b, &a, "unknown_ca").await;
 }
 
 #[tokio::test]
@@ -82,16 +73,7 @@ async fn a_certificate_from_another_trust_domain_is_refused() {
     let b = inbound_sidecar(&pki, None).await;
     let other = Pki::with_domain("other.example");
     let a = other.issue("ns/default/sa/service-a");
-    assert!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/x")
-            .await
-            .is_err()
-    );
-    assert!(
-        eventually(Duration::from_secs(2), || handshakes(&b, "unknown_ca")
-            == 1.0)
-        .await
-    );
+    assert_refused(&b, &a, "unknown_ca").await;
 }
 
 #[tokio::test]
@@ -105,31 +87,18 @@ async fn a_revoked_certificate_is_refused_from_the_crl_file() {
     ));
     let crl = pki.crl();
     let b = inbound_sidecar(&pki, Some(&crl)).await;
-    assert!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/x")
-            .await
-            .is_err()
-    );
-    assert!(eventually(Duration::from_secs(2), || handshakes(&b, "revoked") == 1.0).await);
+    assert_refused(&b, &a, "revoked").await;
     // An unrevoked sibling still gets in: the CRL refuses that serial, not everyone.
     let ok = pki.issue("ns/default/sa/service-c");
     assert_eq!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&ok)), "/x")
-            .await
-            .unwrap(),
+        raw_get_as(b.inbound.unwrap(), &ok, "/x").await.unwrap(),
         http::StatusCode::OK
     );
 }
 
 /// A certificate from the real intermediate whose validity ended an hour ago.
 fn expired_credential(pki: &Pki) -> PathBuf {
-    let state = pki.ca.dir();
-    let read = |p: &str| std::fs::read_to_string(state.join(p)).unwrap();
-    let signer = tether_certs::issue::Signer::from_pem(
-        &read("intermediate/cert.pem"),
-        &read("intermediate/key.pem"),
-    )
-    .unwrap();
+    let signer = pki.intermediate();
     let key = tether_certs::keys::generate_key().unwrap();
     let id = tether_certs::SpiffeId::parse(&id("ns/default/sa/service-a")).unwrap();
     let past = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
@@ -159,12 +128,7 @@ async fn an_expired_certificate_is_refused() {
     let pki = Pki::new();
     let b = inbound_sidecar(&pki, None).await;
     let a = expired_credential(&pki);
-    assert!(
-        raw_get(b.inbound.unwrap(), raw_client_config(Some(&a)), "/x")
-            .await
-            .is_err()
-    );
-    assert!(eventually(Duration::from_secs(2), || handshakes(&b, "expired") == 1.0).await);
+    assert_refused(&b, &a, "expired").await;
 }
 
 #[tokio::test]
@@ -194,9 +158,7 @@ async fn tls_1_2_is_refused() {
     let pki = Pki::new();
     let b = inbound_sidecar(&pki, None).await;
     let a = pki.issue("ns/default/sa/service-a");
-    let chain =
-        tether_certs::pem::certificates(&std::fs::read(a.join("chain.pem")).unwrap()).unwrap();
-    let key = tether_certs::pem::private_key(&std::fs::read(a.join("key.pem")).unwrap()).unwrap();
+    let (chain, key) = credential(&a);
     let roots = {
         let mut r = rustls::RootCertStore::empty();
         for c in

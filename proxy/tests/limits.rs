@@ -105,26 +105,18 @@ async fn connections_beyond_the_limit_are_shed() {
     let (_pki, _b, a, _) = pair(ALLOW_DATA, "").await;
     // The outbound listener of a second sidecar with max_connections = 1.
     let pki = Pki::new();
-    let adir = pki.issue("ns/default/sa/service-a");
-    let c = Sidecar::start(
-        pki.dir.path(),
-        "c",
-        &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_connections = 1\n",
-            identity_section(&adir, None)
-        ),
-    )
-    .await;
+    let adir = pki.issue(SERVICE_A);
+    let toml = format!(
+        "{}{OUTBOUND_SECTION}[limits]\nmax_connections = 1\n",
+        identity_section(&adir, None)
+    );
+    let c = pki.start("c", &toml).await;
     let out = c.outbound.unwrap();
     let _held = tokio::net::TcpStream::connect(out).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut second = tokio::net::TcpStream::connect(out).await.unwrap();
     let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    let n = read_until_closed(&mut second).await;
     assert_eq!(
         n, 0,
         "the connection over the limit is closed without an answer"

@@ -40,32 +40,25 @@ struct Mesh {
 async fn mesh(policy: &str, caller: &str) -> Mesh {
     let pki = Pki::new();
     let app = start_app().await;
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let adir = pki.issue(caller);
-    let pol = write_policy(pki.dir.path(), "policy.toml", policy);
-    let b = Sidecar::start(
-        pki.dir.path(),
-        "b",
-        &format!(
-            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            identity_section(&bdir, None)
-        ),
-    )
-    .await;
-    let inbound = b.inbound.unwrap();
-    let a = Sidecar::start(
-        pki.dir.path(),
-        "a",
-        &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [services.service-b]\naddress = [\"{inbound}\"]\nidentity = \"{}\"\n\
-             [services.impostor]\naddress = [\"{inbound}\"]\nidentity = \"{}\"\n",
-            identity_section(&adir, None),
-            id("ns/default/sa/service-b"),
-            id("ns/default/sa/someone-else"),
-        ),
-    )
-    .await;
+    let (bdir, adir) = (pki.issue(SERVICE_B), pki.issue(caller));
+    let pol = pki.policy(policy);
+    let b = pki
+        .start_inbound(
+            "b",
+            &identity_section(&bdir, None),
+            app,
+            &pol,
+            ADMIN_SECTION,
+        )
+        .await;
+    let inbound = [b.inbound.unwrap()];
+    let a_toml = format!(
+        "{}{OUTBOUND_SECTION}{ADMIN_SECTION}{}{}",
+        identity_section(&adir, None),
+        service_section("service-b", &inbound, SERVICE_B),
+        service_section("impostor", &inbound, "ns/default/sa/someone-else"),
+    );
+    let a = pki.start("a", &a_toml).await;
     Mesh { pki, b, a }
 }
 

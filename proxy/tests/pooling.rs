@@ -40,6 +40,13 @@ async fn get_on(client: &Client, addr: SocketAddr) -> StatusCode {
     status
 }
 
+/// `n` requests through `client` one after the other, each answered 200.
+async fn assert_ok_requests(client: &Client, addr: SocketAddr, n: usize) {
+    for _ in 0..n {
+        assert_eq!(get_on(client, addr).await, StatusCode::OK);
+    }
+}
+
 fn handshakes(s: &Sidecar, direction: &str) -> f64 {
     s.metric(
         "tether_tls_handshakes_total",
@@ -70,9 +77,7 @@ async fn http1_peer_connection_is_held_per_app_connection_then_pooled() {
     let out = a.outbound.unwrap();
 
     let first = http_client();
-    for _ in 0..5 {
-        assert_eq!(get_on(&first, out).await, StatusCode::OK);
-    }
+    assert_ok_requests(&first, out, 5).await;
     assert_eq!(
         handshakes(&a, "outbound"),
         1.0,
@@ -90,9 +95,7 @@ async fn http1_peer_connection_is_held_per_app_connection_then_pooled() {
     drop(second);
     assert!(app_connections_settle(&a, 0).await);
     let third = http_client();
-    for _ in 0..3 {
-        assert_eq!(get_on(&third, out).await, StatusCode::OK);
-    }
+    assert_ok_requests(&third, out, 3).await;
     assert_eq!(
         handshakes(&a, "outbound"),
         2.0,
@@ -119,7 +122,7 @@ async fn auto_dedicates_connections_to_few_app_connections_and_shares_h2_beyond(
     let app = start_app().await;
     let (_pki, _b, a) = pair(app, "", "").await;
     let out = a.outbound.unwrap();
-    let limit = tether_proxy::pool::DEDICATED_UP_TO;
+    let limit = tether_proxy::DEDICATED_UP_TO;
     // App connections open one by one and stay open: the first `limit` each get their own
     // HTTP/1.1 peer connection, the rest share one HTTP/2 connection.
     let clients: Vec<Client> = (0..limit + 2).map(|_| http_client()).collect();
@@ -135,9 +138,7 @@ async fn auto_dedicates_connections_to_few_app_connections_and_shares_h2_beyond(
     let mut clients = clients;
     clients.truncate(1);
     assert!(app_connections_settle(&a, 1).await);
-    for _ in 0..3 {
-        assert_eq!(get_on(&clients[0], out).await, StatusCode::OK);
-    }
+    assert_ok_requests(&clients[0], out, 3).await;
     assert_eq!(handshakes(&a, "outbound"), expected);
 }
 
@@ -151,9 +152,7 @@ async fn a_held_peer_connection_the_peer_closed_is_replaced_without_failing_a_re
     assert_eq!(get_on(&client, out).await, StatusCode::OK);
     // Well past the 1 s, so the close has reached the outbound even on a loaded machine.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    for _ in 0..3 {
-        assert_eq!(get_on(&client, out).await, StatusCode::OK);
-    }
+    assert_ok_requests(&client, out, 3).await;
     assert_eq!(
         handshakes(&a, "outbound"),
         2.0,
@@ -217,9 +216,7 @@ async fn inbound_holds_one_app_connection_per_peer_connection_and_replaces_a_clo
     let (app, accepted) = counting_app(false).await;
     let (_pki, _b, a) = pair(app, "", "").await;
     let client = http_client();
-    for _ in 0..4 {
-        assert_eq!(get_on(&client, a.outbound.unwrap()).await, StatusCode::OK);
-    }
+    assert_ok_requests(&client, a.outbound.unwrap(), 4).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         1,
@@ -247,7 +244,7 @@ async fn inbound_shares_pooled_app_connections_beyond_the_dedicated_limit() {
     // as many peer connections as there are clients.
     let (_pki, b, a) = pair(app, "peer_protocol = \"http1\"", "").await;
     let out = a.outbound.unwrap();
-    let limit = tether_proxy::pool::DEDICATED_UP_TO;
+    let limit = tether_proxy::DEDICATED_UP_TO;
     let clients: Vec<Client> = (0..limit + 2).map(|_| http_client()).collect();
     for c in &clients {
         assert_eq!(get_on(c, out).await, StatusCode::OK);
@@ -264,39 +261,24 @@ async fn inbound_shares_pooled_app_connections_beyond_the_dedicated_limit() {
 #[tokio::test]
 async fn one_app_connection_is_balanced_over_the_service_addresses_request_by_request() {
     let pki = Pki::new();
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let adir = pki.issue("ns/default/sa/service-a");
-    let pol = write_policy(pki.dir.path(), "policy.toml", ALLOW_A);
+    let (bdir, adir) = (pki.issue(SERVICE_B), pki.issue(SERVICE_A));
+    let pol = pki.policy(ALLOW_A);
     let mut replicas = Vec::new();
     for name in ["b1", "b2"] {
         let (app, _, served) = counting_app_served(false).await;
-        let b = Sidecar::start(
-            pki.dir.path(),
-            name,
-            &format!(
-                "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n",
-                identity_section(&bdir, None)
-            ),
-        )
-        .await;
+        let identity = identity_section(&bdir, None);
+        let b = pki.start_inbound(name, &identity, app, &pol, "").await;
         replicas.push((b, served));
     }
-    let a = Sidecar::start(
-        pki.dir.path(),
-        "a",
-        &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\", \"{}\"]\nidentity = \"{}\"\n",
-            identity_section(&adir, None),
-            replicas[0].0.inbound.unwrap(),
-            replicas[1].0.inbound.unwrap(),
-            id("ns/default/sa/service-b")
-        ),
-    )
-    .await;
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|(b, _)| b.inbound.unwrap()).collect();
+    let a_toml = format!(
+        "{}{OUTBOUND_SECTION}{}",
+        identity_section(&adir, None),
+        service_section("service-b", &addrs, SERVICE_B)
+    );
+    let a = pki.start("a", &a_toml).await;
     let client = http_client();
-    for _ in 0..6 {
-        assert_eq!(get_on(&client, a.outbound.unwrap()).await, StatusCode::OK);
-    }
+    assert_ok_requests(&client, a.outbound.unwrap(), 6).await;
     let served: Vec<usize> = replicas
         .iter()
         .map(|(_, s)| s.load(Ordering::SeqCst))

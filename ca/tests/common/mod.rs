@@ -1,10 +1,12 @@
 //! Shared fixtures for the `tether-ca` integration tests: a real CA state directory in a tempdir,
 //! the real HTTPS API started in-process on 127.0.0.1:0, a real TLS client (tokio-rustls + hyper,
 //! HTTP/1.1 or h2, with or without a client certificate) that trusts the CA's `bundle.pem`, and
-//! a way to run the real `tether-ca` binary.
+//! a way to run the real `tether-ca` binary. The Prometheus parser, the x509 helpers and the
+//! optional-tool check come from `tether_testkit`, shared with the other suites.
 
-// Every test binary includes this module and uses a different subset of it.
-#![allow(dead_code)]
+// Every test binary includes this module and uses a different subset of it (re-exports
+// from the test kit included).
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,11 +29,13 @@ use tokio_rustls::TlsConnector;
 
 use tether_ca::{Authority, InitOptions};
 use tether_certs::{SpiffeId, TrustDomain};
+pub use tether_testkit::metrics::metric;
+pub use tether_testkit::pki::{ders, signed_by, DAY, HOUR};
+pub use tether_testkit::tools::have;
+pub use tether_testkit::wait::eventually;
 
 /// The trust domain every test CA speaks for.
 pub const TD: &str = "test.tether";
-pub const HOUR: Duration = Duration::from_secs(3600);
-pub const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// `spiffe://test.tether{path}`.
 pub fn id(path: &str) -> SpiffeId {
@@ -129,6 +133,22 @@ impl TestCa {
         )
     }
 
+    /// A client presenting the credential `cred` obtained by enrollment.
+    pub fn client_as(&self, cred: &Enrolled) -> Client {
+        self.client_with(&cred.chain, &cred.key_pem())
+    }
+
+    /// A client presenting the credential in `dir` (`chain.pem` + `key.pem`, as
+    /// `Authority::issue_to_dir` writes them).
+    pub fn client_from_dir(&self, dir: &Path) -> Client {
+        self.client_with(&read(dir.join("chain.pem")), &read(dir.join("key.pem")))
+    }
+
+    /// Every certificate this CA has issued, as its store lists them.
+    pub fn issued(&self) -> Vec<tether_ca::store::IssuedRecord> {
+        self.authority.list(None).expect("list issued certificates")
+    }
+
     /// A one-time token for `id`, valid 10 minutes.
     pub fn token(&self, id: &SpiffeId) -> String {
         self.authority
@@ -141,15 +161,19 @@ impl TestCa {
         let token = self.token(id);
         let key = tether_certs::keys::generate_key().expect("key");
         let csr = tether_certs::keys::generate_csr(&key, id).expect("csr");
-        let resp = self
-            .client()
-            .post_json(
-                "/v1/enroll",
-                &serde_json::json!({"token": token, "csr": csr}),
-            )
-            .await;
+        let resp = self.client().enroll(&token, &csr).await;
         assert_eq!(resp.status, StatusCode::OK, "enroll: {}", resp.text());
         Enrolled::from_response(&resp.json(), key)
+    }
+
+    /// How many of the certificates this CA has issued match `pred`.
+    pub fn count_issued(&self, pred: impl Fn(&tether_ca::store::IssuedRecord) -> bool) -> usize {
+        self.issued().iter().filter(|r| pred(r)).count()
+    }
+
+    /// Whether no certificate this CA issued is marked revoked.
+    pub fn nothing_revoked(&self) -> bool {
+        self.issued().iter().all(|r| r.revoked_at.is_none())
     }
 
     /// The newest CRL served by the API, verified against the intermediate.
@@ -296,6 +320,14 @@ impl Resp {
             .to_string()
     }
 
+    /// Fails the test unless the response has `status` and a JSON error message that mentions
+    /// `needle`.
+    pub fn assert_error(&self, status: StatusCode, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        let error = self.error();
+        assert!(error.contains(needle), "{error}");
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
@@ -401,6 +433,13 @@ impl Client {
         read_response(resp).await.expect("h2 body")
     }
 
+    /// `GET path` over a fresh HTTP/1.1 connection, returning transport errors instead of
+    /// panicking.
+    pub async fn try_get(&self, path: &str) -> Result<Resp, String> {
+        self.try_send(request(Method::GET, path, Bytes::new()))
+            .await
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.send(request(Method::GET, path, Bytes::new())).await
     }
@@ -408,6 +447,23 @@ impl Client {
     pub async fn post_json(&self, path: &str, body: &Value) -> Resp {
         self.post_bytes(path, serde_json::to_vec(body).expect("JSON"))
             .await
+    }
+
+    /// `POST /v1/enroll` with a one-time `token` and a PEM `csr`.
+    pub async fn enroll(&self, token: &str, csr: &str) -> Resp {
+        let body = serde_json::json!({"token": token, "csr": csr});
+        self.post_json("/v1/enroll", &body).await
+    }
+
+    /// `POST /v1/renew` with a PEM `csr`, authenticated by this client's certificate (if any).
+    pub async fn renew(&self, csr: &str) -> Resp {
+        self.post_json("/v1/renew", &serde_json::json!({ "csr": csr }))
+            .await
+    }
+
+    /// `POST /v1/revoke` with `body` (a serial or an identity, and options).
+    pub async fn revoke(&self, body: &Value) -> Resp {
+        self.post_json("/v1/revoke", body).await
     }
 
     pub async fn post_bytes(&self, path: &str, body: impl Into<Bytes>) -> Resp {
@@ -457,42 +513,6 @@ async fn read_response(resp: http::Response<hyper::body::Incoming>) -> Result<Re
     })
 }
 
-/// The value of the sample `name{labels}` in Prometheus text, if present (labels in any order;
-/// the sample must carry exactly these labels).
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    want.sort();
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, got) = match series.split_once('{') {
-            Some((n, rest)) => {
-                let inner = rest.strip_suffix('}').unwrap_or(rest);
-                let mut got: Vec<(String, String)> = inner
-                    .split(',')
-                    .filter(|kv| !kv.is_empty())
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-                    .collect();
-                got.sort();
-                (n, got)
-            }
-            None => (series, vec![]),
-        };
-        if n == name && got == want {
-            return value.parse().ok();
-        }
-    }
-    None
-}
-
 /// The `tether-ca` binary with no `TETHER_CA_*` variables inherited from the environment.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether-ca"));
@@ -515,12 +535,59 @@ pub fn ca_cli(dir: &Path, args: &[&str]) -> Output {
         .expect("run tether-ca")
 }
 
+/// The permission bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The private keys of one CA generation, relative to its directory.
+pub const GENERATION_KEYS: [&str; 4] = [
+    "root/key.pem",
+    "intermediate/key.pem",
+    "server/key.pem",
+    "admin/key.pem",
+];
+
+/// Fails the test unless every key of the generation in `dir` is 0600 and `dir` and the
+/// directories holding the keys are 0700.
+pub fn assert_private_generation(dir: &Path) {
+    for key in GENERATION_KEYS {
+        assert_eq!(mode(&dir.join(key)), 0o600, "{key} mode");
+    }
+    for sub in ["", "root", "intermediate", "server", "admin"] {
+        assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/ mode");
+    }
+}
+
+/// Runs `tether-ca --state-dir DIR issue ID --out OUT EXTRA…` and returns its output.
+pub fn ca_issue(dir: &Path, id: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["issue", id, "--out", out.to_str().expect("UTF-8 temp path")];
+    args.extend_from_slice(extra);
+    ca_cli(dir, &args)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `openssl ARGS…`, fails the test (naming `what`, with both streams) unless it
+/// succeeded, and returns its output.
+pub fn openssl_ok(what: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let o = Command::new("openssl")
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("run openssl");
+    assert_ok(&o, what);
+    o
 }
 
 /// Panics with both streams unless `o` succeeded.
@@ -532,24 +599,6 @@ pub fn assert_ok(o: &Output, what: &str) {
         stdout(o),
         stderr(o)
     );
-}
-
-/// Whether `tool` runs here (for optional `openssl`/`curl` checks).
-pub fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-        || Command::new(tool)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-    if !ok {
-        eprintln!("{tool} not found; skipping the {tool} part of this test");
-    }
-    ok
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -610,6 +659,12 @@ pub async fn poll_crl(
     client.send(req).await
 }
 
+/// [`poll_crl`] as sidecar `instance` that holds CRL number `after` and bundle version 1, without
+/// waiting (what a sidecar sends to report in).
+pub async fn poll_after(client: &Client, after: u64, instance: &str) -> Resp {
+    poll_crl(client, &format!("after={after}"), Some(instance), Some(1)).await
+}
+
 /// A simulated sidecar: long-polls the CRL with its client certificate and re-polls with the
 /// number of each CRL it receives (acknowledging it), until dropped.
 pub struct Sidecar {
@@ -658,60 +713,20 @@ impl Drop for Sidecar {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
-pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Whether the certificate `cert_der` carries a signature made by `issuer_der`'s key.
-pub fn signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
-    use x509_parser::prelude::FromDer;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).expect("cert");
-    let (_, issuer) =
-        x509_parser::certificate::X509Certificate::from_der(issuer_der).expect("issuer");
-    cert.issuer().as_raw() == issuer.subject().as_raw()
-        && cert.verify_signature(Some(issuer.public_key())).is_ok()
-}
-
-/// Every certificate in `pem`, DER.
-pub fn ders(pem: &str) -> Vec<Vec<u8>> {
-    tether_certs::pem::certificates(pem.as_bytes())
-        .expect("PEM certificates")
-        .into_iter()
-        .map(|c| c.to_vec())
-        .collect()
-}
-
 /// Whether the leaf chain `chain_pem` (leaf + intermediate) verifies as a client SVID against
 /// exactly the roots in `bundle_pem`.
 pub fn chains_to(chain_pem: &str, bundle_pem: &str) -> bool {
+    use tether_certs::verify::{ExpectedPeer, Revocation, SvidVerifier};
     let bundle = tether_certs::TrustBundle::from_pem(bundle_pem.as_bytes()).expect("bundle");
     let chain = tether_certs::pem::certificates(chain_pem.as_bytes()).expect("chain");
-    let verifier = tether_certs::verify::SvidVerifier::new(
-        &bundle,
-        tether_certs::verify::Revocation::new(Default::default()),
+    let (leaf, intermediates) = chain.split_first().expect("a leaf");
+    let verifier = SvidVerifier::new(&bundle, Revocation::new(Default::default()));
+    let (usage, now) = (
+        tether_certs::svid::Usage::Client,
+        rustls_pki_types::UnixTime::now(),
     );
     verifier
-        .verify(
-            &chain[0],
-            &chain[1..],
-            tether_certs::svid::Usage::Client,
-            rustls_pki_types::UnixTime::now(),
-            &tether_certs::verify::ExpectedPeer::AnyInBundle,
-        )
+        .verify(leaf, intermediates, usage, now, &ExpectedPeer::AnyInBundle)
         .is_ok()
 }
 

@@ -1,5 +1,9 @@
 //! Test harness for the sidecar: a real CA on a temp dir issuing real certificates, a real echo
-//! app, and real sidecars started in-process on 127.0.0.1:0.
+//! app, and real sidecars started in-process on 127.0.0.1:0, configured from TOML built by the
+//! `*_section` helpers. Metrics are read through `tether_testkit::metrics` and the accept-any
+//! client comes from `tether_testkit::tls`, shared with the other suites.
+
+// Every test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -18,6 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub const TD: &str = "demo.tether";
+/// The path of service-a's identity, the caller in most tests.
+pub const SERVICE_A: &str = "ns/default/sa/service-a";
+/// The path of service-b's identity, the callee in most tests.
+pub const SERVICE_B: &str = "ns/default/sa/service-b";
 
 pub fn id(path: &str) -> String {
     format!("spiffe://{TD}/{path}")
@@ -65,6 +73,43 @@ impl Pki {
             .issue_to_dir(&sid, Duration::from_secs(3600), &out)
             .unwrap();
         out
+    }
+
+    /// Writes `toml` as this CA's `policy.toml` and returns its path.
+    pub fn policy(&self, toml: &str) -> PathBuf {
+        write_policy(self.dir.path(), "policy.toml", toml)
+    }
+
+    /// Starts a sidecar named `name` from `toml`, in this CA's temp dir.
+    pub async fn start(&self, name: &str, toml: &str) -> Sidecar {
+        Sidecar::start(self.dir.path(), name, toml).await
+    }
+
+    /// Starts an inbound sidecar `name` in front of `app` with the policy file `policy`:
+    /// `identity` (an identity or CA section) and `[inbound]`, then `extra` (more `[inbound]`
+    /// keys, or more sections).
+    pub async fn start_inbound(
+        &self,
+        name: &str,
+        identity: &str,
+        app: SocketAddr,
+        policy: &Path,
+        extra: &str,
+    ) -> Sidecar {
+        let toml = format!("{identity}{}{extra}", inbound_section(app, policy));
+        self.start(name, &toml).await
+    }
+
+    /// The CA's issuing intermediate, loaded from its state dir, for signing what the CA itself
+    /// would refuse to (expired leaves, CRLs with chosen dates).
+    pub fn intermediate(&self) -> tether_certs::issue::Signer {
+        let state = self.ca.dir();
+        let read = |p: &str| std::fs::read_to_string(state.join(p)).unwrap();
+        tether_certs::issue::Signer::from_pem(
+            &read("intermediate/cert.pem"),
+            &read("intermediate/key.pem"),
+        )
+        .unwrap()
     }
 
     /// Writes the current CRL (PEM) and returns its path.
@@ -237,26 +282,13 @@ impl Sidecar {
         self.task.take().unwrap().await.unwrap()
     }
 
-    /// The sum of the samples of metric `name` whose labels include all of `labels`.
+    /// The sum of the samples of metric `name` whose labels include all of `labels` (what
+    /// `/metrics` would show; a counter never touched reads as zero).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut total = 0.0;
-        for family in self.registry.gather() {
-            if family.name() != name {
-                continue;
-            }
-            for m in family.get_metric() {
-                let matches = labels.iter().all(|(k, v)| {
-                    m.get_label()
-                        .iter()
-                        .any(|l| l.name() == *k && l.value() == *v)
-                });
-                if matches {
-                    // A family is either counters or gauges; the other reads as zero.
-                    total += m.get_counter().get_value() + m.get_gauge().get_value();
-                }
-            }
-        }
-        total
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .expect("the registry encodes as text");
+        tether_testkit::metrics::sum(&text, name, labels)
     }
 }
 
@@ -282,6 +314,29 @@ pub fn identity_section(dir: &Path, crl: Option<&Path>) -> String {
     s
 }
 
+/// `[inbound]` listening on 127.0.0.1:0 in front of `app`, with the policy file `policy`. More
+/// `[inbound]` keys may follow it.
+pub fn inbound_section(app: SocketAddr, policy: &Path) -> String {
+    format!("[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {policy:?}\n")
+}
+
+/// `[outbound]` listening on 127.0.0.1:0.
+pub const OUTBOUND_SECTION: &str = "[outbound]\nlisten = \"127.0.0.1:0\"\n";
+
+/// `[admin]` listening on 127.0.0.1:0.
+pub const ADMIN_SECTION: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+/// `[services.<name>]` at `addrs`, expecting the peer `spiffe://<TD>/<identity>`. More keys of
+/// the service may follow it.
+pub fn service_section(name: &str, addrs: &[SocketAddr], identity: &str) -> String {
+    let addrs: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[services.{name}]\naddress = [{}]\nidentity = \"{}\"\n",
+        addrs.join(", "),
+        id(identity)
+    )
+}
+
 /// A file-mode pair with certificates from a fresh CA: service-b's inbound sidecar (in front of
 /// the echo app, with `policy` and any `b_extra` config appended) and service-a's outbound
 /// sidecar that knows service-b. Returns the CA, b, a and the policy file's path.
@@ -298,29 +353,17 @@ pub async fn file_pair_with(
     service_extra: &str,
 ) -> (Pki, Sidecar, Sidecar, PathBuf) {
     let pki = Pki::new();
-    let bdir = pki.issue("ns/default/sa/service-b");
-    let adir = pki.issue("ns/default/sa/service-a");
-    let pol = write_policy(pki.dir.path(), "policy.toml", policy);
-    let b = Sidecar::start(
-        pki.dir.path(),
-        "b",
-        &format!(
-            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\npolicy = {pol:?}\n{b_extra}",
-            identity_section(&bdir, None)
-        ),
-    )
-    .await;
-    let a = Sidecar::start(
-        pki.dir.path(),
-        "a",
-        &format!(
-            "{}\n[outbound]\nlisten = \"127.0.0.1:0\"\n[services.service-b]\naddress = [\"{}\"]\nidentity = \"{}\"\n{service_extra}\n",
-            identity_section(&adir, None),
-            b.inbound.unwrap(),
-            id("ns/default/sa/service-b")
-        ),
-    )
-    .await;
+    let (bdir, adir) = (pki.issue(SERVICE_B), pki.issue(SERVICE_A));
+    let pol = pki.policy(policy);
+    let b = pki
+        .start_inbound("b", &identity_section(&bdir, None), app, &pol, b_extra)
+        .await;
+    let service = service_section("service-b", &[b.inbound.unwrap()], SERVICE_B);
+    let a_toml = format!(
+        "{}{OUTBOUND_SECTION}{service}{service_extra}\n",
+        identity_section(&adir, None)
+    );
+    let a = pki.start("a", &a_toml).await;
     (pki, b, a, pol)
 }
 
@@ -393,27 +436,23 @@ pub fn echo(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not the echo app's JSON ({e}): {body}"))
 }
 
+/// The chain and key in the credential directory `dir` (`chain.pem`, `key.pem`).
+pub fn credential(
+    dir: &Path,
+) -> (
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+) {
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let chain = tether_certs::pem::certificates(&read("chain.pem")).unwrap();
+    let key = tether_certs::pem::private_key(&read("key.pem")).unwrap();
+    (chain, key)
+}
+
 /// A rustls client config presenting the credential in `dir` (chain + key) and trusting any server
 /// certificate (these tests look at what the *server* decides).
 pub fn raw_client_config(dir: Option<&Path>) -> Arc<rustls::ClientConfig> {
-    let b = rustls::ClientConfig::builder_with_provider(tether_certs::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny));
-    let mut c = match dir {
-        Some(d) => {
-            let chain =
-                tether_certs::pem::certificates(&std::fs::read(d.join("chain.pem")).unwrap())
-                    .unwrap();
-            let key =
-                tether_certs::pem::private_key(&std::fs::read(d.join("key.pem")).unwrap()).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(c)
+    tether_testkit::tls::accept_any_client(dir.map(credential), b"http/1.1")
 }
 
 /// Connects straight to a sidecar's inbound with `config`, sends one HTTP/1.1 GET and returns the
@@ -445,63 +484,39 @@ pub async fn raw_get(
     Ok(resp.status())
 }
 
-#[derive(Debug)]
-struct AcceptAny;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls_pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &tether_certs::provider().signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls_pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &tether_certs::provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        tether_certs::provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+/// [`raw_get`] presenting the credential in `cred`.
+pub async fn raw_get_as(
+    inbound: SocketAddr,
+    cred: &Path,
+    path: &str,
+) -> Result<StatusCode, String> {
+    raw_get(inbound, raw_client_config(Some(cred)), path).await
 }
 
-/// Polls `f` every 50 ms until it returns true or `within` passes.
+/// Reads exactly `n` bytes from `tcp`, failing the test if they do not come within 5 s.
+pub async fn read_exactly(tcp: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf
+}
+
+/// Reads `tcp` until the peer closes it (failing the test if that takes over 5 s) and returns
+/// how many bytes came; a read error counts as none.
+pub async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Polls the synchronous check `f` until it returns true or `within` passes
+/// ([`tether_testkit::wait::eventually`] for a check that is a future).
 pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tether_testkit::wait::eventually(within, || std::future::ready(f())).await
 }
