@@ -72,66 +72,37 @@ fn decide(c: &mut Criterion) {
         let exact = id(&format!("{TD}/ns/team{}/sa/svc{mid}", mid % 100));
         let prefixed = id(&format!("{TD}/ns/prefix{}/sa/anyone", (n / 2) / 10 * 10));
         let unknown = id(&format!("{TD}/ns/elsewhere/sa/nobody"));
-        let path = "/api/v1/items/42";
-        assert!(matches!(
-            policy.decide(&exact, Some("POST"), Some(path), now),
-            Decision::Allow { .. }
-        ));
-        assert!(matches!(
-            policy.decide(&prefixed, Some("GET"), Some(path), now),
-            Decision::Allow { .. }
-        ));
-        assert_eq!(
-            policy.decide(&unknown, Some("GET"), Some(path), now),
-            Decision::Deny
-        );
-        group.bench_with_input(BenchmarkId::new("allow-exact", n), &n, |b, _| {
-            b.iter(|| {
-                black_box(policy.decide(
-                    black_box(&exact),
-                    Some(black_box("POST")),
-                    Some(black_box(path)),
-                    now,
-                ))
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("allow-prefix", n), &n, |b, _| {
-            b.iter(|| {
-                black_box(policy.decide(
-                    black_box(&prefixed),
-                    Some(black_box("GET")),
-                    Some(black_box(path)),
-                    now,
-                ))
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("deny-unknown", n), &n, |b, _| {
-            b.iter(|| {
-                black_box(policy.decide(
-                    black_box(&unknown),
-                    Some(black_box("GET")),
-                    Some(black_box(path)),
-                    now,
-                ))
-            })
-        });
         let worst =
             Policy::parse(&same_caller_policy(n), "bench.toml").expect("generated policy parses");
         let hot = id(&format!("{TD}/ns/hot/sa/caller"));
-        assert_eq!(
-            worst.decide(&hot, Some("GET"), Some("/miss"), now),
-            Decision::Deny
-        );
-        group.bench_with_input(BenchmarkId::new("deny-same-caller", n), &n, |b, _| {
-            b.iter(|| {
-                black_box(worst.decide(
-                    black_box(&hot),
-                    Some(black_box("GET")),
-                    Some(black_box("/miss")),
-                    now,
-                ))
-            })
-        });
+        let path = "/api/v1/items/42";
+        // (case, policy, caller, method, path, allowed?)
+        let cases = [
+            ("allow-exact", &policy, &exact, "POST", path, true),
+            ("allow-prefix", &policy, &prefixed, "GET", path, true),
+            ("deny-unknown", &policy, &unknown, "GET", path, false),
+            ("deny-same-caller", &worst, &hot, "GET", "/miss", false),
+        ];
+        for (case, policy, caller, method, path, allowed) in cases {
+            // Check the case measures what its name says before timing it.
+            let decision = policy.decide(caller, Some(method), Some(path), now);
+            let want = if allowed { "allow" } else { "deny" };
+            assert_eq!(
+                matches!(decision, Decision::Allow { .. }),
+                allowed,
+                "{case}: expected {want}, got {decision:?}"
+            );
+            group.bench_with_input(BenchmarkId::new(case, n), &n, |b, _| {
+                b.iter(|| {
+                    black_box(policy.decide(
+                        black_box(caller),
+                        Some(black_box(method)),
+                        Some(black_box(path)),
+                        now,
+                    ))
+                })
+            });
+        }
     }
     group.finish();
 }

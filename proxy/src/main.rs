@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tether_proxy::config::{Config, Overrides};
-use tether_proxy::policy::{normalize_path, Decision, Policy};
+use tether_proxy::config::{Config, IdentitySource, Overrides};
+use tether_proxy::policy::{is_method_token, normalize_path, Decision, Policy};
 
 /// Exit status for configuration errors (EX_USAGE from sysexits.h), so supervisors can tell a
 /// bad config from a crash.
@@ -49,40 +49,8 @@ struct RunArgs {
     /// The TOML config file.
     #[arg(long, env = "TETHER_PROXY_CONFIG")]
     config: PathBuf,
-    /// Runtime worker threads (default: all cores).
-    #[arg(long, env = "TETHER_PROXY_WORKERS")]
-    workers: Option<usize>,
-    /// Overrides `[inbound] listen`.
-    #[arg(long, env = "TETHER_PROXY_INBOUND_LISTEN")]
-    inbound_listen: Option<String>,
-    /// Overrides `[inbound] app`.
-    #[arg(long, env = "TETHER_PROXY_INBOUND_APP")]
-    inbound_app: Option<String>,
-    /// Overrides `[inbound] policy`.
-    #[arg(long, env = "TETHER_PROXY_INBOUND_POLICY")]
-    inbound_policy: Option<String>,
-    /// Overrides `[outbound] listen`.
-    #[arg(long, env = "TETHER_PROXY_OUTBOUND_LISTEN")]
-    outbound_listen: Option<String>,
-    /// Overrides `[admin] listen`.
-    #[arg(long, env = "TETHER_PROXY_ADMIN_LISTEN")]
-    admin_listen: Option<String>,
-    /// Overrides `[identity] cert`.
-    #[arg(long, env = "TETHER_PROXY_IDENTITY_CERT")]
-    identity_cert: Option<String>,
-    /// Overrides `[identity] key`.
-    #[arg(long, env = "TETHER_PROXY_IDENTITY_KEY")]
-    identity_key: Option<String>,
-    /// Overrides `[identity] bundle`.
-    #[arg(long, env = "TETHER_PROXY_IDENTITY_BUNDLE")]
-    identity_bundle: Option<String>,
-    /// Overrides `[identity] crl`.
-    #[arg(long, env = "TETHER_PROXY_IDENTITY_CRL")]
-    identity_crl: Option<String>,
-    /// The one-time enrollment token for `[ca]` mode (instead of `ca.token_file`). Prefer the
-    /// environment variable: a flag shows up in `ps`.
-    #[arg(long, env = "TETHER_PROXY_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,49 +92,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// `tether-proxy run`: exit 64 on a bad config, 1 on a port that cannot be bound.
 fn run(args: RunArgs) -> ExitCode {
-    let overrides = Overrides {
-        workers: args.workers,
-        inbound_listen: args.inbound_listen,
-        inbound_app: args.inbound_app,
-        inbound_policy: args.inbound_policy,
-        outbound_listen: args.outbound_listen,
-        admin_listen: args.admin_listen,
-        identity_cert: args.identity_cert,
-        identity_key: args.identity_key,
-        identity_bundle: args.identity_bundle,
-        identity_crl: args.identity_crl,
-        token: args.token,
-    };
-    let cfg = match Config::load(&args.config, &overrides) {
+    let cfg = match Config::load(&args.config, &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tether-proxy: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // One worker: a current-thread runtime does the same work without cross-thread wakeups
-    // (together with static hop-by-hop header names: +17 % req/s in the 32-connection bench).
-    let built = if cfg.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .max_io_events_per_tick(IO_EVENTS_PER_TICK)
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.workers)
-            .enable_all()
-            .build()
-    };
-    let rt = match built {
+    init_logging();
+    if let IdentitySource::Ca(ca) = &cfg.identity {
+        if !ca.has_enrollment_token() {
+            // Not fatal: a cached certificate in state_dir is enough to start. Logged here, not
+            // while parsing, because logging starts only once the config is known to be good.
+            tracing::debug!("no enrollment token configured; relying on the cached certificate");
+        }
+    }
+    let rt = match build_runtime(cfg.workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tether-proxy: cannot start the runtime: {e}");
@@ -182,12 +125,10 @@ fn run(args: RunArgs) -> ExitCode {
             workers = cfg.workers,
             "tether-proxy starting"
         );
-        tether_proxy::run(
-            cfg,
-            listeners,
-            prometheus::Registry::new(),
-            shutdown_signal(),
-        )
+        tether_proxy::run(cfg, listeners, prometheus::Registry::new(), async {
+            tether_net::shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+        })
         .await
     });
     match result {
@@ -204,6 +145,36 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Logs to stderr at the level `TETHER_LOG` sets (default `info`), in colour on a terminal.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Builds the runtime for `workers` threads.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    // One worker: a current-thread runtime does the same work without cross-thread wakeups
+    // (together with static hop-by-hop header names: +17 % req/s in the 32-connection bench).
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_io_events_per_tick(IO_EVENTS_PER_TICK)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+}
+
+/// `tether-proxy authz check`: exit 0 allow, 1 deny, 2 bad input.
 fn authz_check(
     policy: &std::path::Path,
     from: &str,
@@ -223,11 +194,7 @@ fn authz_check(
         Ok(id) => id,
         Err(e) => return bad(format!("--from {from:?}: {e}")),
     };
-    if method.is_empty()
-        || !method
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    {
+    if !is_method_token(method) {
         return bad(format!("--method {method:?} is not an HTTP method token"));
     }
     let path_only = path.split('?').next().unwrap_or(path);
@@ -266,21 +233,4 @@ fn authz_check(
             ExitCode::from(1)
         }
     }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: draining in-flight requests");
 }

@@ -1,7 +1,8 @@
 //! The `tether-proxy` binary as an operator meets it: `authz check` exit codes and explanations,
-//! config errors that exit 64 naming the file, key and problem, and a real run of two sidecar
-//! processes carrying a request from curl to an app, with `openssl s_client` as an outside mTLS
-//! client (accepted with a mesh certificate, refused without one).
+//! config errors (and overrides with nothing to override) that exit 64 naming the file, key and
+//! problem, and a real run of two sidecar processes carrying a request from curl to an app, with
+//! `openssl s_client` as an outside mTLS client (accepted with a mesh certificate, refused
+//! without one).
 
 mod common;
 
@@ -103,11 +104,18 @@ fn authz_check_explains_and_exits_0_1_2() {
 /// Runs `tether-proxy run` on `config`; a sidecar that starts instead of failing is killed after
 /// 10 s and the test fails on its exit status.
 fn run_with(config: &str, dir: &Path) -> Output {
+    run_with_flags(config, dir, &[], &[])
+}
+
+/// [`run_with`], with extra command-line `flags` and environment variables `env`.
+fn run_with_flags(config: &str, dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Output {
     let p = dir.join("bad.toml");
     std::fs::write(&p, config).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&p)
+        .args(flags)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,6 +161,7 @@ fn config_errors_exit_64_naming_file_key_and_problem() {
         ),
         (format!("{ident}[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:1\"\npolicy = {:?}\n", d.join("nope.toml")), "nope.toml"),
         ("this is not toml".into(), "bad.toml"),
+        (format!("{ident}{inbound}[limits]\nmax_header_bytes = 4096\n"), "bad.toml: limits.max_header_bytes: 4096 is too small"),
     ];
     for (config, needle) in cases {
         let o = run_with(&config, d);
@@ -164,6 +173,39 @@ fn config_errors_exit_64_naming_file_key_and_problem() {
         );
         assert!(err.contains(needle), "expected {needle:?} in: {err}");
     }
+}
+
+#[test]
+fn an_override_for_a_section_the_file_lacks_exits_64_naming_the_flag() {
+    let pki = Pki::new();
+    let b = pki.issue("ns/default/sa/service-b");
+    let d = pki.dir.path();
+    // An outbound-only sidecar: no [inbound] for --inbound-app to change.
+    let config = format!(
+        "{}[outbound]\nlisten = \"127.0.0.1:0\"\n",
+        identity_section(&b, None)
+    );
+    let by_flag = run_with_flags(&config, d, &["--inbound-app", "127.0.0.1:1"], &[]);
+    let by_env = run_with_flags(
+        &config,
+        d,
+        &[],
+        &[("TETHER_PROXY_INBOUND_APP", "127.0.0.1:1")],
+    );
+    for o in [by_flag, by_env] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(64), "stderr: {err}");
+        assert!(
+            err.contains("<flags>: --inbound-app: ") && err.contains("has no [inbound] section"),
+            "{err}"
+        );
+    }
+    // [identity] files, so nothing for the [ca] mode's token either; the secret is not echoed.
+    let o = run_with_flags(&config, d, &[], &[("TETHER_PROXY_TOKEN", "s3cret")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "stderr: {err}");
+    assert!(err.contains("--token") && err.contains("[ca]"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
 }
 
 struct Child(std::process::Child);

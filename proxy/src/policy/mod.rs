@@ -27,17 +27,27 @@
 //!
 //! [`PolicyHandle`] holds the current policy for all connections and [`spawn_reloader`] swaps in a
 //! new one when the file changes; a file that fails to load keeps the previous policy.
+//!
+//! - `parse`: the file → validated rules and the caller index, with errors naming the rule.
+//! - `decide`: matching one request against the rules ([`Policy::decide`]).
+//! - `normalize`: [`normalize_path`], the one spelling of a path that rules and apps see.
+//! - `reload`: [`PolicyHandle`] and [`spawn_reloader`].
 
-use std::collections::hash_map::Entry;
+mod decide;
+mod normalize;
+mod parse;
+mod reload;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use tether_certs::SpiffeId;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
+use decide::Rule;
+pub use normalize::{normalize_path, PathError};
+pub use parse::is_method_token;
+use reload::digest;
+pub use reload::{spawn_reloader, PolicyHandle};
 
 /// What the sidecar does with a request no rule allows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,54 +139,6 @@ fn rule_label(name: Option<&str>) -> String {
     }
 }
 
-/// One validated rule.
-#[derive(Debug)]
-struct Rule {
-    name: String,
-    /// `None` = any method, including none at all (opaque TCP).
-    methods: Option<Vec<String>>,
-    /// `None` = any path, including none at all (opaque TCP).
-    paths: Option<Vec<PathPattern>>,
-    expires: Option<OffsetDateTime>,
-}
-
-#[derive(Debug)]
-enum PathPattern {
-    Exact(String),
-    /// The pattern without its `*`, so it ends in `/`.
-    Prefix(String),
-}
-
-impl PathPattern {
-    fn matches(&self, path: &str) -> bool {
-        match self {
-            PathPattern::Exact(p) => p == path,
-            PathPattern::Prefix(p) => path.starts_with(p.as_str()),
-        }
-    }
-}
-
-impl Rule {
-    fn matches(&self, method: Option<&str>, path: Option<&str>, now: OffsetDateTime) -> bool {
-        if self.expires.is_some_and(|at| now >= at) {
-            return false;
-        }
-        if let Some(methods) = &self.methods {
-            match method {
-                Some(m) if methods.iter().any(|x| x == m) => {}
-                _ => return false,
-            }
-        }
-        if let Some(paths) = &self.paths {
-            match path {
-                Some(p) if paths.iter().any(|pat| pat.matches(p)) => {}
-                _ => return false,
-            }
-        }
-        true
-    }
-}
-
 /// A validated, indexed set of rules. Build one with [`Policy::parse`] or [`Policy::load`].
 #[derive(Debug)]
 pub struct Policy {
@@ -193,153 +155,7 @@ pub struct Policy {
     digest: Option<u64>,
 }
 
-/// Top level of the file. `rule` entries stay raw so each can be checked on its own and its
-/// errors can name it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    mode: Option<String>,
-    #[serde(default)]
-    rule: Vec<toml::Value>,
-}
-
-/// One `[[rule]]` table. Values stay raw so a wrong type is reported against its field.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    name: Option<toml::Value>,
-    from: Option<toml::Value>,
-    methods: Option<toml::Value>,
-    paths: Option<toml::Value>,
-    expires: Option<toml::Value>,
-}
-
-const RULE_KEYS: [&str; 5] = ["name", "from", "methods", "paths", "expires"];
-
-/// Collects rule errors with the file, rule number and name filled in.
-struct RuleContext<'a> {
-    file: &'a str,
-    number: usize,
-    name: Option<String>,
-}
-
-impl RuleContext<'_> {
-    fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> PolicyError {
-        PolicyError::Rule {
-            file: self.file.to_owned(),
-            number: self.number,
-            name: self.name.clone(),
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-
-    /// A non-empty array of strings, or an error naming `field`.
-    fn strings(&self, field: &str, value: toml::Value) -> Result<Vec<String>, PolicyError> {
-        let toml::Value::Array(items) = value else {
-            return Err(self.err(
-                field,
-                format!("expected an array of strings, got {}", value.type_str()),
-            ));
-        };
-        if items.is_empty() {
-            // An empty list would match nothing, which is never what was meant.
-            let hint = if field == "from" {
-                "list at least one caller"
-            } else {
-                "omit the key to allow any"
-            };
-            return Err(self.err(field, format!("must not be empty ({hint})")));
-        }
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                toml::Value::String(s) => Ok(s),
-                other => Err(self.err(
-                    format!("{field}[{i}]"),
-                    format!("expected a string, got {}", other.type_str()),
-                )),
-            })
-            .collect()
-    }
-}
-
 impl Policy {
-    /// Parses and validates a policy; `source` is the file name used in error messages.
-    ///
-    /// The whole text is rejected if any part of it is invalid: a partly applied policy could
-    /// allow or deny what nobody wrote.
-    pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|error| PolicyError::Syntax {
-            file: source.to_owned(),
-            error,
-        })?;
-        let mode = match raw.mode.as_deref() {
-            None | Some("enforce") => Mode::Enforce,
-            Some("audit") => Mode::Audit,
-            Some(other) => {
-                return Err(PolicyError::Mode {
-                    file: source.to_owned(),
-                    value: other.to_owned(),
-                })
-            }
-        };
-        let mut policy = Policy {
-            mode,
-            rules: Vec::with_capacity(raw.rule.len()),
-            exact: HashMap::new(),
-            prefixes: HashMap::new(),
-            max_prefix_len: 0,
-            digest: Some(digest(text.as_bytes())),
-        };
-        // Name → 1-based rule number, to point a duplicate at the first use.
-        let mut names: HashMap<String, usize> = HashMap::new();
-        for (i, value) in raw.rule.into_iter().enumerate() {
-            let ctx = RuleContext {
-                file: source,
-                number: i + 1,
-                name: value
-                    .get("name")
-                    .and_then(toml::Value::as_str)
-                    .filter(|n| valid_name(n))
-                    .map(str::to_owned),
-            };
-            let (rule, callers) = parse_rule(&ctx, value)?;
-            match names.entry(rule.name.clone()) {
-                Entry::Occupied(first) => {
-                    return Err(ctx.err(
-                        "name",
-                        format!(
-                            "{:?} is already the name of rule {}",
-                            rule.name,
-                            first.get()
-                        ),
-                    ));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(ctx.number);
-                }
-            }
-            for caller in callers {
-                let (map, key) = match caller {
-                    Caller::Exact(id) => (&mut policy.exact, id.into_string()),
-                    Caller::Prefix(prefix) => {
-                        policy.max_prefix_len = policy.max_prefix_len.max(prefix.len());
-                        (&mut policy.prefixes, prefix)
-                    }
-                };
-                let list = map.entry(key).or_default();
-                // The same caller listed twice in one rule needs only one entry.
-                if list.last() != Some(&i) {
-                    list.push(i);
-                }
-            }
-            policy.rules.push(rule);
-        }
-        Ok(policy)
-    }
-
     /// Reads and parses the policy file at `path` (its path is the source in error messages).
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let bytes = std::fs::read(path).map_err(|error| PolicyError::Read {
@@ -384,248 +200,7 @@ impl Policy {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
-
-    /// Finds the first rule, in file order, that allows `caller` to make this request at `now`.
-    ///
-    /// `path` must be the output of [`normalize_path`] (and is what gets forwarded). `method`
-    /// and `path` are `None` for opaque TCP traffic: then only rules with neither `methods` nor
-    /// `paths` can match. More generally a rule with `methods` needs a method and a rule with
-    /// `paths` needs a path. Does not allocate: candidates come from a hash lookup of the exact
-    /// ID plus one lookup per ancestor path of the ID that some prefix rule could name.
-    pub fn decide(
-        &self,
-        caller: &SpiffeId,
-        method: Option<&str>,
-        path: Option<&str>,
-        now: OffsetDateTime,
-    ) -> Decision<'_> {
-        let mut best: Option<usize> = None;
-        // Each candidate list is ascending, so its first match is its earliest; the overall
-        // answer is the earliest across lists, and a list stops once it passes the best so far.
-        let mut consider = |list: &[usize]| {
-            for &i in list {
-                if best.is_some_and(|b| i >= b) {
-                    return;
-                }
-                if self
-                    .rules
-                    .get(i)
-                    .is_some_and(|r| r.matches(method, path, now))
-                {
-                    best = Some(i);
-                    return;
-                }
-            }
-        };
-        let id = caller.as_str();
-        if let Some(list) = self.exact.get(id) {
-            consider(list);
-        }
-        if !self.prefixes.is_empty() {
-            // Every `/` after the scheme ends an ancestor (`spiffe://td/`, `spiffe://td/ns/`, …);
-            // the ID itself never ends in `/`, so only strict ancestors are looked up.
-            let scheme = tether_certs::spiffe::SPIFFE_SCHEME.len();
-            let limit = id.len().min(self.max_prefix_len);
-            for (i, b) in id.bytes().enumerate().take(limit).skip(scheme) {
-                if b != b'/' {
-                    continue;
-                }
-                if let Some(list) = id.get(..=i).and_then(|key| self.prefixes.get(key)) {
-                    consider(list);
-                }
-            }
-        }
-        match best.and_then(|i| self.rules.get(i)) {
-            Some(rule) => Decision::Allow { rule: &rule.name },
-            None => Decision::Deny,
-        }
-    }
 }
 
-/// A rule name must be printable in logs and metric labels.
-fn valid_name(name: &str) -> bool {
-    !name.trim().is_empty() && !name.chars().any(char::is_control)
-}
-
-enum Caller {
-    Exact(SpiffeId),
-    /// The ID prefix including its final `/`.
-    Prefix(String),
-}
-
-fn parse_rule(
-    ctx: &RuleContext<'_>,
-    value: toml::Value,
-) -> Result<(Rule, Vec<Caller>), PolicyError> {
-    let Some(table) = value.as_table() else {
-        return Err(ctx.err(
-            "rule",
-            format!(
-                "expected a table (write it as [[rule]]), got {}",
-                value.type_str()
-            ),
-        ));
-    };
-    if let Some(key) = table.keys().find(|k| !RULE_KEYS.contains(&k.as_str())) {
-        return Err(ctx.err(
-            key.as_str(),
-            format!("unknown key (expected one of: {})", RULE_KEYS.join(", ")),
-        ));
-    }
-    // The check above already covers unknown keys; serde's deny_unknown_fields stays as the
-    // guard should the two lists ever drift apart.
-    let raw: RawRule = value
-        .try_into()
-        .map_err(|e| ctx.err("rule", e.message().to_owned()))?;
-
-    let name = match raw.name {
-        None => return Err(ctx.err("name", "missing (every rule needs a unique name)")),
-        Some(toml::Value::String(name)) if valid_name(&name) => name,
-        Some(toml::Value::String(name)) => {
-            return Err(ctx.err(
-                "name",
-                format!("{name:?} must be non-blank and free of control characters"),
-            ))
-        }
-        Some(other) => {
-            return Err(ctx.err(
-                "name",
-                format!("expected a string, got {}", other.type_str()),
-            ))
-        }
-    };
-
-    let from = raw
-        .from
-        .ok_or_else(|| ctx.err("from", "missing (list the callers this rule allows)"))?;
-    let callers = ctx
-        .strings("from", from)?
-        .iter()
-        .enumerate()
-        .map(|(i, s)| parse_caller(s).map_err(|p| ctx.err(format!("from[{i}]"), p)))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    let methods = match raw.methods {
-        None => None,
-        Some(v) => {
-            let methods = ctx.strings("methods", v)?;
-            for (i, m) in methods.iter().enumerate() {
-                check_method(m).map_err(|p| ctx.err(format!("methods[{i}]"), p))?;
-            }
-            Some(methods)
-        }
-    };
-
-    let paths = match raw.paths {
-        None => None,
-        Some(v) => {
-            let mut patterns = Vec::new();
-            for (i, p) in ctx.strings("paths", v)?.iter().enumerate() {
-                let pattern =
-                    parse_path_pattern(p).map_err(|e| ctx.err(format!("paths[{i}]"), e))?;
-                patterns.push(pattern);
-            }
-            Some(patterns)
-        }
-    };
-
-    let expires = match raw.expires {
-        None => None,
-        Some(v) => Some(parse_expiry(&v).map_err(|p| ctx.err("expires", p))?),
-    };
-
-    Ok((
-        Rule {
-            name,
-            methods,
-            paths,
-            expires,
-        },
-        callers,
-    ))
-}
-
-fn parse_caller(s: &str) -> Result<Caller, String> {
-    if let Some(base) = s.strip_suffix("/*") {
-        if base.contains('*') {
-            return Err(format!("{s:?}: '*' is only allowed as a final \"/*\""));
-        }
-        let id = SpiffeId::parse(base)
-            .map_err(|e| format!("{s:?} is not a valid SPIFFE ID prefix: {e}"))?;
-        return Ok(Caller::Prefix(format!("{}/", id.as_str())));
-    }
-    if s.contains('*') {
-        return Err(format!(
-            "{s:?}: '*' is only allowed as a final \"/*\" (e.g. \"spiffe://td/ns/ops/*\")"
-        ));
-    }
-    SpiffeId::parse(s)
-        .map(Caller::Exact)
-        .map_err(|e| format!("{s:?} is not a valid SPIFFE ID: {e}"))
-}
-
-/// HTTP `tchar` (RFC 9110) minus lower-case letters: methods are case-sensitive, and every
-/// method in use is upper-case, so `get` is almost certainly a typo for `GET`.
-fn check_method(m: &str) -> Result<(), String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if m == "*" {
-        return Err("\"*\" is not a method; omit `methods` to allow any method".to_owned());
-    }
-    if m.is_empty() || !m.bytes().all(tchar) {
-        return Err(format!("{m:?} is not a valid HTTP method token"));
-    }
-    if m.bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(format!(
-            "{m:?} must be upper-case (methods are case-sensitive): write {:?}",
-            m.to_ascii_uppercase()
-        ));
-    }
-    Ok(())
-}
-
-fn parse_path_pattern(p: &str) -> Result<PathPattern, String> {
-    // Keep the trailing `/` of a prefix so `/data/*` cannot match `/database`.
-    let (base, prefix) = match p.strip_suffix('*') {
-        Some(base) if base.ends_with('/') => (base, true),
-        _ => (p, false),
-    };
-    if base.contains('*') {
-        return Err(format!("{p:?}: '*' is only allowed as a final \"/*\""));
-    }
-    let normal = normalize_path(base).map_err(|e| format!("{p:?} is not a valid path: {e}"))?;
-    if normal != base {
-        let star = if prefix { "*" } else { "" };
-        return Err(format!("{p:?} is not normalized; write \"{normal}{star}\""));
-    }
-    Ok(if prefix {
-        PathPattern::Prefix(normal)
-    } else {
-        PathPattern::Exact(normal)
-    })
-}
-
-/// Accepts an RFC 3339 string or a TOML offset date-time (`expires = 2026-12-31T00:00:00Z`).
-fn parse_expiry(v: &toml::Value) -> Result<OffsetDateTime, String> {
-    let text = match v {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Datetime(dt) => dt.to_string(),
-        other => {
-            return Err(format!(
-                "expected an RFC 3339 timestamp string, got {}",
-                other.type_str()
-            ))
-        }
-    };
-    OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| {
-        format!("{text:?} is not an RFC 3339 timestamp with a UTC offset (e.g. \"2026-12-31T00:00:00Z\"): {e}")
-    })
-}
-
-mod normalize;
-mod reload;
 #[cfg(test)]
 mod tests;
-
-pub use normalize::{normalize_path, PathError};
-use reload::digest;
-pub use reload::{spawn_reloader, PolicyHandle};

@@ -2,14 +2,13 @@
 //! proptests) and hot reload.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-
-use proptest::prelude::*;
-use time::macros::datetime;
-
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use proptest::prelude::*;
+use tether_certs::SpiffeId;
+use time::macros::datetime;
+use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 use super::normalize::{hex_value, is_unreserved};
@@ -30,6 +29,20 @@ fn parse_err(text: &str) -> String {
         Ok(_) => panic!("accepted:\n{text}"),
         Err(e) => e.to_string(),
     }
+}
+
+/// The error for `text`, which must start with `start`.
+fn err_starting(text: &str, start: &str) -> String {
+    let msg = parse_err(text);
+    assert!(msg.starts_with(start), "expected {start:?} first in: {msg}");
+    msg
+}
+
+/// The error for `text`, which must contain `needle`.
+fn err_containing(text: &str, needle: &str) -> String {
+    let msg = parse_err(text);
+    assert!(msg.contains(needle), "expected {needle:?} in: {msg}");
+    msg
 }
 
 fn http<'a>(p: &'a Policy, caller: &str, method: &str, path: &str) -> Decision<'a> {
@@ -60,10 +73,9 @@ const SAMPLE: &str = r#"
 
 #[test]
 fn unknown_key_in_rule_names_rule_and_key() {
-    let msg = parse_err("[[rule]]\nname = \"r\"\nfrom = [\"spiffe://td/a\"]\ncolour = \"red\"\n");
-    assert!(
-        msg.starts_with("policy.toml: rule 1 (\"r\"): colour: unknown key"),
-        "{msg}"
+    err_starting(
+        "[[rule]]\nname = \"r\"\nfrom = [\"spiffe://td/a\"]\ncolour = \"red\"\n",
+        "policy.toml: rule 1 (\"r\"): colour: unknown key",
     );
 }
 
@@ -86,15 +98,13 @@ fn missing_name() {
         msg,
         "policy.toml: rule 1 (unnamed): name: missing (every rule needs a unique name)"
     );
-    let msg = parse_err("[[rule]]\nname = \" \"\nfrom = [\"spiffe://td/a\"]\n");
-    assert!(
-        msg.starts_with("policy.toml: rule 1 (unnamed): name: "),
-        "{msg}"
+    err_starting(
+        "[[rule]]\nname = \" \"\nfrom = [\"spiffe://td/a\"]\n",
+        "policy.toml: rule 1 (unnamed): name: ",
     );
-    let msg = parse_err("[[rule]]\nname = 3\nfrom = [\"spiffe://td/a\"]\n");
-    assert!(
-        msg.contains("rule 1 (unnamed): name: expected a string, got integer"),
-        "{msg}"
+    err_containing(
+        "[[rule]]\nname = 3\nfrom = [\"spiffe://td/a\"]\n",
+        "rule 1 (unnamed): name: expected a string, got integer",
     );
 }
 
@@ -111,37 +121,30 @@ fn duplicate_name_points_at_first_use() {
 
 #[test]
 fn missing_or_empty_from() {
-    let msg = parse_err("[[rule]]\nname = \"r\"\n");
-    assert!(
-        msg.starts_with("policy.toml: rule 1 (\"r\"): from: missing"),
-        "{msg}"
+    err_starting(
+        "[[rule]]\nname = \"r\"\n",
+        "policy.toml: rule 1 (\"r\"): from: missing",
     );
-    let msg = parse_err("[[rule]]\nname = \"r\"\nfrom = []\n");
-    assert!(
-        msg.starts_with("policy.toml: rule 1 (\"r\"): from: must not be empty"),
-        "{msg}"
+    err_starting(
+        "[[rule]]\nname = \"r\"\nfrom = []\n",
+        "policy.toml: rule 1 (\"r\"): from: must not be empty",
     );
-    let msg = parse_err("[[rule]]\nname = \"r\"\nfrom = \"spiffe://td/a\"\n");
-    assert!(
-        msg.contains("from: expected an array of strings, got string"),
-        "{msg}"
+    err_containing(
+        "[[rule]]\nname = \"r\"\nfrom = \"spiffe://td/a\"\n",
+        "from: expected an array of strings, got string",
     );
-    let msg = parse_err("[[rule]]\nname = \"r\"\nfrom = [\"spiffe://td/a\", 7]\n");
-    assert!(
-        msg.contains("from[1]: expected a string, got integer"),
-        "{msg}"
+    err_containing(
+        "[[rule]]\nname = \"r\"\nfrom = [\"spiffe://td/a\", 7]\n",
+        "from[1]: expected a string, got integer",
     );
 }
 
 #[test]
 fn bad_spiffe_id() {
-    let msg = parse_err(
+    let msg = err_starting(
         "[[rule]]\nname = \"a\"\nfrom = [\"spiffe://td/a\"]\n\
          [[rule]]\nname = \"b-writes\"\nfrom = [\"spiffe://td/a\", \"spiffe://X/y\"]\n",
-    );
-    assert!(
-        msg.starts_with("policy.toml: rule 2 (\"b-writes\"): from[1]: \"spiffe://X/y\" is not a valid SPIFFE ID: "),
-        "{msg}"
+        "policy.toml: rule 2 (\"b-writes\"): from[1]: \"spiffe://X/y\" is not a valid SPIFFE ID: ",
     );
     assert!(msg.contains("lowercase"), "{msg}");
 }
@@ -149,10 +152,9 @@ fn bad_spiffe_id() {
 #[test]
 fn bad_prefix() {
     for bad in ["spiffe://td/a*", "spiffe://td/*/b", "*"] {
-        let msg = parse_err(&format!("[[rule]]\nname = \"r\"\nfrom = [\"{bad}\"]\n"));
-        assert!(
-            msg.starts_with("policy.toml: rule 1 (\"r\"): from[0]: "),
-            "{msg}"
+        let msg = err_starting(
+            &format!("[[rule]]\nname = \"r\"\nfrom = [\"{bad}\"]\n"),
+            "policy.toml: rule 1 (\"r\"): from[0]: ",
         );
         assert!(
             msg.contains("only allowed as a final \"/*\""),
@@ -160,12 +162,9 @@ fn bad_prefix() {
         );
     }
     for bad in ["spiffe://td/a//*", "spiffe://*", "spiffe://TD/*"] {
-        let msg = parse_err(&format!("[[rule]]\nname = \"r\"\nfrom = [\"{bad}\"]\n"));
-        assert!(
-            msg.contains(&format!(
-                "from[0]: \"{bad}\" is not a valid SPIFFE ID prefix"
-            )),
-            "{msg}"
+        err_containing(
+            &format!("[[rule]]\nname = \"r\"\nfrom = [\"{bad}\"]\n"),
+            &format!("from[0]: \"{bad}\" is not a valid SPIFFE ID prefix"),
         );
     }
 }
@@ -175,27 +174,32 @@ fn bad_method_token() {
     let rule = |m: &str| {
         format!("[[rule]]\nname = \"r\"\nfrom = [\"spiffe://td/a\"]\nmethods = [\"GET\", {m:?}]\n")
     };
-    let msg = parse_err(&rule("get"));
-    assert!(
-        msg.starts_with("policy.toml: rule 1 (\"r\"): methods[1]: \"get\" must be upper-case"),
-        "{msg}"
+    let msg = err_starting(
+        &rule("get"),
+        "policy.toml: rule 1 (\"r\"): methods[1]: \"get\" must be upper-case",
     );
     assert!(msg.contains("write \"GET\""), "{msg}");
     for bad in ["GE T", "", "GET\n", "(GET)"] {
-        let msg = parse_err(&rule(bad));
-        assert!(
-            msg.contains("methods[1]: ") && msg.contains("not a valid HTTP method token"),
-            "{msg}"
-        );
+        let msg = err_containing(&rule(bad), "not a valid HTTP method token");
+        assert!(msg.contains("methods[1]: "), "{msg}");
     }
     assert!(parse_err(&rule("*")).contains("omit `methods`"));
-    let msg = parse_err("[[rule]]\nname = \"r\"\nfrom = [\"spiffe://td/a\"]\nmethods = []\n");
-    assert!(
-        msg.contains("rule 1 (\"r\"): methods: must not be empty"),
-        "{msg}"
+    err_containing(
+        "[[rule]]\nname = \"r\"\nfrom = [\"spiffe://td/a\"]\nmethods = []\n",
+        "rule 1 (\"r\"): methods: must not be empty",
     );
     // Extension methods are fine.
     policy(&rule("PROPFIND"));
+}
+
+#[test]
+fn method_tokens_are_tchars_in_any_case() {
+    for good in ["GET", "get", "PROPFIND", "M-SEARCH", "!#$%&'*+-.^_`|~09az"] {
+        assert!(is_method_token(good), "{good}");
+    }
+    for bad in ["", "GE T", "GET\n", "(GET)", "GET/", "G\u{e9}T", "\"GET\""] {
+        assert!(!is_method_token(bad), "{bad:?}");
+    }
 }
 
 #[test]
@@ -258,10 +262,9 @@ fn bad_mode() {
 
 #[test]
 fn rule_that_is_not_a_table() {
-    let msg = parse_err("rule = [1]\n");
-    assert!(
-        msg.starts_with("policy.toml: rule 1 (unnamed): rule: expected a table"),
-        "{msg}"
+    err_starting(
+        "rule = [1]\n",
+        "policy.toml: rule 1 (unnamed): rule: expected a table",
     );
 }
 
@@ -469,33 +472,29 @@ fn ten_thousand_rules_still_decide_right() {
     text.push_str("[[rule]]\nname = \"ops\"\nfrom = [\"spiffe://td/ops/*\"]\n");
     let p = policy(&text);
     assert_eq!(p.len(), 10_001);
-    assert_eq!(
-        http(&p, "spiffe://td/ns/n42/sa/s9942", "GET", "/svc/9942/x"),
-        allow("r9942")
-    );
-    assert_eq!(
-        http(&p, "spiffe://td/ns/n42/sa/s9942", "GET", "/svc/9941/x"),
-        Decision::Deny
-    );
-    assert_eq!(
-        http(&p, "spiffe://td/ns/n42/sa/s9942", "POST", "/svc/9942/x"),
-        Decision::Deny
-    );
-    assert_eq!(
-        http(&p, "spiffe://td/group/g7/x/y", "GET", "/svc/7/z"),
-        allow("r7")
-    );
-    assert_eq!(
-        http(&p, "spiffe://td/group/g7", "GET", "/svc/7/z"),
-        Decision::Deny
-    );
+    let s9942 = "spiffe://td/ns/n42/sa/s9942";
+    for (caller, method, path, want) in [
+        (s9942, "GET", "/svc/9942/x", allow("r9942")),
+        (s9942, "GET", "/svc/9941/x", Decision::Deny),
+        (s9942, "POST", "/svc/9942/x", Decision::Deny),
+        ("spiffe://td/group/g7/x/y", "GET", "/svc/7/z", allow("r7")),
+        ("spiffe://td/group/g7", "GET", "/svc/7/z", Decision::Deny),
+        (
+            "spiffe://td/ns/n1/sa/unknown",
+            "GET",
+            "/svc/1/x",
+            Decision::Deny,
+        ),
+    ] {
+        assert_eq!(
+            http(&p, caller, method, path),
+            want,
+            "{caller} {method} {path}"
+        );
+    }
     assert_eq!(
         p.decide(&id("spiffe://td/ops/a/b"), None, None, NOW),
         allow("ops")
-    );
-    assert_eq!(
-        http(&p, "spiffe://td/ns/n1/sa/unknown", "GET", "/svc/1/x"),
-        Decision::Deny
     );
 }
 

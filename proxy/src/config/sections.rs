@@ -1,0 +1,262 @@
+//! One validating function per section of the config file: raw strings in, typed values out,
+//! or a [`ConfigError`] naming the file, the dotted key and the problem.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tether_certs::SpiffeId;
+
+use super::raw::{RawCa, RawIdentity, RawInbound, RawLimits, RawService};
+use super::{
+    CaSettings, ConfigError, CrlPolicy, IdentityFiles, IdentitySource, Inbound, Limits, Mode,
+    Service, DEFAULT_CRL_GRACE,
+};
+
+/// The smallest `limits.max_header_bytes`: hyper's HTTP/1.1 read buffer cannot be smaller (it
+/// panics on a `max_buf_size` below 8 KiB), so a smaller value is refused rather than raised.
+pub(super) const MIN_HEADER_BYTES: usize = 8192;
+
+/// What every section needs: the file's name for errors and its folder for relative paths.
+pub(super) struct Context<'a> {
+    /// The config file as named in errors.
+    pub(super) file: &'a str,
+    /// Relative paths are joined to this folder (the file's own).
+    pub(super) base: &'a Path,
+}
+
+impl Context<'_> {
+    /// An error at `key` of this file.
+    pub(super) fn err(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: key.to_string(),
+            problem: problem.into(),
+        }
+    }
+
+    /// `p` as written if absolute, else relative to the file's folder.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// An `IP:port` address.
+    pub(super) fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse()
+            .map_err(|_| self.err(key, format!("{s:?} is not an IP:port address")))
+    }
+
+    /// A human duration (`"10s"`, `"5m"`), or `default` when the key is absent.
+    fn duration(
+        &self,
+        key: &str,
+        s: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match s {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s)
+                .map_err(|e| self.err(key, format!("{s:?}: {e} (e.g. \"10s\", \"5m\")"))),
+        }
+    }
+}
+
+/// `workers`: at least 1; absent means one per core.
+pub(super) fn workers(ctx: &Context<'_>, workers: Option<usize>) -> Result<usize, ConfigError> {
+    match workers {
+        Some(0) => Err(ctx.err("workers", "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)),
+    }
+}
+
+/// `[identity]` or `[ca]`: exactly one of them, with its stale-CRL settings.
+pub(super) fn identity(
+    ctx: &Context<'_>,
+    files: Option<RawIdentity>,
+    ca: Option<RawCa>,
+) -> Result<(IdentitySource, CrlPolicy), ConfigError> {
+    match (files, ca) {
+        (Some(_), Some(_)) => Err(ctx.err(
+            "[identity] / [ca]",
+            "configure one identity source, not both",
+        )),
+        (None, None) => Err(ctx.err(
+            "[identity] / [ca]",
+            "missing: certificates from files ([identity]) or from the CA ([ca])",
+        )),
+        (Some(i), None) => {
+            let source = IdentitySource::Files(IdentityFiles {
+                cert: ctx.path(&i.cert),
+                key: ctx.path(&i.key),
+                bundle: ctx.path(&i.bundle),
+                crl: i.crl.as_deref().map(|p| ctx.path(p)),
+            });
+            let grace = ctx.duration(
+                "identity.crl_grace",
+                i.crl_grace.as_deref(),
+                DEFAULT_CRL_GRACE,
+            )?;
+            let on_stale = i.on_stale_crl.unwrap_or_default();
+            Ok((source, CrlPolicy { on_stale, grace }))
+        }
+        (None, Some(c)) => {
+            let urls = ca_urls(ctx, &c.urls)?;
+            let grace = ctx.duration("ca.crl_grace", c.crl_grace.as_deref(), DEFAULT_CRL_GRACE)?;
+            let on_stale = c.on_stale_crl.unwrap_or_default();
+            let source = IdentitySource::Ca(CaSettings {
+                urls,
+                bundle: ctx.path(&c.bundle),
+                token_file: c.token_file.as_deref().map(|p| ctx.path(p)),
+                token: c.token,
+                state_dir: ctx.path(&c.state_dir),
+            });
+            Ok((source, CrlPolicy { on_stale, grace }))
+        }
+    }
+}
+
+/// `ca.urls`: at least one, each an `https://host[:port]` URL.
+fn ca_urls(ctx: &Context<'_>, urls: &[String]) -> Result<Vec<http::Uri>, ConfigError> {
+    if urls.is_empty() {
+        return Err(ctx.err("ca.urls", "needs at least one https:// URL"));
+    }
+    urls.iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let key = format!("ca.urls[{i}]");
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|_| ctx.err(&key, format!("{u:?} is not a URL")))?;
+            if uri.scheme_str() != Some("https") || uri.host().is_none() {
+                return Err(ctx.err(&key, format!("{u:?} must be an https://host:port URL")));
+            }
+            Ok(uri)
+        })
+        .collect()
+}
+
+/// `[inbound]`.
+pub(super) fn inbound(ctx: &Context<'_>, i: RawInbound) -> Result<Inbound, ConfigError> {
+    Ok(Inbound {
+        listen: ctx.addr("inbound.listen", &i.listen)?,
+        app: ctx.addr("inbound.app", &i.app)?,
+        policy: ctx.path(&i.policy),
+        mode: i.mode,
+        app_protocol: i.app_protocol,
+    })
+}
+
+/// Every `[services.NAME]`, in name order.
+pub(super) fn services(
+    ctx: &Context<'_>,
+    services: &BTreeMap<String, RawService>,
+) -> Result<Vec<Service>, ConfigError> {
+    services
+        .iter()
+        .map(|(name, s)| service(ctx, name, s))
+        .collect()
+}
+
+/// One `[services.NAME]`: a host name, its peers' addresses and identity, and for TCP its own
+/// listener.
+fn service(ctx: &Context<'_>, name: &str, s: &RawService) -> Result<Service, ConfigError> {
+    let key = |k: &str| format!("services.{name}.{k}");
+    let host_name = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
+    if name.is_empty() || !name.bytes().all(host_name) {
+        return Err(ctx.err(
+            &format!("services.{name}"),
+            "a service name is a host name: letters, digits, '-', '_', '.'",
+        ));
+    }
+    if s.address.is_empty() {
+        return Err(ctx.err(&key("address"), "needs at least one address"));
+    }
+    let addresses = s
+        .address
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ctx.addr(&key(&format!("address[{i}]")), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let identity = SpiffeId::parse(&s.identity).map_err(|e| {
+        let problem = format!("{:?} is not a valid SPIFFE ID: {e}", s.identity);
+        ctx.err(&key("identity"), problem)
+    })?;
+    let listen = match (s.mode, &s.listen) {
+        (Mode::Tcp, Some(l)) => Some(ctx.addr(&key("listen"), l)?),
+        (Mode::Tcp, None) => {
+            return Err(ctx.err(&key("listen"), "a TCP service needs its own local listener"))
+        }
+        (Mode::Http, Some(_)) => {
+            return Err(ctx.err(
+                &key("listen"),
+                "only TCP services have a listener; HTTP services are routed by Host on the \
+                 outbound listener",
+            ))
+        }
+        (Mode::Http, None) => None,
+    };
+    if s.mode == Mode::Tcp && s.peer_protocol.is_some() {
+        return Err(ctx.err(
+            &key("peer_protocol"),
+            "only HTTP services have a peer protocol; a TCP service carries bytes",
+        ));
+    }
+    Ok(Service {
+        name: name.to_ascii_lowercase(),
+        addresses,
+        identity,
+        mode: s.mode,
+        listen,
+        peer_protocol: s.peer_protocol.unwrap_or_default(),
+    })
+}
+
+/// `[limits]`: each key optional, with the defaults of [`Limits::default`].
+pub(super) fn limits(ctx: &Context<'_>, l: &RawLimits) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let timeout = |key: &str, value: &Option<String>, default: Duration| {
+        ctx.duration(&format!("limits.{key}"), value.as_deref(), default)
+    };
+    Ok(Limits {
+        handshake_timeout: timeout(
+            "handshake_timeout",
+            &l.handshake_timeout,
+            d.handshake_timeout,
+        )?,
+        header_read_timeout: timeout(
+            "header_read_timeout",
+            &l.header_read_timeout,
+            d.header_read_timeout,
+        )?,
+        max_header_bytes: match l.max_header_bytes {
+            Some(n) if n < MIN_HEADER_BYTES => {
+                return Err(ctx.err(
+                    "limits.max_header_bytes",
+                    format!(
+                        "{n} is too small: the minimum is {MIN_HEADER_BYTES} (8 KiB, the \
+                         smallest HTTP/1.1 read buffer hyper allows)"
+                    ),
+                ))
+            }
+            Some(n) => n,
+            None => d.max_header_bytes,
+        },
+        max_connections: match l.max_connections {
+            Some(0) => return Err(ctx.err("limits.max_connections", "must be at least 1")),
+            Some(n) => n,
+            None => d.max_connections,
+        },
+        idle_timeout: timeout("idle_timeout", &l.idle_timeout, d.idle_timeout)?,
+        request_timeout: timeout("request_timeout", &l.request_timeout, d.request_timeout)?,
+        drain_timeout: timeout("drain_timeout", &l.drain_timeout, d.drain_timeout)?,
+    })
+}
