@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::authority::{add_secs, short_duration, unix_rfc3339, Authority, CaError};
+use crate::authority::Authority;
+use crate::error::CaError;
 use crate::fleet::FLEET_WINDOW;
+use crate::store::Store;
+use crate::timefmt::{add_secs, short_duration, unix_rfc3339};
 
 /// How much of a fingerprint a problem line shows: enough to pick the root in `root list`.
 const FINGERPRINT_SHOWN: usize = 16;
@@ -24,40 +27,13 @@ impl Authority {
     ///   within any window of days; flagging those would make `check` fail on every mesh.)
     pub fn check(&self, warn_within: Duration) -> Result<Vec<String>, CaError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let horizon = add_secs(now, warn_within);
-        let window = short_duration(warn_within);
-        let expiry = |not_after: i64| {
-            if not_after <= now {
-                format!("expired at {}", unix_rfc3339(not_after))
-            } else {
-                format!("expires at {}, within {window}", unix_rfc3339(not_after))
-            }
+        let window = Window {
+            now,
+            horizon: add_secs(now, warn_within),
+            shown: short_duration(warn_within),
         };
-        let mut problems = Vec::new();
         let store = self.store();
-
-        let current = store.current_generation()?;
-        for g in store.generations()? {
-            if g.retired_at.is_some() {
-                continue;
-            }
-            let fp = &g.root_fingerprint[..FINGERPRINT_SHOWN.min(g.root_fingerprint.len())];
-            if g.root_not_after <= horizon {
-                problems.push(format!(
-                    "root {fp} (generation {}) {}; rotate with `tether-ca root rotate`",
-                    g.generation,
-                    expiry(g.root_not_after)
-                ));
-            }
-            if g.generation == current && g.intermediate_not_after <= horizon {
-                problems.push(format!(
-                    "intermediate of generation {} {}; rotate with `tether-ca root rotate`",
-                    g.generation,
-                    expiry(g.intermediate_not_after)
-                ));
-            }
-        }
-
+        let mut problems = expiring_cas(&store, &window)?;
         match store.latest_crl()? {
             None => problems.push("no CRL has been published".into()),
             Some(crl) if crl.next_update < now => problems.push(format!(
@@ -68,7 +44,6 @@ impl Authority {
             )),
             Some(_) => {}
         }
-
         for (leaf, issuer_not_after) in store.leaves_outliving_issuer(now)? {
             problems.push(format!(
                 "certificate {} ({}) expires at {}, after its issuing intermediate \
@@ -80,30 +55,89 @@ impl Authority {
                 unix_rfc3339(issuer_not_after)
             ));
         }
-
-        let since = now - FLEET_WINDOW.as_secs() as i64;
-        for member in store.fleet(since)? {
-            if member.cert_not_after > horizon {
-                continue;
-            }
-            let remaining = member.cert_not_after - now;
-            let lifetime = member
-                .serial
-                .parse()
-                .ok()
-                .and_then(|s| store.certificate(&s).ok().flatten())
-                .map(|r| r.not_after - r.not_before);
-            if lifetime.is_some_and(|l| remaining * 4 >= l) {
-                continue;
-            }
-            problems.push(format!(
-                "sidecar {} ({}) holds certificate {} that {} and has not been renewed",
-                member.instance,
-                member.spiffe_id,
-                member.serial,
-                expiry(member.cert_not_after)
-            ));
-        }
+        problems.extend(unrenewed_sidecars(&store, &window)?);
         Ok(problems)
     }
+}
+
+/// The window `check` looks ahead over.
+struct Window {
+    /// Now, Unix seconds.
+    now: i64,
+    /// The end of the window, Unix seconds.
+    horizon: i64,
+    /// The window as the operator wrote it (`7d`).
+    shown: String,
+}
+
+impl Window {
+    /// How a `not_after` inside the window is reported.
+    fn expiry(&self, not_after: i64) -> String {
+        if not_after <= self.now {
+            format!("expired at {}", unix_rfc3339(not_after))
+        } else {
+            format!(
+                "expires at {}, within {}",
+                unix_rfc3339(not_after),
+                self.shown
+            )
+        }
+    }
+}
+
+/// Roots in the bundle, and the current intermediate, that expire within the window.
+fn expiring_cas(store: &Store, window: &Window) -> Result<Vec<String>, CaError> {
+    let mut problems = Vec::new();
+    let current = store.current_generation()?;
+    for g in store.generations()? {
+        if g.retired_at.is_some() {
+            continue;
+        }
+        let fp = &g.root_fingerprint[..FINGERPRINT_SHOWN.min(g.root_fingerprint.len())];
+        if g.root_not_after <= window.horizon {
+            problems.push(format!(
+                "root {fp} (generation {}) {}; rotate with `tether-ca root rotate`",
+                g.generation,
+                window.expiry(g.root_not_after)
+            ));
+        }
+        if g.generation == current && g.intermediate_not_after <= window.horizon {
+            problems.push(format!(
+                "intermediate of generation {} {}; rotate with `tether-ca root rotate`",
+                g.generation,
+                window.expiry(g.intermediate_not_after)
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Sidecars seen within the fleet window whose certificate expires within the window with
+/// less than a quarter of its lifetime left (see [`Authority::check`]).
+fn unrenewed_sidecars(store: &Store, window: &Window) -> Result<Vec<String>, CaError> {
+    let mut problems = Vec::new();
+    let since = window.now - FLEET_WINDOW.as_secs() as i64;
+    for member in store.fleet(since)? {
+        if member.cert_not_after > window.horizon {
+            continue;
+        }
+        let remaining = member.cert_not_after - window.now;
+        let lifetime = member
+            .serial
+            .parse()
+            .ok()
+            .and_then(|s| store.certificate(&s).ok().flatten())
+            .map(|r| r.not_after - r.not_before);
+        if lifetime.is_some_and(|l| remaining * 4 >= l) {
+            continue;
+        }
+        problems.push(format!(
+            "sidecar {} ({}) holds certificate {} that {} and has not been renewed",
+            member.instance,
+            member.spiffe_id,
+            member.serial,
+            window.expiry(member.cert_not_after)
+        ));
+    }
+    Ok(problems)
 }

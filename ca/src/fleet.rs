@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::authority::{Authority, CaError};
+use crate::authority::Authority;
+use crate::error::CaError;
 use crate::store::FleetMember;
+use crate::timefmt::sub_secs;
 
 /// A sidecar counts as part of the fleet while its latest poll is this recent. Sidecars poll
 /// about every 30 s (a long-poll's wait) or at once after each new CRL, so a live sidecar is
@@ -132,8 +134,7 @@ impl Authority {
     }
 }
 
+/// The Unix time `within` ago: the oldest `last_seen` still counted.
 fn seen_since(within: Duration) -> i64 {
-    OffsetDateTime::now_utc()
-        .unix_timestamp()
-        .saturating_sub(i64::try_from(within.as_secs()).unwrap_or(i64::MAX))
+    sub_secs(OffsetDateTime::now_utc().unix_timestamp(), within)
 }

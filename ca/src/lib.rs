@@ -4,28 +4,50 @@
 //! rotates its root without restarting anything.
 //!
 //! # Layout
-//! - [`store`]: the SQLite database (certificates, revocations, tokens, CRLs, generations, fleet)
-//!   and its transactions.
-//! - [`authority`]: the state directory and every operation that issues or revokes; the CLI and
-//!   the API are thin layers over it.
+//! - [`error`]: `CaError`, the error of every authority operation (its variant picks the HTTP
+//!   status).
+//! - [`settings`]: `InitOptions` (what `init` creates) and `Settings` (the lifetimes stored in
+//!   `ca.db`).
+//! - [`store`]: the SQLite database and its transactions: certificates in `store.rs`; in
+//!   `store/`, the schema and in-place upgrade (`schema`), enrollment tokens (`tokens`),
+//!   revocations and CRLs (`revocation`), generations and rotation (`generations`), root
+//!   retirement (`retirement`) and the fleet (`fleet`).
 //! - [`state`]: the state directory on disk: init, each generation's files, loading the signer
-//!   and bundle, the published copies.
+//!   and bundle, the published copies; `state/credentials.rs` issues the CA's own API and admin
+//!   credentials.
+//! - [`authority`]: `Authority`, the loaded CA, and the checks on a presented certificate;
+//!   `authority/issuance.rs` (tokens, enroll, renew, issue to a directory) and
+//!   `authority/revocation.rs` (revoke, CRLs, listings) add its operations. The CLI and the API
+//!   are thin layers over it.
 //! - [`rotation`]: root rotate / retire / list.
 //! - [`fleet`]: what polling sidecars report, and waiting for them to acknowledge a CRL.
 //! - [`check`]: the CA's health check.
-//! - [`api`]: the HTTPS API (HTTP/1.1 and h2): enroll, renew, bundle, CRL with long-poll, revoke,
-//!   metrics; reloads itself when the CLI rotates the root.
-//! - [`metrics`]: the CA's Prometheus metrics on an injected registry.
-//! - [`cli`]: the `tether-ca` command line.
+//! - [`api`]: the HTTPS API (HTTP/1.1 and h2) and the metrics listener: `api/server.rs` (both
+//!   listeners on `tether_net::serve`), `api/routes.rs` (the typed `Endpoint`, dispatch, the
+//!   error → response edge), `api/watcher.rs` (the database watch: reload after a rotation,
+//!   CRL announcements, housekeeping), `api/revocation.rs` (revoke and the CRL long-poll) and
+//!   `api/tls.rs` (the swappable server certificate, deferred client authentication).
+//! - [`metrics`]: the CA's Prometheus metrics on an injected registry, with typed labels.
+//! - [`timefmt`]: RFC 3339 and short durations, parsed and printed one way everywhere.
+//! - [`cli`]: the `tether-ca` command line: `cli/args.rs` (flags), `cli/commands.rs` (init,
+//!   enroll, issue, revoke, crl, list) and `cli/report.rs` (revoke --wait, fleet, root, check).
+//!
+//! The request and answer bodies, header names and limits of the API are the wire contract in
+//! [`tether_certs::wire`], shared with the sidecar.
 
 pub mod api;
-pub mod authority;
-pub mod check;
+pub(crate) mod authority;
+pub(crate) mod check;
 pub mod cli;
-pub mod fleet;
-pub mod metrics;
+pub(crate) mod error;
+pub(crate) mod fleet;
+pub(crate) mod metrics;
 pub mod rotation;
-pub mod state;
+pub(crate) mod settings;
+pub(crate) mod state;
 pub mod store;
+pub(crate) mod timefmt;
 
-pub use authority::{Authority, CaError, InitOptions, Settings};
+pub use authority::Authority;
+pub use error::CaError;
+pub use settings::{InitOptions, Settings, ADMIN_PATH};

@@ -32,14 +32,7 @@ fn serve(
     listen: std::net::SocketAddr,
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tether_net::init_logging();
     let authority = Arc::new(tether_ca::Authority::open(&cli.state_dir)?);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
@@ -54,7 +47,7 @@ fn serve(
             tokio::spawn(tether_ca::api::run_metrics(
                 ml,
                 registry.clone(),
-                shutdown_signal(),
+                tether_net::shutdown_signal(),
             ));
         }
         eprintln!(
@@ -62,24 +55,8 @@ fn serve(
             authority.trust_domain(),
             listener.local_addr()?
         );
-        tether_ca::api::run(listener, authority, registry, shutdown_signal()).await?;
+        tether_ca::api::run(listener, authority, registry, tether_net::shutdown_signal()).await?;
         eprintln!("tether-ca stopped");
         Ok(())
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
 }

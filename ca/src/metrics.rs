@@ -1,38 +1,43 @@
 //! The CA's Prometheus metrics, registered on a registry the caller injects (no globals), so
-//! tests can run several CAs in one process and read each one's figures.
+//! tests can run several CAs in one process and read each one's figures. Label values are typed
+//! ([`IssueMethod`], [`FailureReason`], the API's `Endpoint::label`), never string literals at
+//! the call sites.
 
+use std::time::Duration;
+
+use http::StatusCode;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The CA's metrics.
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// `tether_ca_certificates_issued_total{method}`: `enroll` or `renew`.
-    pub issued: IntCounterVec,
+    issued: IntCounterVec,
     /// `tether_ca_revocations_total`.
-    pub revocations: prometheus::IntCounter,
+    pub(crate) revocations: prometheus::IntCounter,
     /// `tether_ca_request_failures_total{endpoint,reason}`; reason is the HTTP status class
     /// word (`bad_request`, `unauthorized`, `forbidden`, `not_found`, `too_large`, `internal`).
-    pub failures: IntCounterVec,
+    failures: IntCounterVec,
     /// `tether_ca_requests_total{endpoint,code}`.
-    pub requests: IntCounterVec,
+    requests: IntCounterVec,
     /// `tether_ca_crl_number`: the newest published CRL number.
-    pub crl_number: IntGauge,
+    pub(crate) crl_number: IntGauge,
     /// `tether_ca_crl_publishes_total`.
-    pub crl_publishes: prometheus::IntCounter,
+    pub(crate) crl_publishes: prometheus::IntCounter,
     /// `tether_ca_crl_waiters`: long-poll requests waiting for a newer CRL.
-    pub crl_waiters: IntGauge,
+    pub(crate) crl_waiters: IntGauge,
     /// `tether_ca_issuance_duration_seconds`: CSR parse + sign + commit.
-    pub issuance_seconds: Histogram,
+    issuance_seconds: Histogram,
     /// `tether_ca_fleet_size`: sidecars that polled for CRLs with a client certificate within
     /// the last minute.
-    pub fleet_size: IntGauge,
+    pub(crate) fleet_size: IntGauge,
     /// `tether_ca_bundle_version`: the version of the trust bundle this server publishes.
-    pub bundle_version: IntGauge,
+    pub(crate) bundle_version: IntGauge,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them on `registry`.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub(crate) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Metrics {
             issued: IntCounterVec::new(
                 Opts::new(
@@ -98,10 +103,106 @@ impl Metrics {
         registry.register(Box::new(m.bundle_version.clone()))?;
         Ok(m)
     }
+
+    /// Counts one answered request under `endpoint` and its status code.
+    pub(crate) fn count_request(&self, endpoint: &str, status: StatusCode) {
+        self.requests
+            .with_label_values(&[endpoint, status.as_str()])
+            .inc();
+    }
+
+    /// Counts one refused or failed request under `endpoint` and `reason`.
+    pub(crate) fn count_failure(&self, endpoint: &str, reason: FailureReason) {
+        self.failures
+            .with_label_values(&[endpoint, reason.as_str()])
+            .inc();
+    }
+
+    /// Counts one leaf issued over the API by `method`, which took `took`.
+    pub(crate) fn count_issued(&self, method: IssueMethod, took: Duration) {
+        self.issuance_seconds.observe(took.as_secs_f64());
+        self.issued.with_label_values(&[method.as_str()]).inc();
+    }
+}
+
+/// How a certificate was issued: the `method` column of `certificates` and the `method` label
+/// of `tether_ca_certificates_issued_total` (which counts `enroll` and `renew`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IssueMethod {
+    /// The admin client credential, made by `init` and each rotation.
+    Admin,
+    /// `tether-ca issue`.
+    Cli,
+    /// `POST /v1/enroll`.
+    Enroll,
+    /// `POST /v1/renew`.
+    Renew,
+    /// The API's own TLS certificate, made by `init` and each rotation.
+    Server,
+}
+
+impl IssueMethod {
+    /// Its name in the database and in metrics.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            IssueMethod::Admin => "admin",
+            IssueMethod::Cli => "cli",
+            IssueMethod::Enroll => "enroll",
+            IssueMethod::Renew => "renew",
+            IssueMethod::Server => "server",
+        }
+    }
+}
+
+/// The `reason` label of `tether_ca_request_failures_total`: the class of the error status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureReason {
+    /// 400.
+    BadRequest,
+    /// 403.
+    Forbidden,
+    /// 500 and every status without a word of its own.
+    Internal,
+    /// 405.
+    MethodNotAllowed,
+    /// 404.
+    NotFound,
+    /// 413.
+    TooLarge,
+    /// 401.
+    Unauthorized,
+}
+
+impl FailureReason {
+    /// The reason an error answer with `status` is counted under.
+    pub(crate) fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::BAD_REQUEST => FailureReason::BadRequest,
+            StatusCode::UNAUTHORIZED => FailureReason::Unauthorized,
+            StatusCode::FORBIDDEN => FailureReason::Forbidden,
+            StatusCode::NOT_FOUND => FailureReason::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => FailureReason::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => FailureReason::TooLarge,
+            _ => FailureReason::Internal,
+        }
+    }
+
+    /// Its label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::BadRequest => "bad_request",
+            FailureReason::Forbidden => "forbidden",
+            FailureReason::Internal => "internal",
+            FailureReason::MethodNotAllowed => "method_not_allowed",
+            FailureReason::NotFound => "not_found",
+            FailureReason::TooLarge => "too_large",
+            FailureReason::Unauthorized => "unauthorized",
+        }
+    }
 }
 
 /// `registry` in the Prometheus text format.
-pub fn render(registry: &Registry) -> String {
+pub(crate) fn render(registry: &Registry) -> String {
     use prometheus::Encoder as _;
     let mut buf = Vec::new();
     // The text encoder only fails on a write error, and writing to a Vec cannot fail.

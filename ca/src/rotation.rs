@@ -10,15 +10,19 @@
 //! the next `tether-ca` command (or server start) rewrites them from `ca.db`.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::authority::{rfc3339, unix_rfc3339, Authority, CaError};
+use tether_certs::issue::Signer;
+
+use crate::authority::Authority;
+use crate::error::CaError;
 use crate::fleet::FLEET_WINDOW;
 use crate::state::{self, generation_dir, CredentialSpec};
 use crate::store::{Generation, RetireOutcome};
+use crate::timefmt::{rfc3339, unix_rfc3339};
 
 /// What `root rotate` is asked to make.
 #[derive(Debug, Clone)]
@@ -96,61 +100,7 @@ impl Authority {
         // new CRLs and the API's new TLS certificate until they do.
         let previous_generation = self.generation();
         let previous = state::load_root(self.dir(), previous_generation);
-        let result = (|| {
-            let pair = state::new_pair(
-                &staging,
-                self.trust_domain(),
-                opts.root_ttl,
-                opts.intermediate_ttl.min(opts.root_ttl),
-                now,
-                previous.as_ref().map(|p| (p, previous_generation)),
-            )?;
-            let mut bundle = self.bundle();
-            bundle
-                .push(pair.root.cert().clone())
-                .map_err(|e| CaError::Sign(e.to_string()))?;
-            let sans = state::server_sans(&self.store())?;
-            let spec = CredentialSpec {
-                td: self.trust_domain(),
-                sans: &sans,
-                ttl: opts.intermediate_ttl,
-                bundle_pem: &bundle.to_pem(),
-                chain_tail: &pair.chain_tail(),
-            };
-            let credentials =
-                state::issue_credentials(&staging, &pair.intermediate, &spec, now, 0)?;
-            let validity = self.settings().crl_validity;
-            let inter = &pair.intermediate;
-            let rotation = self.store().rotate(
-                &pair.describe(now),
-                &credentials,
-                now,
-                |generation| {
-                    // A directory for a generation the database does not record is what a
-                    // rotation killed before its commit left behind: nothing refers to it.
-                    let target = generation_dir(self.dir(), generation);
-                    if target.exists() {
-                        std::fs::remove_dir_all(&target).map_err(|e| state::io_err(&target, e))?;
-                    }
-                    std::fs::rename(&staging, &target).map_err(|e| state::io_err(&target, e))?;
-                    *placed.borrow_mut() = Some(target);
-                    Ok(())
-                },
-                |generation, number, entries| {
-                    state::sign_crl(inter, generation, number, entries, now, validity)
-                },
-            )?;
-            Ok(Rotated {
-                generation: rotation.generation,
-                root_fingerprint: tether_certs::bundle::fingerprint(pair.root.cert()),
-                root_not_after: rfc3339(pair.root.not_after()),
-                intermediate_not_after: rfc3339(inter.not_after()),
-                cross_signed_by: pair.cross.as_ref().map(|(_, g)| *g),
-                bundle_version: rotation.bundle_version,
-                crl_number: rotation.crl.number,
-                superseded: rotation.superseded,
-            })
-        })();
+        let result = self.make_generation(&staging, opts, now, previous.as_ref(), &placed);
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
             if let Some(target) = placed.borrow().as_ref() {
@@ -161,6 +111,73 @@ impl Authority {
         self.load()?;
         state::publish_files(self.dir(), &self.keys())?;
         result
+    }
+
+    /// Makes generation N+1 in `staging` and commits it: the new pair (cross-certified by
+    /// `previous`, the current root, if its key is here), the re-issued credentials, the move of
+    /// `staging` to `generations/<N+1>/` (recorded in `placed`, so the caller can undo it) and
+    /// the database rows with the first CRL of the new intermediate.
+    fn make_generation(
+        &self,
+        staging: &Path,
+        opts: &RotateOptions,
+        now: OffsetDateTime,
+        previous: Option<&Signer>,
+        placed: &RefCell<Option<PathBuf>>,
+    ) -> Result<Rotated, CaError> {
+        let previous_generation = self.generation();
+        let pair = state::new_pair(
+            staging,
+            self.trust_domain(),
+            opts.root_ttl,
+            opts.intermediate_ttl.min(opts.root_ttl),
+            now,
+            previous.map(|p| (p, previous_generation)),
+        )?;
+        let mut bundle = self.bundle();
+        bundle
+            .push(pair.root.cert().clone())
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let sans = state::server_sans(&self.store())?;
+        let spec = CredentialSpec {
+            td: self.trust_domain(),
+            sans: &sans,
+            ttl: opts.intermediate_ttl,
+            bundle_pem: &bundle.to_pem(),
+            chain_tail: &pair.chain_tail(),
+        };
+        let credentials = state::issue_credentials(staging, &pair.intermediate, &spec, now, 0)?;
+        let validity = self.settings().crl_validity;
+        let inter = &pair.intermediate;
+        let rotation = self.store().rotate(
+            &pair.describe(now),
+            &credentials,
+            now,
+            |generation| {
+                // A directory for a generation the database does not record is what a
+                // rotation killed before its commit left behind: nothing refers to it.
+                let target = generation_dir(self.dir(), generation);
+                if target.exists() {
+                    std::fs::remove_dir_all(&target).map_err(|e| state::io_err(&target, e))?;
+                }
+                std::fs::rename(staging, &target).map_err(|e| state::io_err(&target, e))?;
+                *placed.borrow_mut() = Some(target);
+                Ok(())
+            },
+            |generation, number, entries| {
+                state::sign_crl(inter, generation, number, entries, now, validity)
+            },
+        )?;
+        Ok(Rotated {
+            generation: rotation.generation,
+            root_fingerprint: tether_certs::bundle::fingerprint(pair.root.cert()),
+            root_not_after: rfc3339(pair.root.not_after()),
+            intermediate_not_after: rfc3339(inter.not_after()),
+            cross_signed_by: pair.cross.as_ref().map(|(_, g)| *g),
+            bundle_version: rotation.bundle_version,
+            crl_number: rotation.crl.number,
+            superseded: rotation.superseded,
+        })
     }
 
     /// Removes the root named by `fingerprint` (or an unambiguous prefix of at least

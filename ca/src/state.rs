@@ -1,6 +1,7 @@
 //! The state directory on disk: where each generation's CA material lives, how `init` lays it
 //! out, how the current signer and bundle are loaded, and the files published for operators
-//! (`bundle.pem`, `server/`, `admin/`). The layout is documented in [`crate::authority`].
+//! (`bundle.pem`, `server/`, `admin/`). The layout is documented in [`crate::authority`]; the CA's own credentials
+//! (`server/`, `admin/`) are issued in `state/credentials.rs`.
 //!
 //! `ca.db` is the source of truth for which generation is current and which roots the bundle
 //! holds; the published files are copies that [`publish_files`] rewrites whenever they differ
@@ -8,19 +9,24 @@
 //! rotation and copying the files leaves nothing stale behind for long).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use tether_certs::issue::{IssueError, Signer};
-use tether_certs::{SpiffeId, TrustBundle, TrustDomain};
+use tether_certs::files::{self, PUBLIC_MODE, SECRET_MODE};
+use tether_certs::issue::Signer;
+use tether_certs::{TrustBundle, TrustDomain};
 
-use crate::authority::{CaError, InitOptions, ADMIN_PATH};
-use crate::store::{NewCert, NewGeneration, Store, StoredCrl};
+use crate::error::CaError;
+use crate::settings::InitOptions;
+use crate::store::{NewGeneration, Store, StoredCrl};
+
+mod credentials;
+
+use credentials::default_sans;
+pub(crate) use credentials::{issue_credentials, server_sans, CredentialSpec};
 
 /// The CA material currently in use: loaded at open, replaced whole on reload.
 pub(crate) struct Keys {
@@ -50,71 +56,54 @@ pub(crate) fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
     }
 }
 
-/// `unix + d` in Unix seconds, saturating: an absurd operator-given duration must mean "very
-/// long", never wrap around to a time in the past.
-pub fn add_secs(unix: i64, d: Duration) -> i64 {
-    unix.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
+/// A file-system error on `path` (see [`CaError::io`]).
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> CaError {
-    CaError::State(format!("{}: {e}", path.display()))
+    CaError::io(path, e)
 }
 
+/// Reads a text file of the state directory.
 pub(crate) fn read(path: &Path) -> Result<String, CaError> {
     fs::read_to_string(path).map_err(|e| io_err(path, e))
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
-pub fn create_private_dir(dir: &Path) -> Result<(), CaError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io_err(dir, e))
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), CaError> {
+    files::create_private_dir(dir).map_err(|e| io_err(dir, e))
 }
 
 /// Writes `bytes` to `path` atomically (temp file + rename) with `mode`, so a crash never leaves
 /// a half-written key or certificate and a key is never readable by others, even briefly.
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io_err(path, e))
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+    files::write_atomic(path, bytes, mode).map_err(|e| io_err(path, e))
 }
 
 /// [`write_file`] unless `path` already holds exactly `bytes`.
 fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
-    if fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(());
-    }
-    write_file(path, bytes, mode)
+    files::write_if_changed(path, bytes, mode)
+        .map(drop)
+        .map_err(|e| io_err(path, e))
 }
 
 /// Writes a CA certificate and its key (0600) to `dir/{cert,key}.pem`.
 fn write_ca(dir: &Path, signer: &Signer, key: &rcgen::KeyPair) -> Result<(), CaError> {
     create_private_dir(dir)?;
-    write_file(&dir.join("cert.pem"), signer.cert_pem().as_bytes(), 0o644)?;
-    write_file(&dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)
-}
-
-fn sign_err(e: IssueError) -> CaError {
-    CaError::Sign(e.to_string())
+    write_file(
+        &dir.join("cert.pem"),
+        signer.cert_pem().as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    write_file(
+        &dir.join("key.pem"),
+        key.serialize_pem().as_bytes(),
+        SECRET_MODE,
+    )
 }
 
 /// A new root + intermediate pair.
 pub(crate) struct Pair {
+    /// The new root (with its key).
     pub root: Signer,
+    /// The new issuing intermediate (with its key).
     pub intermediate: Signer,
     /// The intermediate certified by the previous root, and that root's generation.
     pub cross: Option<(CertificateDer<'static>, u64)>,
@@ -154,18 +143,19 @@ pub(crate) fn new_pair(
     now: OffsetDateTime,
     cross_by: Option<(&Signer, u64)>,
 ) -> Result<Pair, CaError> {
-    let (root, root_key) = tether_certs::issue::new_root(td, root_ttl, now).map_err(sign_err)?;
+    let (root, root_key) =
+        tether_certs::issue::new_root(td, root_ttl, now).map_err(CaError::sign)?;
     let (intermediate, inter_key, cross) = match cross_by {
         Some((previous, generation)) => {
             let (inter, key, cross) = root
                 .issue_intermediate_cross_signed(td, intermediate_ttl, now, previous)
-                .map_err(sign_err)?;
+                .map_err(CaError::sign)?;
             (inter, key, Some((cross, generation)))
         }
         None => {
             let (inter, key) = root
                 .issue_intermediate(td, intermediate_ttl, now)
-                .map_err(sign_err)?;
+                .map_err(CaError::sign)?;
             (inter, key, None)
         }
     };
@@ -175,7 +165,7 @@ pub(crate) fn new_pair(
         write_file(
             &out.join("intermediate/cross.pem"),
             tether_certs::pem::encode("CERTIFICATE", der).as_bytes(),
-            0o644,
+            PUBLIC_MODE,
         )?;
     }
     Ok(Pair {
@@ -205,126 +195,6 @@ pub(crate) fn with_tail(chain_pem: &str, tail: &str) -> Result<String, CaError> 
     ))
 }
 
-/// What the CA's own credentials (API server certificate, admin client credential) are made of.
-pub(crate) struct CredentialSpec<'a> {
-    /// The trust domain (the admin identity is `spiffe://TD/tether/admin`).
-    pub td: &'a TrustDomain,
-    /// DNS names and IPs of the API's certificate.
-    pub sans: &'a [String],
-    /// Lifetime of both, capped at the issuing intermediate's.
-    pub ttl: Duration,
-    /// The bundle written next to the admin credential.
-    pub bundle_pem: &'a str,
-    /// What follows each leaf in its chain (see [`Pair::chain_tail`]).
-    pub chain_tail: &'a str,
-}
-
-/// The API's server certificate and the admin client credential, issued by `inter` and written
-/// to `out/server/{chain,key}.pem` and `out/admin/{cert,chain,key,bundle}.pem`. Returns the
-/// records to store, tagged `generation`.
-pub(crate) fn issue_credentials(
-    out: &Path,
-    inter: &Signer,
-    spec: &CredentialSpec<'_>,
-    now: OffsetDateTime,
-    generation: u64,
-) -> Result<[NewCert; 2], CaError> {
-    let CredentialSpec {
-        td,
-        sans,
-        ttl,
-        bundle_pem,
-        chain_tail,
-    } = *spec;
-    let new_key = || tether_certs::keys::generate_key().map_err(|e| CaError::Sign(e.to_string()));
-    let server_key = new_key()?;
-    let server = inter
-        .issue_server(&server_key, sans, ttl, now)
-        .map_err(sign_err)?;
-    let server_dir = out.join("server");
-    create_private_dir(&server_dir)?;
-    let server_chain = format!(
-        "{}{chain_tail}",
-        tether_certs::pem::encode("CERTIFICATE", &server.der),
-    );
-    write_file(
-        &server_dir.join("chain.pem"),
-        server_chain.as_bytes(),
-        0o644,
-    )?;
-    write_file(
-        &server_dir.join("key.pem"),
-        server_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-
-    let admin_id = SpiffeId::from_parts(td, ADMIN_PATH)
-        .map_err(|e| CaError::State(format!("admin identity: {e}")))?;
-    let admin_key = new_key()?;
-    let admin = inter
-        .issue_leaf(&admin_id, &admin_key, ttl, ttl, now)
-        .map_err(sign_err)?;
-    let admin_dir = out.join("admin");
-    create_private_dir(&admin_dir)?;
-    let admin_pem = tether_certs::pem::encode("CERTIFICATE", &admin.der);
-    write_file(&admin_dir.join("cert.pem"), admin_pem.as_bytes(), 0o644)?;
-    write_file(
-        &admin_dir.join("chain.pem"),
-        format!("{admin_pem}{chain_tail}").as_bytes(),
-        0o644,
-    )?;
-    write_file(
-        &admin_dir.join("key.pem"),
-        admin_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&admin_dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
-    Ok([
-        NewCert {
-            serial: server.serial,
-            spiffe_id: server_label(sans),
-            not_before: server.not_before,
-            not_after: server.not_after,
-            issued_at: now,
-            method: "server",
-            der: server.der.to_vec(),
-            generation,
-        },
-        NewCert {
-            serial: admin.serial,
-            spiffe_id: admin_id.to_string(),
-            not_before: admin.not_before,
-            not_after: admin.not_after,
-            issued_at: now,
-            method: "admin",
-            der: admin.der.to_vec(),
-            generation,
-        },
-    ])
-}
-
-/// How the API's server certificate is labelled in the `certificates` table (it has no SPIFFE
-/// ID): `dns:` and its names, comma-separated — also how a rotation recovers the names.
-fn server_label(sans: &[String]) -> String {
-    format!("dns:{}", sans.join(","))
-}
-
-/// The names of the newest API server certificate, from its label.
-pub(crate) fn server_sans(store: &Store) -> Result<Vec<String>, CaError> {
-    let label = store.newest_of_method("server")?.map(|r| r.spiffe_id);
-    Ok(
-        match label.as_deref().and_then(|l| l.strip_prefix("dns:")) {
-            Some(names) => names.split(',').map(str::to_string).collect(),
-            None => default_sans(),
-        },
-    )
-}
-
-/// The API certificate always covers the local names.
-fn default_sans() -> Vec<String> {
-    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
-}
-
 /// Lays out a new state directory in `tmp` (renamed into place by the caller).
 pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError> {
     let now = OffsetDateTime::now_utc();
@@ -332,7 +202,7 @@ pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError>
     create_private_dir(tmp)?;
     let pair = new_pair(tmp, td, opts.root_ttl, opts.intermediate_ttl, now, None)?;
     let bundle_pem = pair.root.cert_pem();
-    write_file(&tmp.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+    write_file(&tmp.join("bundle.pem"), bundle_pem.as_bytes(), PUBLIC_MODE)?;
 
     let mut store = Store::open(&tmp.join("ca.db"))?;
     store.set_meta("trust_domain", td.as_str())?;
@@ -373,8 +243,8 @@ pub(crate) fn sign_crl(
     validity: Duration,
 ) -> Result<StoredCrl, CaError> {
     let next = now + validity;
-    let der = tether_certs::crl::build(signer, number, now, next, entries)
-        .map_err(|e| CaError::Sign(e.to_string()))?;
+    let der =
+        tether_certs::crl::build(signer, number, now, next, entries).map_err(CaError::sign)?;
     Ok(StoredCrl {
         number,
         this_update: now.unix_timestamp(),
@@ -464,7 +334,11 @@ pub(crate) fn load_keys(dir: &Path, store: &Store) -> Result<Keys, CaError> {
 /// current bundle, `server/` and `admin/` the current generation's credentials, their chains
 /// ending in the current chain tail (the cross-certificate is dropped once its root is retired).
 pub(crate) fn publish_files(dir: &Path, keys: &Keys) -> Result<(), CaError> {
-    write_if_changed(&dir.join("bundle.pem"), keys.bundle_pem.as_bytes(), 0o644)?;
+    write_if_changed(
+        &dir.join("bundle.pem"),
+        keys.bundle_pem.as_bytes(),
+        PUBLIC_MODE,
+    )?;
     let source = generation_dir(dir, keys.generation);
     for sub in ["server", "admin"] {
         create_private_dir(&dir.join(sub))?;
@@ -472,13 +346,17 @@ pub(crate) fn publish_files(dir: &Path, keys: &Keys) -> Result<(), CaError> {
             &read(&source.join(sub).join("chain.pem"))?,
             &keys.chain_tail,
         )?;
-        write_if_changed(&dir.join(sub).join("chain.pem"), chain.as_bytes(), 0o644)?;
+        write_if_changed(
+            &dir.join(sub).join("chain.pem"),
+            chain.as_bytes(),
+            PUBLIC_MODE,
+        )?;
     }
     if keys.generation > 1 {
         for (sub, name, mode) in [
-            ("server", "key.pem", 0o600),
-            ("admin", "cert.pem", 0o644),
-            ("admin", "key.pem", 0o600),
+            ("server", "key.pem", SECRET_MODE),
+            ("admin", "cert.pem", PUBLIC_MODE),
+            ("admin", "key.pem", SECRET_MODE),
         ] {
             let from = source.join(sub).join(name);
             let bytes = fs::read(&from).map_err(|e| io_err(&from, e))?;
@@ -488,6 +366,6 @@ pub(crate) fn publish_files(dir: &Path, keys: &Keys) -> Result<(), CaError> {
     write_if_changed(
         &dir.join("admin/bundle.pem"),
         keys.bundle_pem.as_bytes(),
-        0o644,
+        PUBLIC_MODE,
     )
 }

@@ -23,19 +23,24 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use time::OffsetDateTime;
 
-use tether_certs::{Serial, SpiffeId};
+use tether_certs::Serial;
 
 mod fleet;
 mod generations;
+mod retirement;
 mod revocation;
+mod schema;
+mod tokens;
 
 pub use fleet::FleetMember;
-pub use generations::{Generation, NewGeneration, RetireBlockers, RetireOutcome, Rotation};
+pub use generations::{Generation, NewGeneration, Rotation};
+pub use retirement::{RetireBlockers, RetireOutcome};
 use revocation::publish_in;
 pub use revocation::{IdentityRevocation, RevokeOutcome, ServedCrl, StoredCrl};
+pub use tokens::TokenRecord;
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,17 +85,6 @@ pub struct IssuedRecord {
     pub generation: u64,
 }
 
-/// A token row looked up for enrollment.
-#[derive(Debug, Clone)]
-pub struct TokenRecord {
-    /// The identity the token enrolls.
-    pub spiffe_id: String,
-    /// Unix seconds after which it is refused.
-    pub expires_at: i64,
-    /// When it was used, if it was.
-    pub used_at: Option<i64>,
-}
-
 /// Whether a renewal was recorded (see [`Store::record_renewal`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RenewalGate {
@@ -102,81 +96,20 @@ pub enum RenewalGate {
     Unknown,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY,
-    spiffe_id TEXT NOT NULL,
-    not_before INTEGER NOT NULL,
-    not_after INTEGER NOT NULL,
-    issued_at INTEGER NOT NULL,
-    method TEXT NOT NULL,
-    der BLOB NOT NULL,
-    revoked_at INTEGER,
-    reason TEXT,
-    generation INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS certificates_by_id ON certificates (spiffe_id);
-CREATE INDEX IF NOT EXISTS certificates_by_not_after ON certificates (not_after);
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY,
-    spiffe_id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    used_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS crls (
-    number INTEGER PRIMARY KEY,
-    this_update INTEGER NOT NULL,
-    next_update INTEGER NOT NULL,
-    der BLOB NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS generations (
-    generation INTEGER PRIMARY KEY,
-    root_fingerprint TEXT NOT NULL UNIQUE,
-    root_der BLOB NOT NULL,
-    root_not_after INTEGER NOT NULL,
-    intermediate_fingerprint TEXT NOT NULL,
-    intermediate_der BLOB NOT NULL,
-    intermediate_not_after INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    bundle_version INTEGER NOT NULL,
-    retired_at INTEGER,
-    cross_der BLOB,
-    cross_generation INTEGER
-);
-CREATE TABLE IF NOT EXISTS fleet (
-    instance TEXT PRIMARY KEY,
-    spiffe_id TEXT NOT NULL,
-    serial TEXT NOT NULL,
-    cert_not_after INTEGER NOT NULL,
-    crl_number INTEGER NOT NULL,
-    bundle_version INTEGER,
-    last_seen INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS fleet_by_last_seen ON fleet (last_seen);
-";
-
-/// Indexes on columns that databases from before generations lack until [`migrate`] adds them.
-const INDEXES: &str = "
-CREATE INDEX IF NOT EXISTS certificates_by_generation ON certificates (generation, not_after);
-";
-
-/// Columns added since the first schema: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
-    ("certificates", "generation", "INTEGER NOT NULL DEFAULT 1"),
-    ("crls", "generation", "INTEGER NOT NULL DEFAULT 1"),
-    ("generations", "cross_der", "BLOB"),
-    ("generations", "cross_generation", "INTEGER"),
-];
-
 /// An open database.
 pub struct Store {
     conn: Connection,
 }
 
 impl Store {
+    /// Starts a `BEGIN IMMEDIATE` transaction: it takes the write lock at once, so a read
+    /// inside it cannot be overtaken by another writer before the write that depends on it.
+    fn immediate(&mut self) -> Result<Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
     /// Opens (creating if needed) the database at `path` and applies the schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
@@ -185,9 +118,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
-        conn.execute_batch(INDEXES)?;
+        schema::apply(&conn)?;
         Ok(Store { conn })
     }
 
@@ -220,69 +151,9 @@ impl Store {
         Ok(())
     }
 
-    /// Stores an enrollment token by its hash.
-    pub fn insert_token(
-        &self,
-        hash: &str,
-        id: &SpiffeId,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO tokens (hash, spiffe_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, id.as_str(), now, expires_at],
-        )?;
-        Ok(())
-    }
-
-    /// The token row for `hash`, if any (a plain read: [`Store::record_enrollment`] decides
-    /// atomically whether the token is still usable).
-    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT spiffe_id, expires_at, used_at FROM tokens WHERE hash = ?1")?
-            .query_row([hash], |r| {
-                Ok(TokenRecord {
-                    spiffe_id: r.get(0)?,
-                    expires_at: r.get(1)?,
-                    used_at: r.get(2)?,
-                })
-            })
-            .optional()?)
-    }
-
-    /// Marks the token `hash` used and records `cert`, in one immediate transaction, only if the
-    /// token is still unused and unexpired at `now`; returns whether it was. The caller signs
-    /// `cert` before, outside the store lock, so concurrent enrollments sign in parallel; two
-    /// enrollments racing for one token both sign, and exactly one is recorded and answered.
-    pub fn record_enrollment(
-        &mut self,
-        hash: &str,
-        now: i64,
-        cert: &NewCert,
-    ) -> Result<bool, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let consumed = tx
-            .prepare_cached(
-                "UPDATE tokens SET used_at = ?1
-                 WHERE hash = ?2 AND used_at IS NULL AND expires_at > ?1",
-            )?
-            .execute(params![now, hash])?;
-        if consumed != 1 {
-            return Ok(false);
-        }
-        insert_cert(&tx, cert)?;
-        tx.commit()?;
-        Ok(true)
-    }
-
     /// Records an issued certificate (its own transaction).
     pub fn record(&mut self, cert: &NewCert) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.immediate()?;
         insert_cert(&tx, cert)?;
         tx.commit()?;
         Ok(())
@@ -298,17 +169,8 @@ impl Store {
         presented: &Serial,
         cert: &NewCert,
     ) -> Result<RenewalGate, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let state: Option<Option<i64>> = tx
-            .query_row(
-                "SELECT revoked_at FROM certificates WHERE serial = ?1",
-                [presented.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match state {
+        let tx = self.immediate()?;
+        match revocation_state(&tx, presented)? {
             None => return Ok(RenewalGate::Unknown),
             Some(Some(_)) => return Ok(RenewalGate::Revoked),
             Some(None) => {}
@@ -413,35 +275,6 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
     })
 }
 
-/// Adds the columns a database from an older version lacks. Checked first without a write lock,
-/// so opening an up-to-date database never waits for a writer.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let missing = |conn: &Connection| -> Result<Vec<(&str, &str, &str)>, StoreError> {
-        let mut out = Vec::new();
-        for (table, column, decl) in ADDED_COLUMNS {
-            let mut stmt =
-                conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
-            let names = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            if !names.iter().any(|n| n == column) {
-                out.push((table, column, decl));
-            }
-        }
-        Ok(out)
-    };
-    if missing(conn)?.is_empty() {
-        return Ok(());
-    }
-    // Two processes may open an old database at once: re-check under the write lock.
-    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-    for (table, column, decl) in missing(&tx)? {
-        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
 fn meta_u64(conn: &Connection, key: &str) -> Result<u64, StoreError> {
     let value: Option<String> = conn
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
@@ -470,6 +303,14 @@ fn ensure_current(conn: &Connection, generation: u64) -> Result<(), StoreError> 
         });
     }
     Ok(())
+}
+
+/// Whether this CA issued `serial` (`None`: it did not) and when it was revoked, if it was.
+fn revocation_state(conn: &Connection, serial: &Serial) -> Result<Option<Option<i64>>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT revoked_at FROM certificates WHERE serial = ?1")?
+        .query_row([serial.to_string()], |r| r.get(0))
+        .optional()?)
 }
 
 fn insert_cert(tx: &rusqlite::Transaction<'_>, c: &NewCert) -> Result<(), StoreError> {

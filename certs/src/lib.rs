@@ -16,9 +16,12 @@
 //! - [`verify`]: rustls verifiers for both directions that enforce chain, SVID rules, identity and
 //!   revocation.
 //! - [`pem`]: small PEM helpers shared by the above.
+//! - [`wire`]: the CA↔sidecar contract: URL paths, JSON bodies, header names, size limits.
+//! - [`files`]: private directories and atomic writes for the files that hold identity.
 
 pub mod bundle;
 pub mod crl;
+pub mod files;
 pub mod issue;
 pub mod keys;
 pub mod pem;
@@ -26,6 +29,7 @@ pub mod serial;
 pub mod spiffe;
 pub mod svid;
 pub mod verify;
+pub mod wire;
 
 use std::sync::{Arc, OnceLock};
 

@@ -9,62 +9,37 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
-use serde::Deserialize;
+use time::OffsetDateTime;
 
-use super::{
-    blocking, fail, header_value, json, publish, text, Fail, Resp, State, BUNDLE_VERSION_HEADER,
-    CRL_NUMBER_HEADER, INSTANCE_HEADER, MAX_LONG_POLL,
+use tether_certs::crl::Reason;
+use tether_certs::serial::SerialError;
+use tether_certs::wire::{
+    self, IdentityRevoked, RevokeRequest, RevokeStatus, SerialRevoked, BUNDLE_VERSION_HEADER,
+    CRL_NUMBER_HEADER, INSTANCE_HEADER,
 };
-use crate::authority::CaError;
-use crate::store::RevokeOutcome;
+use tether_certs::{Serial, SpiffeId};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RevokeBody {
-    serial: Option<String>,
-    id: Option<String>,
-    before: Option<String>,
-    reason: Option<String>,
-}
+use super::routes::{fail, header_value, json, text, Fail, Resp};
+use super::server::{blocking, State};
+use super::watcher::publish;
+use super::MAX_LONG_POLL;
+use crate::authority::Authority;
+use crate::error::CaError;
+use crate::store::{IdentityRevocation, RevokeOutcome, ServedCrl};
+use crate::timefmt::parse_rfc3339;
 
 /// `POST /v1/revoke`: one serial, or every certificate of an identity issued before a time.
 pub(super) async fn revoke(
     state: &State,
     peer: Vec<CertificateDer<'static>>,
-    body: RevokeBody,
+    body: RevokeRequest,
 ) -> Result<Resp, Fail> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let reason = match body.reason.as_deref() {
+    let reason: Option<Reason> = match body.reason.as_deref() {
         Some(r) => Some(r.parse().map_err(bad)?),
         None => None,
     };
-    let target = match (&body.serial, &body.id) {
-        (Some(serial), None) => {
-            if body.before.is_some() {
-                return Err(bad("\"before\" goes with \"id\", not \"serial\"".into()));
-            }
-            let serial: tether_certs::Serial = serial
-                .parse()
-                .map_err(|e: tether_certs::serial::SerialError| bad(e.to_string()))?;
-            Target::Serial(serial)
-        }
-        (None, Some(id)) => {
-            let id = tether_certs::SpiffeId::parse(id).map_err(|e| bad(e.to_string()))?;
-            let before = match body.before.as_deref() {
-                Some(t) => Some(
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .map_err(|e| bad(format!("before={t:?} is not an RFC 3339 time: {e}")))?,
-                ),
-                None => None,
-            };
-            Target::Identity(id, before)
-        }
-        _ => {
-            return Err(bad(
-                "give exactly one of \"serial\" or \"id\" (with an optional \"before\")".into(),
-            ))
-        }
-    };
+    let target = Target::parse(&body).map_err(bad)?;
     let outcome = blocking(&state.authority, move |a| {
         let caller = a.authenticate(&peer)?;
         if !a.is_admin(&caller.id) {
@@ -73,7 +48,47 @@ pub(super) async fn revoke(
                 caller.id
             )));
         }
-        Ok(match target {
+        target.revoke(a, reason)
+    })
+    .await
+    .map_err(fail)?;
+    outcome.answer(state, body)
+}
+
+/// What a revoke request names.
+enum Target {
+    Serial(Serial),
+    Identity(SpiffeId, Option<OffsetDateTime>),
+}
+
+impl Target {
+    /// Exactly one of `serial` or `id`, `before` only with `id`; the error is the 400's message.
+    fn parse(body: &RevokeRequest) -> Result<Self, String> {
+        match (&body.serial, &body.id) {
+            (Some(serial), None) => {
+                if body.before.is_some() {
+                    return Err("\"before\" goes with \"id\", not \"serial\"".into());
+                }
+                let serial: Serial = serial.parse().map_err(|e: SerialError| e.to_string())?;
+                Ok(Target::Serial(serial))
+            }
+            (None, Some(id)) => {
+                let id = SpiffeId::parse(id).map_err(|e| e.to_string())?;
+                let before = match body.before.as_deref() {
+                    Some(t) => Some(parse_rfc3339(t).map_err(|e| format!("before: {e}"))?),
+                    None => None,
+                };
+                Ok(Target::Identity(id, before))
+            }
+            _ => {
+                Err("give exactly one of \"serial\" or \"id\" (with an optional \"before\")".into())
+            }
+        }
+    }
+
+    /// Revokes it (with the CRL that lists it, in one transaction).
+    fn revoke(self, a: &Authority, reason: Option<Reason>) -> Result<Revoked, CaError> {
+        Ok(match self {
             Target::Serial(serial) => {
                 let outcome = a.revoke(&serial, reason)?;
                 Revoked::Serial(serial, outcome)
@@ -82,54 +97,74 @@ pub(super) async fn revoke(
                 Revoked::Identity(a.revoke_identity(&id, before, reason)?)
             }
         })
-    })
-    .await
-    .map_err(fail)?;
-    let body = match outcome {
-        Revoked::Serial(_, RevokeOutcome::Revoked { crl_number }) => {
-            state.metrics.revocations.inc();
-            publish(state, crl_number);
-            serde_json::json!({"serial": body.serial, "status": "revoked", "crl_number": crl_number})
-        }
-        Revoked::Serial(_, RevokeOutcome::AlreadyRevoked(at)) => {
-            serde_json::json!({"serial": body.serial, "status": "already_revoked", "revoked_at": at})
-        }
-        Revoked::Serial(serial, RevokeOutcome::Unknown) => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no certificate with serial {serial} was issued by this CA"),
-            ))
-        }
-        Revoked::Identity(revoked) => {
-            state
-                .metrics
-                .revocations
-                .inc_by(revoked.serials.len() as u64);
-            if let Some(n) = revoked.crl_number {
-                publish(state, n);
-            }
-            serde_json::json!({
-                "id": body.id,
-                "status": if revoked.serials.is_empty() { "nothing_to_revoke" } else { "revoked" },
-                "revoked": revoked.serials.len(),
-                "serials": revoked.serials,
-                "crl_number": revoked.crl_number,
-            })
-        }
-    };
-    Ok(json(StatusCode::OK, &body))
-}
-
-/// What a revoke request names.
-enum Target {
-    Serial(tether_certs::Serial),
-    Identity(tether_certs::SpiffeId, Option<time::OffsetDateTime>),
+    }
 }
 
 /// What a revoke request did.
 enum Revoked {
-    Serial(tether_certs::Serial, RevokeOutcome),
-    Identity(crate::store::IdentityRevocation),
+    Serial(Serial, RevokeOutcome),
+    Identity(IdentityRevocation),
+}
+
+impl Revoked {
+    /// Counts and announces what was revoked, and answers `body` (whose `serial` or `id` the
+    /// answer echoes as the request spelled it).
+    fn answer(self, state: &State, body: RevokeRequest) -> Result<Resp, Fail> {
+        let serial = || body.serial.clone().unwrap_or_default();
+        let answer = match self {
+            Revoked::Serial(_, RevokeOutcome::Revoked { crl_number }) => {
+                state.metrics.revocations.inc();
+                publish(state, crl_number);
+                json(
+                    StatusCode::OK,
+                    &SerialRevoked {
+                        serial: serial(),
+                        status: RevokeStatus::Revoked,
+                        crl_number: Some(crl_number),
+                        revoked_at: None,
+                    },
+                )
+            }
+            Revoked::Serial(_, RevokeOutcome::AlreadyRevoked(at)) => json(
+                StatusCode::OK,
+                &SerialRevoked {
+                    serial: serial(),
+                    status: RevokeStatus::AlreadyRevoked,
+                    crl_number: None,
+                    revoked_at: Some(at),
+                },
+            ),
+            Revoked::Serial(serial, RevokeOutcome::Unknown) => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!("no certificate with serial {serial} was issued by this CA"),
+                ))
+            }
+            Revoked::Identity(revoked) => {
+                let count = revoked.serials.len();
+                state.metrics.revocations.inc_by(count as u64);
+                if let Some(n) = revoked.crl_number {
+                    publish(state, n);
+                }
+                let status = if count == 0 {
+                    RevokeStatus::NothingToRevoke
+                } else {
+                    RevokeStatus::Revoked
+                };
+                json(
+                    StatusCode::OK,
+                    &IdentityRevoked {
+                        id: body.id.unwrap_or_default(),
+                        status,
+                        revoked: count,
+                        serials: revoked.serials,
+                        crl_number: revoked.crl_number,
+                    },
+                )
+            }
+        };
+        Ok(answer)
+    }
 }
 
 /// `GET /v1/crl[?after=N&wait=DUR]`.
@@ -138,41 +173,19 @@ pub(super) async fn crl(
     peer: &[CertificateDer<'static>],
     req: Request<Incoming>,
 ) -> Result<Resp, Fail> {
-    let query: HashMap<String, String> = req
-        .uri()
-        .query()
-        .map(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let after = match query.get("after") {
-        Some(a) => Some(
-            a.parse::<u64>()
-                .map_err(|_| bad(format!("after={a:?} is not a CRL number")))?,
-        ),
-        None => None,
-    };
-    let wait = match query.get("wait") {
-        Some(w) => humantime::parse_duration(w)
-            .map_err(|e| bad(format!("wait={w:?}: {e} (e.g. wait=30s)")))?
-            .min(MAX_LONG_POLL),
-        None => Duration::ZERO,
-    };
+    let poll = CrlQuery::parse(req.uri().query().unwrap_or_default())
+        .map_err(|m| (StatusCode::BAD_REQUEST, m))?;
     if !peer.is_empty() {
-        record_poll(state, peer, req.headers(), after.unwrap_or(0)).await;
+        record_poll(state, peer, req.headers(), poll.after.unwrap_or(0)).await;
     }
     let mut rx = state.crl_number.clone();
     // Serve the number this server has announced, not whatever is newest in the database: it
     // announces a CRL only after reloading for the bundle that trusts its signer.
     let mut current = *rx.borrow();
-    if let Some(after) = after {
+    if let Some(after) = poll.after {
         if current <= after {
             let waiting = Waiting::start(&state.metrics.crl_waiters);
-            let woke = tokio::time::timeout(wait, rx.wait_for(|n| *n > after)).await;
+            let woke = tokio::time::timeout(poll.wait, rx.wait_for(|n| *n > after)).await;
             drop(waiting);
             match woke {
                 Ok(Ok(n)) => current = *n,
@@ -189,35 +202,75 @@ pub(super) async fn crl(
                 "no CRL published yet".to_string(),
             )
         })?;
-    let crl = &served.crl;
-    let etag = format!("\"{}\"", crl.number);
-    if after.is_none()
+    let etag = format!("\"{}\"", served.crl.number);
+    if poll.after.is_none()
         && req
             .headers()
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
             == Some(etag.as_str())
     {
-        return Ok(not_modified(state, crl.number));
+        return Ok(not_modified(state, served.crl.number));
     }
+    Ok(crl_answer(state, &served, &etag))
+}
+
+/// The CRL poll's query.
+#[derive(Debug, PartialEq, Eq)]
+struct CrlQuery {
+    /// The CRL number the poller holds: wait for a newer one.
+    after: Option<u64>,
+    /// How long to wait, capped at [`MAX_LONG_POLL`] (zero without `wait=`).
+    wait: Duration,
+}
+
+impl CrlQuery {
+    /// Parses `after=N&wait=DUR` (other parameters are ignored); the error is the 400's message.
+    fn parse(query: &str) -> Result<Self, String> {
+        let params: HashMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let after = match params.get(wire::CRL_AFTER_PARAM) {
+            Some(a) => Some(
+                a.parse::<u64>()
+                    .map_err(|_| format!("after={a:?} is not a CRL number"))?,
+            ),
+            None => None,
+        };
+        let wait = match params.get(wire::CRL_WAIT_PARAM) {
+            Some(w) => humantime::parse_duration(w)
+                .map_err(|e| format!("wait={w:?}: {e} (e.g. wait=30s)"))?
+                .min(MAX_LONG_POLL),
+            None => Duration::ZERO,
+        };
+        Ok(CrlQuery { after, wait })
+    }
+}
+
+/// `200`: the CRL, then the certificates of its signer, PEM.
+fn crl_answer(state: &State, served: &ServedCrl, etag: &str) -> Resp {
     // The signer's certificate follows the CRL, so a sidecar whose own chain came from an older
     // intermediate can still verify a CRL signed by the new one (it checks that this
     // certificate chains to a root in its bundle). During a rotation the signer's
     // cross-certificate from the previous root follows too, for sidecars that do not have the
     // new root yet.
-    let mut body = tether_certs::pem::encode("X509 CRL", &crl.der);
+    let mut body = tether_certs::pem::encode("X509 CRL", &served.crl.der);
     for der in &served.issuers {
         body.push_str(&tether_certs::pem::encode("CERTIFICATE", der));
     }
-    let mut resp = text(StatusCode::OK, "application/pkix-crl", body);
+    let mut resp = text(StatusCode::OK, wire::CRL_CONTENT_TYPE, body);
     let h = resp.headers_mut();
-    h.insert(header::ETAG, header_value(&etag));
-    h.insert(CRL_NUMBER_HEADER, header_value(&crl.number.to_string()));
+    h.insert(header::ETAG, header_value(etag));
+    h.insert(
+        CRL_NUMBER_HEADER,
+        header_value(&served.crl.number.to_string()),
+    );
     h.insert(
         BUNDLE_VERSION_HEADER,
         header_value(&state.authority.bundle_version().to_string()),
     );
-    Ok(resp)
+    resp
 }
 
 /// Records the polling sidecar in the fleet table. A certificate that does not authenticate
@@ -275,4 +328,32 @@ fn not_modified(state: &State, number: u64) -> Resp {
         header_value(&state.authority.bundle_version().to_string()),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crl_query_reads_after_and_a_capped_wait() {
+        assert_eq!(
+            CrlQuery::parse("").unwrap(),
+            CrlQuery {
+                after: None,
+                wait: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            CrlQuery::parse("after=7&wait=30s&x=y").unwrap(),
+            CrlQuery {
+                after: Some(7),
+                wait: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(CrlQuery::parse("wait=1h").unwrap().wait, MAX_LONG_POLL);
+        assert!(CrlQuery::parse("after=x")
+            .unwrap_err()
+            .contains("CRL number"));
+        assert!(CrlQuery::parse("wait=soon").unwrap_err().contains("wait="));
+    }
 }

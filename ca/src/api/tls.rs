@@ -3,11 +3,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::DistinguishedName;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::ApiError;
@@ -16,6 +15,7 @@ use crate::authority::Authority;
 /// The API's TLS certificate, swappable: every new handshake resolves the current one.
 #[derive(Debug)]
 pub(super) struct ServerCert {
+    /// The certificate and key new handshakes get.
     pub(super) current: RwLock<Arc<CertifiedKey>>,
     /// The bundle version it was loaded for.
     pub(super) version: std::sync::atomic::AtomicU64,
@@ -55,6 +55,8 @@ pub(super) fn certified_key(authority: &Authority) -> Result<CertifiedKey, ApiEr
         .map_err(|e| ApiError::Tls(format!("server credential: {e}")))
 }
 
+/// The API's rustls config: the mesh's TLS settings, `server_cert` as the certificate source,
+/// client certificates asked for but judged by the handlers.
 pub(super) fn tls_config(
     authority: &Authority,
     server_cert: Arc<ServerCert>,
@@ -91,25 +93,6 @@ impl ClientCertVerifier for DeferredClientAuth {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tether_certs::verify::verify_tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tether_certs::verify::verify_tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        tether_certs::verify::supported_schemes()
-    }
+    // The handshake signature is still checked: it proves the client holds the key.
+    tether_certs::check_handshake_signatures!();
 }

@@ -9,10 +9,11 @@ use time::OffsetDateTime;
 use tether_certs::crl::Reason;
 use tether_certs::{Serial, SpiffeId};
 
-use super::CliError;
-use crate::authority::{rfc3339, short_duration, unix_rfc3339, Authority};
+use super::{print_json, CliError};
+use crate::authority::Authority;
 use crate::rotation::RotateOptions;
 use crate::store::{FleetMember, RetireOutcome, RevokeOutcome};
+use crate::timefmt::{rfc3339, short_duration, unix_rfc3339};
 
 /// Lines of a table: every column padded to its widest cell, two spaces apart.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -40,6 +41,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// How long ago `unix` was, in seconds.
 fn ago(unix: i64) -> String {
     let secs = (OffsetDateTime::now_utc().unix_timestamp() - unix).max(0);
     format!("{secs}s ago")
@@ -141,10 +143,7 @@ pub(super) fn wait(ca: &Authority, crl_number: u64, timeout: Duration) -> Result
 pub(super) fn fleet(ca: &Authority, within: Duration, json: bool) -> Result<(), CliError> {
     let members = ca.fleet(within)?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&members).unwrap_or_default()
-        );
+        print_json(&members);
         return Ok(());
     }
     let crl = ca.latest_crl_number()?;
@@ -155,35 +154,36 @@ pub(super) fn fleet(ca: &Authority, within: Duration, json: bool) -> Result<(), 
         if members.len() == 1 { "" } else { "s" },
         short_duration(within)
     );
-    let rows: Vec<Vec<String>> = members.iter().map(fleet_row).collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "INSTANCE",
-                "IDENTITY",
-                "SERIAL",
-                "CERT NOT AFTER",
-                "CRL",
-                "BUNDLE",
-                "LAST SEEN"
-            ],
-            &rows
-        )
-    );
+    print!("{}", fleet_table(&members));
     Ok(())
 }
 
-fn fleet_row(m: &FleetMember) -> Vec<String> {
-    vec![
-        m.instance.clone(),
-        m.spiffe_id.clone(),
-        m.serial.clone(),
-        unix_rfc3339(m.cert_not_after),
-        m.crl_number.to_string(),
-        m.bundle_version.map_or("-".into(), |v| v.to_string()),
-        ago(m.last_seen),
-    ]
+/// The fleet as `fleet` and a refused `root retire` print it.
+fn fleet_table(members: &[FleetMember]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.instance.clone(),
+                m.spiffe_id.clone(),
+                m.serial.clone(),
+                unix_rfc3339(m.cert_not_after),
+                m.crl_number.to_string(),
+                m.bundle_version.map_or("-".into(), |v| v.to_string()),
+                ago(m.last_seen),
+            ]
+        })
+        .collect();
+    let headers = [
+        "INSTANCE",
+        "IDENTITY",
+        "SERIAL",
+        "CERT NOT AFTER",
+        "CRL",
+        "BUNDLE",
+        "LAST SEEN",
+    ];
+    table(&headers, &rows)
 }
 
 /// `root rotate`.
@@ -285,22 +285,7 @@ pub(super) fn retire(ca: &Authority, fingerprint: &str, force: bool) -> Result<(
             "sidecars seen in the last minute without bundle version {} or newer:",
             blockers.required_bundle_version
         );
-        let rows: Vec<Vec<String>> = blockers.fleet.iter().map(fleet_row).collect();
-        print!(
-            "{}",
-            table(
-                &[
-                    "INSTANCE",
-                    "IDENTITY",
-                    "SERIAL",
-                    "CERT NOT AFTER",
-                    "CRL",
-                    "BUNDLE",
-                    "LAST SEEN"
-                ],
-                &rows
-            )
-        );
+        print!("{}", fleet_table(&blockers.fleet));
     }
     Err(CliError::Other(format!(
         "refusing to retire root {}: {} certificate(s) and {} sidecar(s) still depend on it; \
@@ -316,10 +301,7 @@ pub(super) fn retire(ca: &Authority, fingerprint: &str, force: bool) -> Result<(
 pub(super) fn roots(ca: &Authority, json: bool) -> Result<(), CliError> {
     let roots = ca.roots()?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&roots).unwrap_or_default()
-        );
+        print_json(&roots);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = roots

@@ -30,6 +30,7 @@ pub struct FleetMember {
 const SELECT_MEMBER: &str = "SELECT instance, spiffe_id, serial, cert_not_after, crl_number,
     bundle_version, last_seen FROM fleet";
 
+/// A `fleet` row.
 pub(super) fn row_to_member(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetMember> {
     Ok(FleetMember {
         instance: r.get(0)?,

@@ -7,15 +7,14 @@
 //! per retire). Each row remembers the bundle version that first included its root, which is
 //! what a sidecar must have reported before the previous root may be retired.
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use tether_certs::crl::CrlEntry;
 
-use super::fleet::{members_since, FleetMember};
 use super::{
     current_generation, insert_cert, meta_u64, publish_in, row_to_record, IssuedRecord, NewCert,
-    Store, StoreError, StoredCrl, SELECT_CERT,
+    Store, StoreError, StoredCrl,
 };
 
 /// One root + intermediate pair as recorded.
@@ -67,42 +66,6 @@ pub struct NewGeneration {
     pub cross: Option<(Vec<u8>, u64)>,
     /// When it was made.
     pub created_at: OffsetDateTime,
-}
-
-/// What still depends on a root that someone wants to retire.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RetireBlockers {
-    /// Unexpired, unrevoked certificates issued under that root.
-    pub leaves: Vec<IssuedRecord>,
-    /// Sidecars seen recently that have not reported a bundle with the current root.
-    pub fleet: Vec<FleetMember>,
-    /// The bundle version a sidecar must hold (the one that added the current root).
-    pub required_bundle_version: u64,
-}
-
-impl RetireBlockers {
-    /// Whether nothing blocks.
-    pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty() && self.fleet.is_empty()
-    }
-}
-
-/// What `retire` did.
-#[derive(Debug, Clone)]
-pub enum RetireOutcome {
-    /// Removed from the bundle; `overridden` is what `--force` ignored (empty without force).
-    Retired {
-        /// The new bundle version.
-        bundle_version: u64,
-        /// The CRL published to wake long-polling sidecars.
-        crl_number: u64,
-        /// Blockers ignored because of `force`.
-        overridden: RetireBlockers,
-    },
-    /// Refused: these still depend on the root.
-    Blocked(RetireBlockers),
-    /// Refused for a reason no `--force` overrides (current root, already retired, unknown).
-    NotRetirable(String),
 }
 
 /// Result of a rotation transaction.
@@ -167,7 +130,12 @@ fn insert_generation(
     Ok(())
 }
 
-fn set_meta(tx: &rusqlite::Transaction<'_>, key: &str, value: u64) -> Result<(), StoreError> {
+/// Writes a numeric setting inside `tx`.
+pub(super) fn set_meta(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    value: u64,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -198,11 +166,7 @@ impl Store {
 
     /// Every generation, oldest first.
     pub fn generations(&self) -> Result<Vec<Generation>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))?;
-        let rows = stmt.query_map([], row_to_generation)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        all_generations(&self.conn)
     }
 
     /// A consistent snapshot of (current generation, bundle version, every generation) — what a
@@ -225,9 +189,7 @@ impl Store {
     /// before root rotation is opened). Sets `meta.generation` and `meta.bundle_version` to 1 if
     /// they are missing.
     pub fn ensure_first_generation(&mut self, first: &NewGeneration) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.immediate()?;
         let any: Option<i64> = tx
             .query_row("SELECT generation FROM generations LIMIT 1", [], |r| {
                 r.get(0)
@@ -259,10 +221,7 @@ impl Store {
         place: impl FnOnce(u64) -> Result<(), E>,
         sign: impl FnOnce(u64, u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<Rotation, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
+        let tx = self.immediate()?;
         let last: Option<i64> = tx
             .query_row("SELECT max(generation) FROM generations", [], |r| r.get(0))
             .map_err(StoreError::from)?;
@@ -306,106 +265,11 @@ impl Store {
             superseded,
         })
     }
+}
 
-    /// Removes `generation`'s root from the bundle (bumps the bundle version and publishes a CRL
-    /// so long-polling sidecars hear of it at once) unless something still depends on it:
-    /// unexpired, unrevoked leaves it issued, or sidecars seen since `fleet_since` that have not
-    /// reported the bundle that added the current root. `force` retires anyway and returns what
-    /// it overrode. The CRL is signed by `signing_generation`, which must be current.
-    pub fn retire<E: From<StoreError>>(
-        &mut self,
-        generation: u64,
-        force: bool,
-        now: OffsetDateTime,
-        fleet_since: i64,
-        signing_generation: u64,
-        sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
-    ) -> Result<RetireOutcome, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let current = current_generation(&tx)?;
-        let all = {
-            let mut stmt = tx
-                .prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))
-                .map_err(StoreError::from)?;
-            let rows = stmt
-                .query_map([], row_to_generation)
-                .map_err(StoreError::from)?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(StoreError::from)?
-        };
-        let Some(target) = all.iter().find(|g| g.generation == generation) else {
-            return Ok(RetireOutcome::NotRetirable(format!(
-                "no generation {generation}"
-            )));
-        };
-        if let Some(at) = target.retired_at {
-            return Ok(RetireOutcome::NotRetirable(format!(
-                "root {} was already retired (at Unix time {at})",
-                target.root_fingerprint
-            )));
-        }
-        if generation == current {
-            return Ok(RetireOutcome::NotRetirable(format!(
-                "root {} is the current root (it signs every new certificate); rotate first",
-                target.root_fingerprint
-            )));
-        }
-        let live = all.iter().filter(|g| g.retired_at.is_none()).count();
-        if live <= 1 {
-            return Ok(RetireOutcome::NotRetirable(format!(
-                "root {} is the last root in the bundle",
-                target.root_fingerprint
-            )));
-        }
-        let required_bundle_version = all
-            .iter()
-            .find(|g| g.generation == current)
-            .map(|g| g.bundle_version)
-            .ok_or_else(|| StoreError::Corrupt(format!("current generation {current} missing")))?;
-        let leaves = {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "{SELECT_CERT} WHERE generation = ?1 AND revoked_at IS NULL
-                     AND not_after > ?2 ORDER BY not_after"
-                ))
-                .map_err(StoreError::from)?;
-            let rows = stmt
-                .query_map(
-                    params![generation as i64, now.unix_timestamp()],
-                    row_to_record,
-                )
-                .map_err(StoreError::from)?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(StoreError::from)?
-        };
-        let fleet = members_since(&tx, fleet_since)?
-            .into_iter()
-            .filter(|m| m.bundle_version.is_none_or(|v| v < required_bundle_version))
-            .collect();
-        let blockers = RetireBlockers {
-            leaves,
-            fleet,
-            required_bundle_version,
-        };
-        if !blockers.is_empty() && !force {
-            return Ok(RetireOutcome::Blocked(blockers));
-        }
-        let bundle_version = meta_u64(&tx, "bundle_version")? + 1;
-        tx.execute(
-            "UPDATE generations SET retired_at = ?1 WHERE generation = ?2",
-            params![now.unix_timestamp(), generation as i64],
-        )
-        .map_err(StoreError::from)?;
-        set_meta(&tx, "bundle_version", bundle_version)?;
-        let crl = publish_in(&tx, now, signing_generation, sign)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(RetireOutcome::Retired {
-            bundle_version,
-            crl_number: crl.number,
-            overridden: blockers,
-        })
-    }
+/// Every generation, oldest first.
+pub(super) fn all_generations(conn: &Connection) -> Result<Vec<Generation>, StoreError> {
+    let mut stmt = conn.prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))?;
+    let rows = stmt.query_map([], row_to_generation)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -1,13 +1,13 @@
 //! CRLs and revocations: revoke a serial or an identity and publish the CRL that lists it in the
 //! same transaction; re-publish; read CRLs back.
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use tether_certs::crl::{CrlEntry, Reason};
 use tether_certs::Serial;
 
-use super::{ensure_current, Store, StoreError};
+use super::{ensure_current, revocation_state, Store, StoreError};
 
 /// A stored, signed CRL.
 #[derive(Debug, Clone)]
@@ -117,32 +117,13 @@ impl Store {
         generation: u64,
         sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<RevokeOutcome, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let state: Option<Option<i64>> = tx
-            .query_row(
-                "SELECT revoked_at FROM certificates WHERE serial = ?1",
-                [serial.to_string()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(StoreError::from)?;
-        match state {
+        let tx = self.immediate()?;
+        match revocation_state(&tx, serial)? {
             None => return Ok(RevokeOutcome::Unknown),
             Some(Some(at)) => return Ok(RevokeOutcome::AlreadyRevoked(at)),
             Some(None) => {}
         }
-        tx.execute(
-            "UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3",
-            params![
-                now.unix_timestamp(),
-                reason.map(|r| r.as_str()),
-                serial.to_string()
-            ],
-        )
-        .map_err(StoreError::from)?;
+        mark_revoked(&tx, &serial.to_string(), reason, now)?;
         let crl = publish_in(&tx, now, generation, sign)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(RevokeOutcome::Revoked {
@@ -165,10 +146,7 @@ impl Store {
         generation: u64,
         sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<IdentityRevocation, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
+        let tx = self.immediate()?;
         let live_after = (now - tether_certs::issue::CLOCK_SKEW).unix_timestamp();
         let serials: Vec<String> = {
             let mut stmt = tx
@@ -194,11 +172,7 @@ impl Store {
             });
         }
         for serial in &serials {
-            tx.execute(
-                "UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3",
-                params![now.unix_timestamp(), reason.map(|r| r.as_str()), serial],
-            )
-            .map_err(StoreError::from)?;
+            mark_revoked(&tx, serial, reason, now)?;
         }
         let crl = publish_in(&tx, now, generation, sign)?;
         tx.commit().map_err(StoreError::from)?;
@@ -216,16 +190,30 @@ impl Store {
         generation: u64,
         sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<StoredCrl, E> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
+        let tx = self.immediate()?;
         let crl = publish_in(&tx, now, generation, sign)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(crl)
     }
 }
 
+/// Records `serial` (lowercase hex) as revoked at `now` for `reason`.
+fn mark_revoked(
+    conn: &Connection,
+    serial: &str,
+    reason: Option<Reason>,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3")?
+        .execute(params![
+            now.unix_timestamp(),
+            reason.map(|r| r.as_str()),
+            serial
+        ])?;
+    Ok(())
+}
+
+/// A `crls` row.
 pub(super) fn row_to_crl(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCrl> {
     Ok(StoredCrl {
         number: r.get::<_, i64>(0)? as u64,
@@ -236,6 +224,8 @@ pub(super) fn row_to_crl(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCrl> {
     })
 }
 
+/// Publishes the next CRL inside `tx`: every revoked, unexpired entry, signed by `sign` (with
+/// `generation`, which must be current).
 pub(super) fn publish_in<E: From<StoreError>>(
     tx: &rusqlite::Transaction<'_>,
     now: OffsetDateTime,
