@@ -101,7 +101,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging();
+    tether_net::init_logging();
     if let IdentitySource::Ca(ca) = &cfg.identity {
         if !ca.has_enrollment_token() {
             // Not fatal: a cached certificate in state_dir is enough to start. Logged here, not
@@ -143,18 +143,6 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
-}
-
-/// Logs to stderr at the level `TETHER_LOG` sets (default `info`), in colour on a terminal.
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Builds the runtime for `workers` threads.

@@ -135,7 +135,10 @@ mod tests {
         // Let the loop hand the first connection its permit before the second arrives.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let second = TcpStream::connect(addr).await.unwrap();
-        assert!(closed_at_once(second).await, "second connection was not shed");
+        assert!(
+            closed_at_once(second).await,
+            "second connection was not shed"
+        );
         release_tx.send(true).unwrap();
         assert!(closed_at_once(first).await);
         // The slot is free again: a new connection is served (held until release, which is set).
