@@ -112,12 +112,7 @@ async fn websocket_upgrade_is_bridged_through_both_sidecars() {
     let (head, mut tcp) = upgrade(a.outbound.unwrap(), "/ws").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     tcp.write_all(b"ping over the mesh").await.unwrap();
-    let mut buf = [0u8; 18];
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"ping over the mesh");
+    assert_eq!(read_exactly(&mut tcp, 18).await, b"ping over the mesh");
 }
 
 #[tokio::test]
@@ -147,29 +142,19 @@ async fn tcp_echo() -> SocketAddr {
 async fn tcp_pair(policy: &str) -> (Pki, Sidecar, Sidecar) {
     let pki = Pki::new();
     let echo_addr = tcp_echo().await;
-    let bdir = pki.issue("ns/default/sa/db");
-    let adir = pki.issue("ns/default/sa/service-a");
-    let pol = write_policy(pki.dir.path(), "policy.toml", policy);
-    let b = Sidecar::start(
-        pki.dir.path(),
-        "db",
-        &format!(
-            "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{echo_addr}\"\npolicy = {pol:?}\nmode = \"tcp\"\n",
-            identity_section(&bdir, None)
-        ),
-    )
-    .await;
-    let a = Sidecar::start(
-        pki.dir.path(),
-        "a",
-        &format!(
-            "{}\n[services.db]\nmode = \"tcp\"\nlisten = \"127.0.0.1:0\"\naddress = [\"{}\"]\nidentity = \"{}\"\n",
-            identity_section(&adir, None),
-            b.inbound.unwrap(),
-            id("ns/default/sa/db")
-        ),
-    )
-    .await;
+    let (bdir, adir) = (pki.issue("ns/default/sa/db"), pki.issue(SERVICE_A));
+    let pol = pki.policy(policy);
+    let identity = identity_section(&bdir, None);
+    let tcp = "mode = \"tcp\"\n";
+    let b = pki
+        .start_inbound("db", &identity, echo_addr, &pol, tcp)
+        .await;
+    let a_toml = format!(
+        "{}{}mode = \"tcp\"\nlisten = \"127.0.0.1:0\"\n",
+        identity_section(&adir, None),
+        service_section("db", &[b.inbound.unwrap()], "ns/default/sa/db")
+    );
+    let a = pki.start("a", &a_toml).await;
     (pki, b, a)
 }
 
@@ -182,12 +167,7 @@ async fn tcp_mode_carries_opaque_bytes_for_an_allowed_identity() {
     let local = a.tcp[0].1;
     let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
     s.write_all(b"\x00\x01binary\xff").await.unwrap();
-    let mut buf = [0u8; 9];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"\x00\x01binary\xff");
+    assert_eq!(read_exactly(&mut s, 9).await, b"\x00\x01binary\xff");
     assert_eq!(
         b.metric(
             "tether_authz_decisions_total",
@@ -206,11 +186,7 @@ async fn tcp_mode_policy_matches_identity_only() {
     .await;
     let mut s = tokio::net::TcpStream::connect(a.tcp[0].1).await.unwrap();
     let _ = s.write_all(b"hello").await;
-    let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    let n = read_until_closed(&mut s).await;
     assert_eq!(n, 0, "a denied TCP caller gets nothing back");
     assert!(
         eventually(Duration::from_secs(2), || b
