@@ -1,8 +1,11 @@
 //! Pieces shared by the inbound and outbound request paths: the HTTP server builder and the
 //! listener limits from our config, hop-by-hop header handling, sending a request upstream under
-//! the request timeout ([`exchange`]), upgrade (WebSocket) bridging, and plain-text responses.
+//! the request timeout ([`exchange`]), and upgraded (WebSocket) streams kept on their connection
+//! ([`Upgrade`]).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -92,18 +95,50 @@ fn is_hop_by_hop_candidate(name: &HeaderName) -> bool {
         || HOP_BY_HOP.contains(name)
 }
 
-/// Joins two upgraded halves and copies bytes both ways until either side closes.
-fn bridge_upgrades(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
-            return tracing::debug!("upgrade did not complete on both sides");
+/// The upgraded stream of one downstream connection (a WebSocket, any `101 Switching
+/// Protocols`), attached by the request that upgraded it and run by the connection's own task
+/// once its HTTP part has ended ([`Upgrade::run`]). So an upgraded stream stays what its
+/// connection was: counted against the listener's connection limit and in
+/// `tether_connections_open`, cut when the peer is revoked, and closed at the end of the drain,
+/// until it really ends.
+#[derive(Clone, Default)]
+pub struct Upgrade(Arc<Mutex<Option<Bridge>>>);
+
+/// Copies bytes both ways between the two upgraded halves until either side closes.
+type Bridge = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Upgrade {
+    /// Attaches the splice of `downstream` and `upstream`, which also ends when `until` does
+    /// (the outbound's peer revoked). An HTTP/1.1 connection upgrades at most once.
+    fn attach(
+        &self,
+        downstream: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        until: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let bridge = async move {
+            let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+                return tracing::debug!("upgrade did not complete on both sides");
+            };
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut down, &mut up) => if let Err(e) = r {
+                    tracing::debug!("upgraded connection ended: {e}");
+                },
+                _ = until => tracing::info!("closed upgraded connection: the peer was revoked"),
+            }
         };
-        let mut down = TokioIo::new(down);
-        let mut up = TokioIo::new(up);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            tracing::debug!("upgraded connection ended: {e}");
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::pin(bridge));
+    }
+
+    /// Runs the attached upgraded stream, if any, until it ends; at once if there is none.
+    pub async fn run(&self) {
+        let bridge = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(bridge) = bridge {
+            bridge.await;
         }
-    });
+    }
 }
 
 /// The HTTP/1.1 + HTTP/2 server builder with our limits applied.
@@ -151,18 +186,21 @@ pub fn finish(mut resp: Response<Incoming>) -> Response<RespBody> {
 }
 
 /// Like [`exchange`] for an upgrade request: the response keeps its `Connection`/`Upgrade`
-/// headers, and on `101 Switching Protocols` the two upgraded streams are spliced together.
+/// headers, and on `101 Switching Protocols` the two upgraded streams are spliced together by
+/// `upgrade`'s connection (ending early when `until` does).
 pub async fn exchange_upgrade<E: std::fmt::Display>(
     hop: Hop,
     timeout: Duration,
     downstream: hyper::upgrade::OnUpgrade,
+    upgrade: &Upgrade,
+    until: impl Future<Output = ()> + Send + 'static,
     send: impl Future<Output = Result<Response<Incoming>, E>>,
 ) -> Result<Response<RespBody>, Error> {
     match tokio::time::timeout(timeout, send).await {
         Ok(Ok(mut resp)) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut resp);
-                bridge_upgrades(downstream, upstream);
+                upgrade.attach(downstream, upstream, until);
             }
             Ok(resp.map(Either::Left))
         }

@@ -4,8 +4,10 @@
 //! Extra connections beyond the limit are closed at once rather than queued, so an overloaded
 //! process sheds load instead of stalling everyone. Each connection runs in its own task inside
 //! a `conn` span naming the listener and the peer address, so every log line of a connection can
-//! be told apart. After shutdown, connections registered with their [`Watcher`] get the drain
-//! time to finish what is in flight; the loop returns when they are done or the time is up.
+//! be told apart. After shutdown, HTTP connections registered with their [`Watcher`] are asked
+//! to finish what is in flight, and every connection task — HTTP, an upgraded stream, a TCP
+//! splice — gets the drain time to end; whatever is still running then is closed (its task is
+//! aborted), so no connection outlives the listener's drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 /// How long the loop pauses after a failed accept (out of file descriptors and the like):
@@ -33,7 +36,7 @@ pub struct ListenerLimits {
 /// Accepts on `listener` until `shutdown` resolves, handing each connection, its peer address
 /// and a drain watcher to `handle`, which runs in a task of its own inside a span named after
 /// `name` (e.g. `"inbound"`). A connection counts against the limit until `handle`'s future
-/// completes. Returns after the drain.
+/// completes. Returns after the drain, with every connection task ended.
 pub async fn serve<F, Fut>(
     name: &'static str,
     listener: TcpListener,
@@ -46,8 +49,11 @@ pub async fn serve<F, Fut>(
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // Reap finished connection tasks so the set holds only live ones.
+        while tasks.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -70,7 +76,7 @@ pub async fn serve<F, Fut>(
         let _ = tcp.set_nodelay(true);
         let span = tracing::debug_span!("conn", listener = name, %peer);
         let fut = handle(tcp, peer, graceful.watcher());
-        tokio::spawn(
+        tasks.spawn(
             async move {
                 fut.await;
                 drop(permit);
@@ -79,16 +85,18 @@ pub async fn serve<F, Fut>(
         );
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        graceful.shutdown().await;
+        while tasks.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(limits.drain, drained).await.is_err() {
         tracing::warn!(
             listener = name,
-            "drain timeout ({:?}) reached with work still in flight",
+            "drain timeout ({:?}) reached with work still in flight; closing it",
             limits.drain
         );
     }
+    // Dropping the set aborts what is left: those connections close now.
 }
 
 #[cfg(test)]
@@ -149,5 +157,46 @@ mod tests {
             .await
             .expect("loop returns after shutdown")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_the_drain_every_connection_task_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let limits = ListenerLimits {
+            max_connections: 4,
+            drain: Duration::from_millis(300),
+        };
+        let server = tokio::spawn(serve(
+            "test",
+            listener,
+            limits,
+            async {
+                let _ = stop_rx.await;
+            },
+            |tcp, _, _| async move {
+                // Work that never ends on its own (an upgraded stream, a TCP splice).
+                let _held = tcp;
+                std::future::pending::<()>().await;
+            },
+        ));
+        let conn = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("loop returns after the drain time")
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "did not drain: {waited:?}"
+        );
+        assert!(
+            closed_at_once(conn).await,
+            "the connection outlived the drain"
+        );
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::config::AppProtocol;
 use crate::error::{Error, Hop, RespBody};
-use crate::forward;
+use crate::forward::{self, Upgrade};
 use crate::pool::{self, Conn};
 
 use super::{request::authorize, AppConn, Inbound, Peer, PeerTls};
@@ -99,16 +99,20 @@ async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, Error> {
     Ok(Conn { sender, tag: () })
 }
 
-/// Forwards an upgrade request to the app on a connection of its own and, on 101, splices the
-/// two upgraded streams together.
+/// Forwards an upgrade request to the app on a connection of its own and, on 101, attaches the
+/// splice of the two upgraded streams to the peer's connection (`upgrade`).
 pub(super) async fn forward_upgrade(
     inbound: &Inbound,
+    upgrade: &Upgrade,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Error> {
     let downstream = hyper::upgrade::on(&mut req);
     let mut conn = connect_app(inbound).await?;
     let timeout = inbound.limits.request_timeout;
-    forward::exchange_upgrade(Hop::App, timeout, downstream, conn.sender.send_request(req)).await
+    // The connection's own revocation watch covers the stream (it runs on the connection).
+    let until = std::future::pending();
+    let send = conn.sender.send_request(req);
+    forward::exchange_upgrade(Hop::App, timeout, downstream, upgrade, until, send).await
 }
 
 /// TCP mode: the policy decides on the caller's identity alone, then bytes flow both ways

@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{AppProtocol, Inbound as InboundConfig, Limits, Mode};
-use crate::forward;
+use crate::forward::{self, Upgrade};
 use crate::identity::IdentityStore;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::PolicyHandle;
@@ -99,10 +99,12 @@ struct Peer {
     xfcc: HeaderValue,
 }
 
-/// The app connection one HTTP connection from a peer holds, while there are few of those.
+/// What one HTTP connection from a peer keeps between its requests: the app connection it
+/// holds while there are few peer connections, and its upgraded stream, if it upgrades.
 struct AppConn {
     held: Held<()>,
     open: OpenGuard,
+    upgrade: Upgrade,
 }
 
 /// Serves the inbound listener until `shutdown` resolves, then drains.
@@ -144,7 +146,9 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
     let app_conn = Arc::new(AppConn {
         held: Held::default(),
         open: OpenGuard::new(&inbound.open_http),
+        upgrade: Upgrade::default(),
     });
+    let upgrade = app_conn.upgrade.clone();
     let svc = hyper::service::service_fn(move |req| {
         let inbound = svc_inbound.clone();
         let peer = peer.clone();
@@ -158,10 +162,15 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
     let conn = forward::server_builder(&inbound.limits)
         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
         .into_owned();
-    tokio::select! {
-        r = watcher.watch(conn) => if let Err(e) = r {
+    // An upgraded stream runs here, after the HTTP part, under the same revocation watch.
+    let serve = async {
+        if let Err(e) = watcher.watch(conn).await {
             tracing::debug!("inbound connection ended: {e}");
-        },
+        }
+        upgrade.run().await;
+    };
+    tokio::select! {
+        _ = serve => {}
         _ = live.revoked() => tracing::info!("closed connection of revoked peer {peer_id}"),
     }
 }

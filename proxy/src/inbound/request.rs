@@ -91,7 +91,7 @@ async fn forward(
     headers.remove(XFCC);
     headers.insert(XFCC, peer.xfcc.clone());
     if upgrade {
-        return app::forward_upgrade(inbound, req).await;
+        return app::forward_upgrade(inbound, &app_conn.upgrade, req).await;
     }
     app::forward(inbound, app_conn, req).await
 }

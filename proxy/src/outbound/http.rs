@@ -11,9 +11,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{Error, Hop, RespBody};
-use crate::forward;
+use crate::forward::{self, Upgrade};
 use crate::identity::{Alpn, Credentials};
 use crate::outbound::affinity::Affinity;
+use crate::outbound::connect::peer_serial;
 use crate::outbound::route::Route;
 use crate::outbound::Outbound;
 use crate::pool;
@@ -69,16 +70,20 @@ pub(super) async fn forward_h2(
 }
 
 /// Upgrade requests ride a dedicated HTTP/1.1 mTLS connection (HTTP/2 cannot carry them here).
+/// The upgraded stream runs on the app's connection (`upgrade`) and is cut the moment a CRL
+/// revokes the peer.
 pub(super) async fn forward_upgrade(
     outbound: &Outbound,
     route: &Route,
     creds: &Credentials,
+    upgrade: &Upgrade,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Error> {
     let downstream = hyper::upgrade::on(&mut req);
     let (tls, _) = outbound
         .connect_route(route, creds, Alpn::Http1, route.turn())
         .await?;
+    let live = outbound.revocation.watch(&peer_serial(&tls));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| Error::PeerRefused(format!("{}: {e}", route.name)))?;
@@ -91,5 +96,7 @@ pub(super) async fn forward_upgrade(
         }
     }
     let timeout = outbound.limits.request_timeout;
-    forward::exchange_upgrade(Hop::Peer, timeout, downstream, sender.send_request(req)).await
+    let until = async move { live.revoked().await };
+    let send = sender.send_request(req);
+    forward::exchange_upgrade(Hop::Peer, timeout, downstream, upgrade, until, send).await
 }

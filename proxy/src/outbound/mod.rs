@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Limits, Service};
 use crate::error::{Error, RespBody};
-use crate::forward;
+use crate::forward::{self, Upgrade};
 use crate::identity::{Credentials, IdentityStore};
 use crate::metrics::{Direction, Metrics};
 use crate::revocation::RevocationCache;
@@ -122,12 +122,16 @@ pub async fn run(
             async move {
                 let _open = outbound.metrics.open_connection(Direction::Outbound);
                 let svc_out = outbound.clone();
-                let affinity = Arc::new(Affinity::new(&outbound.open_app_connections));
+                let app = Arc::new(AppConn {
+                    affinity: Affinity::new(&outbound.open_app_connections),
+                    upgrade: Upgrade::default(),
+                });
+                let upgrade = app.upgrade.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let outbound = svc_out.clone();
-                    let affinity = affinity.clone();
+                    let app = app.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(request(&outbound, &affinity, req).await)
+                        Ok::<_, std::convert::Infallible>(request(&outbound, &app, req).await)
                     }
                 });
                 let conn = forward::server_builder(&outbound.limits)
@@ -136,22 +140,28 @@ pub async fn run(
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!("outbound connection ended: {e}");
                 }
+                // An upgraded stream runs here, still counted as this connection.
+                upgrade.run().await;
             }
         },
     )
     .await;
 }
 
+/// What one app connection keeps between its requests.
+struct AppConn {
+    /// The peer connections it holds.
+    affinity: Affinity,
+    /// Its upgraded stream, if it upgrades.
+    upgrade: Upgrade,
+}
+
 /// One request from the app: routed, forwarded, and counted; errors become responses here.
-async fn request(
-    outbound: &Outbound,
-    affinity: &Affinity,
-    req: Request<Incoming>,
-) -> Response<RespBody> {
+async fn request(outbound: &Outbound, app: &AppConn, req: Request<Incoming>) -> Response<RespBody> {
     let started = Instant::now();
     let (resp, route) = match outbound.routes.resolve(&req) {
         Ok(route) => {
-            let result = forward(outbound, route, affinity, req).await;
+            let result = forward(outbound, route, app, req).await;
             (result.unwrap_or_else(Error::into_response), Some(route))
         }
         Err(e) => (e.into_response(), None),
@@ -175,9 +185,10 @@ async fn request(
 async fn forward(
     outbound: &Outbound,
     route: &Arc<Route>,
-    affinity: &Affinity,
+    app: &AppConn,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Error> {
+    let affinity = &app.affinity;
     if route.upstreams.is_empty() {
         return Err(Error::NoAddress);
     }
@@ -190,7 +201,7 @@ async fn forward(
     forward::strip_hop_by_hop(req.headers_mut(), upgrade);
     let creds = outbound.usable_identity().ok_or(Error::NoIdentity)?;
     if upgrade {
-        return http::forward_upgrade(outbound, route, &creds, req).await;
+        return http::forward_upgrade(outbound, route, &creds, &app.upgrade, req).await;
     }
     if req.version() <= Version::HTTP_11 {
         if affinity.dedicated(route) {
