@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -41,6 +42,33 @@ const HOP_BY_HOP: [HeaderName; 4] = [
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
 ];
+
+/// Settles the one authority of a request (RFC 9112 §3.2, RFC 9113 §8.3.1): the target's own
+/// authority when it has one (absolute form, or HTTP/2's `:authority`), else the single `Host`
+/// header. Several `Host` headers, none on HTTP/1.1, or one that is not a plain `host[:port]`
+/// (a path, userinfo, spaces) is a 400. The request leaves with exactly one `Host` header,
+/// spelling the authority that was settled, so what the next hop reads as its Host is what this
+/// hop routed and authorized.
+pub fn settle_authority<B>(req: &mut Request<B>) -> Result<Authority, Error> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (host, more) = (hosts.next(), hosts.next().is_some());
+    if more {
+        return Err(Error::BadRequest("more than one Host header"));
+    }
+    let authority = match (req.uri().authority(), host) {
+        (Some(target), _) => target.clone(),
+        (None, Some(h)) => Authority::try_from(h.as_bytes())
+            .map_err(|_| Error::BadRequest("invalid Host header"))?,
+        (None, None) => return Err(Error::BadRequest("request has no Host header")),
+    };
+    if authority.host().is_empty() || authority.as_str().contains('@') {
+        return Err(Error::BadRequest("invalid Host header"));
+    }
+    let value = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| Error::BadRequest("invalid Host header"))?;
+    req.headers_mut().insert(header::HOST, value);
+    Ok(authority)
+}
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1) before forwarding. `keep_upgrade` keeps
 /// `Connection: upgrade` + `Upgrade` for an upgrade request; `te: trailers` always stays because
@@ -296,5 +324,63 @@ mod tests {
         assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(names(&h), ["connection", "upgrade"]);
+    }
+
+    fn settled(uri: &str, version: http::Version, hosts: &[&str]) -> Result<String, Error> {
+        let mut b = Request::builder().uri(uri).version(version);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        let mut req = b.body(()).unwrap();
+        let a = settle_authority(&mut req)?;
+        let host: Vec<_> = req.headers().get_all(header::HOST).iter().collect();
+        assert_eq!(
+            host,
+            [a.as_str()],
+            "exactly one Host, the settled authority"
+        );
+        Ok(a.to_string())
+    }
+
+    #[test]
+    fn the_target_authority_beats_the_host_header_and_becomes_it() {
+        use http::Version;
+        let h11 = Version::HTTP_11;
+        assert_eq!(settled("/x", h11, &["service-b"]).unwrap(), "service-b");
+        assert_eq!(
+            settled("/x", h11, &["service-b:8080"]).unwrap(),
+            "service-b:8080"
+        );
+        assert_eq!(
+            settled("http://service-b/x", h11, &["evil"]).unwrap(),
+            "service-b"
+        );
+        // HTTP/2's :authority is the target's authority, and decides the same way.
+        let h2 = Version::HTTP_2;
+        assert_eq!(
+            settled("http://service-b/x", h2, &["evil"]).unwrap(),
+            "service-b"
+        );
+        assert_eq!(settled("http://service-b/x", h2, &[]).unwrap(), "service-b");
+    }
+
+    #[test]
+    fn several_missing_or_malformed_hosts_are_refused() {
+        use http::Version;
+        let h11 = Version::HTTP_11;
+        for hosts in [
+            &["service-b", "evil"][..],
+            &["service-b", "service-b"][..],
+            &[][..],
+            &["service-b/admin"][..],
+            &["user@service-b"][..],
+            &[""][..],
+            &["a b"][..],
+        ] {
+            let err = settled("/x", h11, hosts).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{hosts:?}");
+        }
+        // Duplicates are refused even when the target names the authority.
+        assert!(settled("http://service-b/x", h11, &["a", "b"]).is_err());
     }
 }

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -49,6 +48,8 @@ async fn forward(
     app_conn: &AppConn,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Error> {
+    // One authority: `:authority` (h2) or the single Host header, and the app reads that one.
+    forward::settle_authority(&mut req)?;
     let path =
         normalize_path(req.uri().path()).map_err(|_| Error::BadRequest("bad request path"))?;
     let policy = inbound.policy.current();
@@ -72,15 +73,6 @@ async fn forward(
         None => path,
     };
     let pq = PathAndQuery::try_from(pq).map_err(|_| Error::BadRequest("bad request path"))?;
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(a) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, a);
-        }
-    }
     // Origin-form, as an HTTP/1.1 connection to the app sends it; the pooled clients get the
     // absolute form they route by.
     *req.uri_mut() = Uri::from(pq);

@@ -64,6 +64,8 @@ pub(super) async fn forward_h2(
         .cloned()
         .or_else(|| Some(PathAndQuery::from_static("/")));
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::BadRequest("bad request target"))?;
+    // HTTP/2 carries the authority in `:authority` alone (RFC 9113 §8.3.1).
+    req.headers_mut().remove(http::header::HOST);
     *req.version_mut() = Version::HTTP_2;
     let timeout = outbound.limits.request_timeout;
     forward::exchange(Hop::Peer, timeout, sender.send_request(req)).await

@@ -157,9 +157,13 @@ struct AppConn {
 }
 
 /// One request from the app: routed, forwarded, and counted; errors become responses here.
-async fn request(outbound: &Outbound, app: &AppConn, req: Request<Incoming>) -> Response<RespBody> {
+async fn request(
+    outbound: &Outbound,
+    app: &AppConn,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
     let started = Instant::now();
-    let (resp, route) = match outbound.routes.resolve(&req) {
+    let (resp, route) = match outbound.routes.resolve(&mut req) {
         Ok(route) => {
             let result = forward(outbound, route, app, req).await;
             (result.unwrap_or_else(Error::into_response), Some(route))
@@ -193,11 +197,10 @@ async fn forward(
         return Err(Error::NoAddress);
     }
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade(req.headers());
-    if !req.headers().contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&route.name) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
+    // One authority from here on: the service's name, whatever port or case the app wrote.
+    let host = HeaderValue::from_str(route.authority.as_str())
+        .map_err(|_| Error::BadRequest("invalid Host header"))?;
+    req.headers_mut().insert(header::HOST, host);
     forward::strip_hop_by_hop(req.headers_mut(), upgrade);
     let creds = outbound.usable_identity().ok_or(Error::NoIdentity)?;
     if upgrade {

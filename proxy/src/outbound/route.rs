@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::header;
 use http::uri::Authority;
 use http::Request;
 use hyper::body::Incoming;
@@ -15,6 +14,7 @@ use hyper::client::conn::http2::SendRequest;
 
 use crate::config::{Limits, PeerProtocol, Service};
 use crate::error::Error;
+use crate::forward;
 use crate::identity::Credentials;
 use crate::metrics::{Direction, Metrics};
 use crate::pool::IdlePool;
@@ -76,10 +76,10 @@ impl Routes {
         self.0.get(name)
     }
 
-    /// The route `req` is for: by the absolute-form URI's host, else the Host header.
-    pub fn resolve(&self, req: &Request<Incoming>) -> Result<&Arc<Route>, Error> {
-        let name =
-            service_name(req).ok_or(Error::BadRequest("request names no service (Host header)"))?;
+    /// The route `req` is for, by its one authority ([`forward::settle_authority`]: the
+    /// absolute-form target's, else the single Host header), which `req` keeps as its Host.
+    pub fn resolve(&self, req: &mut Request<Incoming>) -> Result<&Arc<Route>, Error> {
+        let name = service_name(&forward::settle_authority(req)?);
         self.get(&name).ok_or(Error::UnknownService(name))
     }
 }
@@ -156,25 +156,10 @@ impl Upstream {
     }
 }
 
-/// The service name a request is for: the absolute-form URI's host, else the Host header, port
-/// and case dropped.
-fn service_name<B>(req: &Request<B>) -> Option<String> {
-    let host = match req.uri().host() {
-        Some(h) => h,
-        None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            // Drop a port without parsing: "name:port" → "name" (IPv6 literals are not names).
-            match h.rsplit_once(':') {
-                Some((name, port))
-                    if port.bytes().all(|b| b.is_ascii_digit()) && !name.contains(':') =>
-                {
-                    name
-                }
-                _ => h,
-            }
-        }
-    };
-    Some(host.to_ascii_lowercase())
+/// The service an authority names: its host, port dropped, lower-cased (an IPv6 literal keeps
+/// its brackets and names no service).
+fn service_name(authority: &Authority) -> String {
+    authority.host().to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -264,29 +249,15 @@ pub(crate) mod tests {
         assert_eq!(r.order(3).collect::<Vec<_>>(), [0, 1, 2]);
     }
 
-    fn req(uri: &str, host: Option<&str>) -> Request<()> {
-        let mut b = Request::builder().uri(uri);
-        if let Some(h) = host {
-            b = b.header(header::HOST, h);
-        }
-        b.body(()).unwrap()
+    fn named(authority: &str) -> String {
+        service_name(&Authority::try_from(authority).unwrap())
     }
 
     #[test]
-    fn the_service_is_named_by_the_absolute_uri_or_the_host_header() {
-        assert_eq!(
-            service_name(&req("/x", Some("Service-B"))).unwrap(),
-            "service-b"
-        );
-        assert_eq!(
-            service_name(&req("/x", Some("service-b:8080"))).unwrap(),
-            "service-b"
-        );
-        assert_eq!(
-            service_name(&req("http://service-b/x", Some("other"))).unwrap(),
-            "service-b"
-        );
-        assert_eq!(service_name(&req("/x", Some("[::1]"))).unwrap(), "[::1]");
-        assert!(service_name(&req("/x", None)).is_none());
+    fn the_service_is_named_by_the_authority_host() {
+        assert_eq!(named("Service-B"), "service-b");
+        assert_eq!(named("service-b:8080"), "service-b");
+        assert_eq!(named("[::1]"), "[::1]");
+        assert_eq!(named("[::1]:80"), "[::1]");
     }
 }
