@@ -22,6 +22,25 @@ use crate::error::{Error, Hop, RespBody};
 /// The identity header set by the inbound sidecar, in Envoy's format.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
+/// Removes every field an app could read as our identity header: `x-forwarded-client-cert` in
+/// any case (header names arrive lower-cased) and every spelling with `_` for `-`, which CGI,
+/// WSGI, PHP and Rack all fold to the same `HTTP_X_FORWARDED_CLIENT_CERT`. Used on the request's
+/// headers and on its trailers.
+pub fn strip_identity_fields(fields: &mut HeaderMap) {
+    // Cheap on the common path: one length check per name, no allocation.
+    let is_identity = |n: &HeaderName| {
+        let n = n.as_str().as_bytes();
+        n.len() == XFCC.as_str().len()
+            && n.iter()
+                .zip(XFCC.as_str().as_bytes())
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    let forged: Vec<HeaderName> = fields.keys().filter(|n| is_identity(n)).cloned().collect();
+    for name in forged {
+        fields.remove(name);
+    }
+}
+
 /// Whether a request asks for a protocol upgrade (WebSocket and friends, HTTP/1.1 only).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -382,5 +401,18 @@ mod tests {
         }
         // Duplicates are refused even when the target names the authority.
         assert!(settled("http://service-b/x", h11, &["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn every_spelling_of_the_identity_header_is_removed() {
+        let mut h = headers(&[
+            ("x-forwarded-client-cert", "forged"),
+            ("x_forwarded_client_cert", "forged"),
+            ("x-forwarded_client-cert", "forged"),
+            ("x-forwarded-client-certs", "kept"),
+            ("x-forwarded-for", "kept"),
+        ]);
+        strip_identity_fields(&mut h);
+        assert_eq!(names(&h), ["x-forwarded-client-certs", "x-forwarded-for"]);
     }
 }

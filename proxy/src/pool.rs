@@ -56,15 +56,16 @@ impl Drop for OpenGuard {
 }
 
 /// An upstream HTTP/1.1 connection plus what it was made for (`T`: the route, address and
-/// credentials, so a rotated certificate or another route never reuses it).
-pub struct Conn<T> {
+/// credentials, so a rotated certificate or another route never reuses it), sending request
+/// bodies of type `B`.
+pub struct Conn<T, B = Incoming> {
     /// Sends requests; the connection itself runs in its own task.
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<B>,
     /// What the connection was made for.
     pub tag: T,
 }
 
-impl<T> Conn<T> {
+impl<T, B> Conn<T, B> {
     /// Whether the connection can take a request right now: open, and done with the previous
     /// response. A connection still busy (its last response body not fully read yet) or closed
     /// by the peer is not reused.
@@ -74,11 +75,11 @@ impl<T> Conn<T> {
 }
 
 /// The upstream connection one downstream connection holds between its requests.
-pub struct Held<T> {
-    slot: Mutex<Option<Conn<T>>>,
+pub struct Held<T, B = Incoming> {
+    slot: Mutex<Option<Conn<T, B>>>,
 }
 
-impl<T> Default for Held<T> {
+impl<T, B> Default for Held<T, B> {
     fn default() -> Self {
         Held {
             slot: Mutex::new(None),
@@ -86,15 +87,15 @@ impl<T> Default for Held<T> {
     }
 }
 
-impl<T> Held<T> {
+impl<T, B> Held<T, B> {
     /// Takes the held connection out, if any. The caller puts it back with [`Held::put`] once
     /// the request was sent, or hands it to an [`IdlePool`].
-    pub fn take(&self) -> Option<Conn<T>> {
+    pub fn take(&self) -> Option<Conn<T, B>> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Keeps `conn` for the next request of this downstream connection.
-    pub fn put(&self, conn: Conn<T>) {
+    pub fn put(&self, conn: Conn<T, B>) {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
     }
 }
@@ -150,15 +151,16 @@ impl<T> IdlePool<T> {
 /// request. A kept connection can have been closed by the other side while idle: then hyper hands
 /// back the request it never sent, and it goes once more on a new connection. A request is never
 /// sent twice. Failures are `hop`'s.
-pub async fn send<T, Fut>(
+pub async fn send<T, B, Fut>(
     hop: Hop,
-    kept: Option<Conn<T>>,
+    kept: Option<Conn<T, B>>,
     mut connect: impl FnMut() -> Fut,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     timeout: Duration,
-) -> Result<(Response<Incoming>, Conn<T>), Error>
+) -> Result<(Response<Incoming>, Conn<T, B>), Error>
 where
-    Fut: Future<Output = Result<Conn<T>, Error>>,
+    B: hyper::body::Body + 'static,
+    Fut: Future<Output = Result<Conn<T, B>, Error>>,
 {
     let mut reused = kept.is_some();
     let mut next = kept;

@@ -6,14 +6,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const POLICY: &str = r#"
 [[rule]]
@@ -21,48 +17,6 @@ name = "a-data"
 from = ["spiffe://demo.tether/ns/default/sa/service-a"]
 paths = ["/data", "/data/*"]
 "#;
-
-/// Writes `head` (a request without body, `Connection: close` added) and returns the status
-/// code and the body.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, head: &str) -> (u16, String) {
-    let req = format!("{head}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
-        .await
-        .expect("an answer in time")
-        .ok();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
-}
-
-async fn to_outbound(a: &Sidecar, head: &str) -> (u16, String) {
-    let tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
-        .await
-        .unwrap();
-    exchange(tcp, head).await
-}
-
-/// The same, straight at b's inbound over mTLS as service-a.
-async fn to_inbound(pki: &Pki, b: &Sidecar, head: &str) -> (u16, String) {
-    let a_dir = pki.issue(SERVICE_A);
-    let config: Arc<rustls::ClientConfig> = raw_client_config(Some(&a_dir));
-    let tcp = tokio::net::TcpStream::connect(b.inbound.unwrap())
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("service-b").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    exchange(tls, head).await
-}
 
 /// The Host the app saw, from the echo app's JSON.
 fn app_host(body: &str) -> String {
@@ -84,11 +38,11 @@ async fn several_missing_or_malformed_hosts_are_400_at_the_outbound() {
         "GET /data HTTP/1.1\r\nHost: \r\n",
     ];
     for head in cases {
-        let (status, _) = to_outbound(&a, head).await;
+        let (status, _) = raw_to_outbound(&a, head, "").await;
         assert_eq!(status, 400, "{head:?}");
     }
     // The well-formed control gets through.
-    let (status, _) = to_outbound(&a, "GET /data HTTP/1.1\r\nHost: service-b\r\n").await;
+    let (status, _) = raw_to_outbound(&a, "GET /data HTTP/1.1\r\nHost: service-b\r\n", "").await;
     assert_eq!(status, 200);
 }
 
@@ -96,11 +50,12 @@ async fn several_missing_or_malformed_hosts_are_400_at_the_outbound() {
 async fn the_absolute_target_decides_and_the_app_sees_that_authority() {
     let (_pki, _b, a, _) = file_pair(POLICY, "").await;
     let head = "GET http://service-b/data HTTP/1.1\r\nHost: evil.example\r\n";
-    let (status, body) = to_outbound(&a, head).await;
+    let (status, body) = raw_to_outbound(&a, head, "").await;
     assert_eq!(status, 200);
     assert_eq!(app_host(&body), "service-b");
     // Case and port the app wrote do not leak through either: one spelling reaches the app.
-    let (status, body) = to_outbound(&a, "GET /data HTTP/1.1\r\nHost: Service-B:8080\r\n").await;
+    let (status, body) =
+        raw_to_outbound(&a, "GET /data HTTP/1.1\r\nHost: Service-B:8080\r\n", "").await;
     assert_eq!(status, 200);
     assert_eq!(app_host(&body), "service-b");
 }
@@ -135,11 +90,11 @@ async fn straight_at_the_inbound_the_same_rules_hold() {
         "GET /data HTTP/1.1\r\n",
         "GET /data HTTP/1.1\r\nHost: service-b/admin\r\n",
     ] {
-        let (status, _) = to_inbound(&pki, &b, head).await;
+        let (status, _) = raw_to_inbound(&pki, &b, head, "").await;
         assert_eq!(status, 400, "{head:?}");
     }
     let head = "GET http://service-b/data HTTP/1.1\r\nHost: evil.example\r\n";
-    let (status, body) = to_inbound(&pki, &b, head).await;
+    let (status, body) = raw_to_inbound(&pki, &b, head, "").await;
     assert_eq!(status, 200);
     assert_eq!(app_host(&body), "service-b");
 }

@@ -4,10 +4,14 @@
 //! for requests that go to the app as h2c (gRPC, or `app_protocol = "h2c"`), requests share a
 //! pool of app connections. Upgrades get a connection of their own; TCP mode splices bytes.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::header;
 use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -22,7 +26,7 @@ use super::{request::authorize, AppConn, Inbound, Peer, PeerTls};
 pub(super) async fn forward(
     inbound: &Inbound,
     app_conn: &AppConn,
-    mut req: Request<Incoming>,
+    mut req: Request<AppBody>,
 ) -> Result<Response<RespBody>, Error> {
     // gRPC only exists over HTTP/2, so it goes to the app as h2c whatever the setting's default.
     let is_grpc = req
@@ -66,7 +70,7 @@ pub(super) async fn forward(
 async fn forward_held(
     inbound: &Inbound,
     app_conn: &AppConn,
-    mut req: Request<Incoming>,
+    mut req: Request<AppBody>,
 ) -> Result<Response<RespBody>, Error> {
     *req.version_mut() = Version::HTTP_11;
     let kept = app_conn
@@ -82,7 +86,7 @@ async fn forward_held(
 
 /// A new HTTP/1.1 connection to the app, its connection task spawned (able to carry an
 /// upgrade, for [`forward_upgrade`]).
-async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, Error> {
+async fn connect_app(inbound: &Inbound) -> Result<Conn<(), AppBody>, Error> {
     let app = inbound.app;
     let tcp = TcpStream::connect(app)
         .await
@@ -104,7 +108,7 @@ async fn connect_app(inbound: &Inbound) -> Result<Conn<()>, Error> {
 pub(super) async fn forward_upgrade(
     inbound: &Inbound,
     upgrade: &Upgrade,
-    mut req: Request<Incoming>,
+    mut req: Request<AppBody>,
 ) -> Result<Response<RespBody>, Error> {
     let downstream = hyper::upgrade::on(&mut req);
     let mut conn = connect_app(inbound).await?;
@@ -127,4 +131,45 @@ pub(super) async fn carry_tcp(inbound: &Inbound, peer: &Peer, mut tls: PeerTls) 
         return tracing::warn!("inbound TCP: app {} unreachable", inbound.app);
     };
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut app).await;
+}
+
+/// A peer's request body on its way to the app: the same bytes, with any trailer an app could
+/// read as our identity header removed (chunked HTTP/1.1 and HTTP/2 both carry trailers, and
+/// frameworks merge trailers into the request's fields).
+pub(super) struct AppBody(Incoming);
+
+impl AppBody {
+    /// Wraps the body of an authorized request.
+    pub(super) fn new(body: Incoming) -> Self {
+        AppBody(body)
+    }
+}
+
+impl Body for AppBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.0).poll_frame(cx));
+        Poll::Ready(frame.map(|f| {
+            f.map(|frame| match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    forward::strip_identity_fields(&mut trailers);
+                    Frame::trailers(trailers)
+                }
+                Err(data) => data,
+            })
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
 }

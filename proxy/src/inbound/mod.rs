@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -36,6 +35,8 @@ use crate::pool::{Held, OpenGuard};
 use crate::revocation::RevocationCache;
 use crate::tls::{self, HandshakeResult, PeerCert};
 
+use app::AppBody;
+
 /// Everything the inbound side needs, shared by all its connections.
 pub struct Inbound {
     identity: IdentityStore,
@@ -49,8 +50,8 @@ pub struct Inbound {
     app_authority: Authority,
     mode: Mode,
     app_protocol: AppProtocol,
-    http1: Client<HttpConnector, Incoming>,
-    h2c: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, AppBody>,
+    h2c: Client<HttpConnector, AppBody>,
     /// HTTP connections from peers open now ([`crate::pool::DEDICATED_UP_TO`]).
     open_http: Arc<AtomicUsize>,
 }
@@ -102,7 +103,7 @@ struct Peer {
 /// What one HTTP connection from a peer keeps between its requests: the app connection it
 /// holds while there are few peer connections, and its upgraded stream, if it upgrades.
 struct AppConn {
-    held: Held<()>,
+    held: Held<(), AppBody>,
     open: OpenGuard,
     upgrade: Upgrade,
 }

@@ -12,7 +12,8 @@ use crate::forward::{self, XFCC};
 use crate::metrics::{AuthzLabel, Direction};
 use crate::policy::{normalize_path, Decision, Mode as PolicyMode, Policy};
 
-use super::{app, AppConn, Inbound, Peer};
+use super::app::{self, AppBody};
+use super::{AppConn, Inbound, Peer};
 
 /// Serves one request; errors become responses here, and every response is counted.
 pub(super) async fn handle(
@@ -80,8 +81,10 @@ async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade(req.headers());
     let headers = req.headers_mut();
     forward::strip_hop_by_hop(headers, upgrade);
-    headers.remove(XFCC);
+    forward::strip_identity_fields(headers);
     headers.insert(XFCC, peer.xfcc.clone());
+    // Nor can a trailer carry it: the body the app reads drops it from trailers too.
+    let req = req.map(AppBody::new);
     if upgrade {
         return app::forward_upgrade(inbound, &app_conn.upgrade, req).await;
     }

@@ -128,7 +128,7 @@ impl Pki {
     }
 }
 
-/// An HTTP/1.1 + h2c echo app. Answers JSON describing the request; `/ws` accepts a WebSocket-ish
+/// An HTTP/1.1 + h2c echo app. Answers JSON describing the request (headers, trailers, body); `/ws` accepts a WebSocket-ish
 /// upgrade and echoes bytes; `/grpc` answers with trailers `grpc-status: 0`; `/slow` sleeps 2 s.
 pub async fn start_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -189,15 +189,21 @@ async fn app(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible
         .collect();
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
+    let collected = req.into_body().collect().await.ok();
+    // The request's trailers, as a framework that merges them into the fields would see them.
+    let trailers: serde_json::Map<String, serde_json::Value> = collected
+        .as_ref()
+        .and_then(|c| c.trailers())
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect()
+        })
         .unwrap_or_default();
+    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
     let json = serde_json::json!({
         "method": method, "path": path, "version": version, "headers": headers,
-        "body": String::from_utf8_lossy(&body),
+        "trailers": trailers, "body": String::from_utf8_lossy(&body),
     });
     let bytes = Bytes::from(json.to_string());
     if path.starts_with("/grpc") {
@@ -519,4 +525,51 @@ pub async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> usize {
 /// ([`tether_testkit::wait::eventually`] for a check that is a future).
 pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     tether_testkit::wait::eventually(within, || std::future::ready(f())).await
+}
+
+/// Writes `head` (request line and fields, `Connection: close` added), then `body` as it is,
+/// on a real socket, and returns the status code and the response body.
+pub async fn raw_exchange<S>(mut s: S, head: &str, body: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("{head}Connection: close\r\n\r\n{body}");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("an answer in time")
+        .ok();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// [`raw_exchange`] with `a`'s outbound listener.
+pub async fn raw_to_outbound(a: &Sidecar, head: &str, body: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
+        .await
+        .unwrap();
+    raw_exchange(tcp, head, body).await
+}
+
+/// [`raw_exchange`] straight at `b`'s inbound, over mTLS as service-a.
+pub async fn raw_to_inbound(pki: &Pki, b: &Sidecar, head: &str, body: &str) -> (u16, String) {
+    let a_dir = pki.issue(SERVICE_A);
+    let config = raw_client_config(Some(&a_dir));
+    let tcp = tokio::net::TcpStream::connect(b.inbound.unwrap())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("service-b").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    raw_exchange(tls, head, body).await
 }
