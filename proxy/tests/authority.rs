@@ -11,13 +11,6 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-const POLICY: &str = r#"
-[[rule]]
-name = "a-data"
-from = ["spiffe://demo.tether/ns/default/sa/service-a"]
-paths = ["/data", "/data/*"]
-"#;
-
 /// The Host the app saw, from the echo app's JSON.
 fn app_host(body: &str) -> String {
     echo(body)["headers"]["host"]
@@ -28,7 +21,7 @@ fn app_host(body: &str) -> String {
 
 #[tokio::test]
 async fn several_missing_or_malformed_hosts_are_400_at_the_outbound() {
-    let (_pki, _b, a, _) = file_pair(POLICY, "").await;
+    let (_pki, _b, a, _) = file_pair(DATA_POLICY, "").await;
     let cases = [
         "GET /data HTTP/1.1\r\nHost: service-b\r\nHost: evil.example\r\n",
         "GET /data HTTP/1.1\r\nHost: service-b\r\nHost: service-b\r\n",
@@ -48,7 +41,7 @@ async fn several_missing_or_malformed_hosts_are_400_at_the_outbound() {
 
 #[tokio::test]
 async fn the_absolute_target_decides_and_the_app_sees_that_authority() {
-    let (_pki, _b, a, _) = file_pair(POLICY, "").await;
+    let (_pki, _b, a, _) = file_pair(DATA_POLICY, "").await;
     let head = "GET http://service-b/data HTTP/1.1\r\nHost: evil.example\r\n";
     let (status, body) = raw_to_outbound(&a, head, "").await;
     assert_eq!(status, 200);
@@ -62,7 +55,7 @@ async fn the_absolute_target_decides_and_the_app_sees_that_authority() {
 
 #[tokio::test]
 async fn over_http2_authority_decides_and_a_conflicting_host_is_rewritten() {
-    let (_pki, _b, a, _) = file_pair(POLICY, "").await;
+    let (_pki, _b, a, _) = file_pair(DATA_POLICY, "").await;
     let tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
         .await
         .unwrap();
@@ -84,7 +77,7 @@ async fn over_http2_authority_decides_and_a_conflicting_host_is_rewritten() {
 
 #[tokio::test]
 async fn straight_at_the_inbound_the_same_rules_hold() {
-    let (pki, b, _a, _) = file_pair(POLICY, "").await;
+    let (pki, b, _a, _) = file_pair(DATA_POLICY, "").await;
     for head in [
         "GET /data HTTP/1.1\r\nHost: service-b\r\nHost: evil.example\r\n",
         "GET /data HTTP/1.1\r\n",

@@ -8,13 +8,6 @@ mod common;
 
 use common::*;
 
-const POLICY: &str = r#"
-[[rule]]
-name = "a-data"
-from = ["spiffe://demo.tether/ns/default/sa/service-a"]
-paths = ["/data", "/data/*"]
-"#;
-
 /// Every field name the app saw, headers and trailers, with the identity header's value.
 fn seen(body: &str) -> (Vec<String>, Vec<String>, String) {
     let json = echo(body);
@@ -72,7 +65,7 @@ fn assert_only_ours(body: &str) {
 
 #[tokio::test]
 async fn forged_identity_headers_in_any_spelling_never_reach_the_app() {
-    let (pki, b, a, _) = file_pair(POLICY, "").await;
+    let (pki, b, a, _) = file_pair(DATA_POLICY, "").await;
     let (status, body) = raw_to_outbound(&a, FORGED_HEADERS, "").await;
     assert_eq!(status, 200);
     assert_only_ours(&body);
@@ -83,7 +76,7 @@ async fn forged_identity_headers_in_any_spelling_never_reach_the_app() {
 
 #[tokio::test]
 async fn a_forged_identity_trailer_never_reaches_the_app() {
-    let (pki, b, a, _) = file_pair(POLICY, "").await;
+    let (pki, b, a, _) = file_pair(DATA_POLICY, "").await;
     for (status, body) in [
         raw_to_inbound(&pki, &b, CHUNKED_HEAD, FORGED_TRAILERS).await,
         raw_to_outbound(&a, CHUNKED_HEAD, FORGED_TRAILERS).await,

@@ -114,31 +114,46 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn connections_beyond_the_limit_are_closed_and_a_freed_slot_is_reused() {
+    /// A loop on a fresh loopback port with `handle`; returns its address, the stop switch
+    /// and the loop's task.
+    async fn start<F, Fut>(
+        max_connections: usize,
+        drain: Duration,
+        handle: F,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )
+    where
+        F: FnMut(TcpStream, SocketAddr, Watcher) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let limits = ListenerLimits {
-            max_connections: 1,
-            drain: Duration::from_secs(1),
+            max_connections,
+            drain,
         };
-        let server = tokio::spawn(serve(
-            "test",
-            listener,
-            limits,
-            async {
-                let _ = stop_rx.await;
-            },
-            move |tcp, _, _| {
-                let mut release = release_rx.clone();
-                async move {
-                    let _ = release.wait_for(|r| *r).await;
-                    drop(tcp);
-                }
-            },
-        ));
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        let server = tokio::spawn(serve("test", listener, limits, stop, handle));
+        (addr, stop_tx, server)
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_and_a_freed_slot_is_reused() {
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let (addr, stop_tx, server) = start(1, Duration::from_secs(1), move |tcp, _, _| {
+            let mut release = release_rx.clone();
+            async move {
+                let _ = release.wait_for(|r| *r).await;
+                drop(tcp);
+            }
+        })
+        .await;
         let first = TcpStream::connect(addr).await.unwrap();
         // Let the loop hand the first connection its permit before the second arrives.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -161,26 +176,13 @@ mod tests {
 
     #[tokio::test]
     async fn after_the_drain_every_connection_task_is_closed() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let limits = ListenerLimits {
-            max_connections: 4,
-            drain: Duration::from_millis(300),
-        };
-        let server = tokio::spawn(serve(
-            "test",
-            listener,
-            limits,
-            async {
-                let _ = stop_rx.await;
-            },
-            |tcp, _, _| async move {
+        let (addr, stop_tx, server) =
+            start(4, Duration::from_millis(300), |tcp, _, _| async move {
                 // Work that never ends on its own (an upgraded stream, a TCP splice).
                 let _held = tcp;
                 std::future::pending::<()>().await;
-            },
-        ));
+            })
+            .await;
         let conn = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = std::time::Instant::now();

@@ -27,6 +27,14 @@ pub const SERVICE_A: &str = "ns/default/sa/service-a";
 /// The path of service-b's identity, the callee in most tests.
 pub const SERVICE_B: &str = "ns/default/sa/service-b";
 
+/// A policy letting service-a reach `/data` and everything under it.
+pub const DATA_POLICY: &str = r#"
+[[rule]]
+name = "a-data"
+from = ["spiffe://demo.tether/ns/default/sa/service-a"]
+paths = ["/data", "/data/*"]
+"#;
+
 pub fn id(path: &str) -> String {
     format!("spiffe://{TD}/{path}")
 }
