@@ -1,7 +1,7 @@
-//! Pieces shared by the inbound and outbound request paths: the HTTP server builder and the
-//! listener limits from our config, hop-by-hop header handling, sending a request upstream under
-//! the request timeout ([`exchange`]), and upgraded (WebSocket) streams kept on their connection
-//! ([`Upgrade`]).
+//! What the inbound and outbound request paths share: serving one HTTP connection and then its
+//! upgraded stream ([`serve_http`], [`Upgrade`]), the listener limits from our config, settling
+//! a request's one authority ([`settle_authority`]), hop-by-hop and identity-header stripping,
+//! and sending a request upstream under the request timeout ([`exchange`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -83,9 +83,12 @@ pub fn settle_authority<B>(req: &mut Request<B>) -> Result<Authority, Error> {
     if authority.host().is_empty() || authority.as_str().contains('@') {
         return Err(Error::BadRequest("invalid Host header"));
     }
-    let value = HeaderValue::from_str(authority.as_str())
-        .map_err(|_| Error::BadRequest("invalid Host header"))?;
-    req.headers_mut().insert(header::HOST, value);
+    // The common case, one Host and an origin-form target, already says it: nothing to rewrite.
+    if host.is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Error::BadRequest("invalid Host header"))?;
+        req.headers_mut().insert(header::HOST, value);
+    }
     Ok(authority)
 }
 
@@ -188,8 +191,36 @@ impl Upgrade {
     }
 }
 
+/// Serves HTTP/1.1 and HTTP/2 (with upgrades) on `io` under our limits, each request answered
+/// by `handle`, until the connection ends or the drain `watcher` closes it; then runs the
+/// connection's upgraded stream, if it upgraded. Both listeners' connections end here, so an
+/// upgraded stream always stays inside its connection's task.
+pub async fn serve_http<I, F, Fut>(
+    limits: &Limits,
+    io: I,
+    watcher: tether_net::Watcher,
+    upgrade: &Upgrade,
+    handle: F,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<RespBody>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let answer = handle(req);
+        async move { Ok::<_, std::convert::Infallible>(answer.await) }
+    });
+    let conn = server_builder(limits)
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!("connection ended: {e}");
+    }
+    upgrade.run().await;
+}
+
 /// The HTTP/1.1 + HTTP/2 server builder with our limits applied.
-pub fn server_builder(limits: &Limits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+fn server_builder(limits: &Limits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())

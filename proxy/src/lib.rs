@@ -18,8 +18,9 @@
 //! - `outbound`: the local app → mTLS → peer sidecars (route table, affinity, connections,
 //!   HTTP/1.1, HTTP/2, upgrades, TCP services).
 //! - `pool`: HTTP/1.1 upstream connections held by one downstream connection, and idle pools.
-//! - `forward`: what both directions share: hop-by-hop headers, the upstream exchange under
-//!   the request timeout, upgrades, the server builder.
+//! - `forward`: what both directions share: serving one HTTP connection and then its upgraded
+//!   stream, settling the request's one authority, hop-by-hop and identity fields, the
+//!   upstream exchange under the request timeout.
 //! - `error`: the request path's one error type and its one conversion to a response.
 //! - `admin`: `/metrics`, `/live`, `/ready`, `/identity`, `POST /rotate`.
 //! - `metrics`: the Prometheus metrics on an injected registry, with typed labels.

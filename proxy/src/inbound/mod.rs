@@ -23,7 +23,7 @@ use http::header::HeaderValue;
 use http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{AppProtocol, Inbound as InboundConfig, Limits, Mode};
@@ -150,26 +150,12 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
         upgrade: Upgrade::default(),
     });
     let upgrade = app_conn.upgrade.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let inbound = svc_inbound.clone();
-        let peer = peer.clone();
-        let app_conn = app_conn.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                request::handle(&inbound, &peer, &app_conn, req).await,
-            )
-        }
-    });
-    let conn = forward::server_builder(&inbound.limits)
-        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-        .into_owned();
-    // An upgraded stream runs here, after the HTTP part, under the same revocation watch.
-    let serve = async {
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!("inbound connection ended: {e}");
-        }
-        upgrade.run().await;
+    let handle = move |req| {
+        let (inbound, peer, app_conn) = (svc_inbound.clone(), peer.clone(), app_conn.clone());
+        async move { request::handle(&inbound, &peer, &app_conn, req).await }
     };
+    // An upgraded stream runs inside `serve`, under the same revocation watch.
+    let serve = forward::serve_http(&inbound.limits, tls, watcher, &upgrade, handle);
     tokio::select! {
         _ = serve => {}
         _ = live.revoked() => tracing::info!("closed connection of revoked peer {peer_id}"),

@@ -29,10 +29,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ::http::header::{self, HeaderValue};
+use ::http::header;
 use ::http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::{Limits, Service};
@@ -127,21 +126,12 @@ pub async fn run(
                     upgrade: Upgrade::default(),
                 });
                 let upgrade = app.upgrade.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let outbound = svc_out.clone();
-                    let app = app.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(request(&outbound, &app, req).await)
-                    }
-                });
-                let conn = forward::server_builder(&outbound.limits)
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!("outbound connection ended: {e}");
-                }
-                // An upgraded stream runs here, still counted as this connection.
-                upgrade.run().await;
+                let handle = move |req| {
+                    let (outbound, app) = (svc_out.clone(), app.clone());
+                    async move { request(&outbound, &app, req).await }
+                };
+                // An upgraded stream runs inside, still counted as this connection.
+                forward::serve_http(&outbound.limits, tcp, watcher, &upgrade, handle).await;
             }
         },
     )
@@ -198,9 +188,7 @@ async fn forward(
     }
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade(req.headers());
     // One authority from here on: the service's name, whatever port or case the app wrote.
-    let host = HeaderValue::from_str(route.authority.as_str())
-        .map_err(|_| Error::BadRequest("invalid Host header"))?;
-    req.headers_mut().insert(header::HOST, host);
+    req.headers_mut().insert(header::HOST, route.host.clone());
     forward::strip_hop_by_hop(req.headers_mut(), upgrade);
     let creds = outbound.usable_identity().ok_or(Error::NoIdentity)?;
     if upgrade {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
+use http::HeaderValue;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -36,6 +37,8 @@ pub struct Route {
     pub name: String,
     /// `name` as the :authority of requests to the peer, parsed once.
     pub authority: Authority,
+    /// `name` as the Host header of requests to the peer, built once (cloning shares it).
+    pub host: HeaderValue,
     /// `tether_requests_total{direction="outbound",peer=<identity>,code="200"}`, resolved once.
     pub ok: prometheus::IntCounter,
     /// The exact SPIFFE ID the peer must present.
@@ -91,6 +94,8 @@ impl Route {
             // Config validation allows only host-name characters, so this parses.
             authority: Authority::try_from(s.name.as_str())
                 .unwrap_or_else(|_| Authority::from_static("invalid.service")),
+            host: HeaderValue::from_str(&s.name)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid.service")),
             ok: metrics.requests_for(Direction::Outbound, s.identity.as_str(), "200"),
             identity: s.identity.clone(),
             upstreams: s
