@@ -19,6 +19,9 @@
 //! `x-tether-instance` (an opaque per-process id) and `x-tether-bundle-version`; a poll with
 //! `after=N` acknowledges CRL N. Every such poll whose certificate authenticates upserts the
 //! sidecar's row in the `fleet` table (see [`crate::fleet`]); one that does not is still answered.
+//! A poll (with a certificate or without) whose `after` or bundle version names something this
+//! CA never published is 400, and one under an instance whose row belongs to another identity
+//! or lineage is 403; neither writes anything.
 //!
 //! **Rotation without restart.** The server re-reads `meta.bundle_version` with its CRL check
 //! (every [`CRL_POLL_INTERVAL`]); when the CLI rotated or retired a root it reloads the signer,
@@ -27,11 +30,19 @@
 //! already gets the new bundle version with it. If the reload fails, the old state keeps serving,
 //! every poll tries again, and the failure is logged every ten seconds until it succeeds.
 //!
+//! **Answers always arrive.** A body over [`MAX_BODY`] is 413, and whatever an answer leaves
+//! unread (the rest of that body, or one a 401/404/405 never looked at) is read and dropped on
+//! its own task, up to [`DRAIN_LIMIT`] and [`DRAIN_TIME`], while the answer goes out; over
+//! HTTP/1.1 the answer then says `Connection: close`.
+//!
 //! Where it lives: `server.rs` runs both listeners on the shared accept loop, `routes.rs` maps a
-//! request to its typed `Endpoint` and turns every error into a response, `watcher.rs` watches
-//! the database, `revocation.rs` answers revoke and the CRL long-poll, `tls.rs` holds the
+//! request to its typed `Endpoint` and turns every error into a response, `body.rs` reads and
+//! discards request bodies, `watcher.rs` watches the database, `revocation.rs` answers revoke
+//! and the CRL long-poll, `fleet.rs` takes a poll's report to the fleet, `tls.rs` holds the
 //! swappable certificate. Bodies, header names and limits come from [`tether_certs::wire`].
 
+mod body;
+mod fleet;
 mod revocation;
 mod routes;
 mod server;
@@ -46,6 +57,15 @@ pub use server::{run, run_metrics, MAX_API_CONNECTIONS, MAX_METRICS_CONNECTIONS}
 
 /// Largest request body accepted (the wire contract's [`tether_certs::wire::MAX_REQUEST_BODY`]).
 pub const MAX_BODY: usize = tether_certs::wire::MAX_REQUEST_BODY;
+/// The most of a refused body that is read and dropped. A client that reads our answer while
+/// it sends stops at the answer; what it still has in flight by then is bounded by its send
+/// buffer and our receive window (a few MiB on common TCP stacks), so 16 MiB lets that arrive,
+/// while a client that never stops costs at most this much reading.
+pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+/// The longest a refused body is read and dropped: ample time for a client to read an answer
+/// that was sent first, short enough that a client trickling bytes holds its connection slot
+/// for no longer than this.
+pub const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// Longest a CRL long-poll may wait, whatever `wait=` asks (proxies and load balancers commonly
 /// cut idle requests after 60 s).
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(55);

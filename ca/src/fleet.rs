@@ -2,7 +2,9 @@
 //! its instance id, the CRL number it holds (`after=N` acknowledges N) and its bundle version.
 //! The CA records that per instance ([`crate::store::FleetMember`]), which is what
 //! `tether-ca fleet` prints, `revoke --wait` waits on, `root retire` and `check` consult, and
-//! `tether_ca_fleet_size` counts.
+//! `tether_ca_fleet_size` counts. Because those decisions rest on it, a poll may report only what
+//! this CA published, and only under an instance whose row is its own (see
+//! [`Authority::record_poll`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use time::OffsetDateTime;
 
 use crate::authority::Authority;
 use crate::error::CaError;
-use crate::store::FleetMember;
+use crate::store::{FleetMember, PollRecord, Unpublished};
 use crate::timefmt::sub_secs;
 
 /// A sidecar counts as part of the fleet while its latest poll is this recent. Sidecars poll
@@ -33,10 +35,14 @@ pub const FLEET_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct Acknowledgement {
     /// The CRL number waited for.
     pub crl_number: u64,
-    /// How many sidecars had to acknowledge it (those seen within [`FLEET_WINDOW`] at the start).
+    /// How many sidecars had to acknowledge it: those seen within [`FLEET_WINDOW`] at the start,
+    /// less those in `revoked`.
     pub members: usize,
     /// Those that had not when the wait ended (empty: all did).
     pub lagging: Vec<FleetMember>,
+    /// Sidecars seen at the start whose certificate is revoked (by this revocation, typically):
+    /// they can no longer authenticate a poll, so they were not waited for.
+    pub revoked: Vec<FleetMember>,
     /// How long the wait took.
     pub took: Duration,
 }
@@ -54,17 +60,30 @@ pub fn valid_instance(instance: &str) -> bool {
 }
 
 impl Authority {
-    /// Records a CRL poll by the sidecar presenting `peer_chain`, which must authenticate
-    /// (chain, unexpired, unrevoked, issued here). `instance` falls back to the certificate's
-    /// serial when absent or unusable.
+    /// Records a CRL poll by the sidecar presenting `peer_chain`. `instance` falls back to the
+    /// certificate's serial when absent or unusable.
+    ///
+    /// A chain that does not authenticate (chain, unexpired, unrevoked, issued here) records
+    /// nothing and is not an error: `Ok(None)`. A poll is refused, writing nothing, when it
+    /// reports a CRL number or bundle version this CA never published
+    /// ([`CaError::BadRequest`]), or when its instance's row belongs to another identity, or to
+    /// another lineage of the same identity whose certificate can still poll
+    /// ([`CaError::Forbidden`]).
     pub fn record_poll(
         &self,
         peer_chain: &[CertificateDer<'_>],
         instance: Option<&str>,
         crl_number: u64,
         bundle_version: Option<u64>,
-    ) -> Result<FleetMember, CaError> {
-        let leaf = self.authenticate(peer_chain)?;
+    ) -> Result<Option<FleetMember>, CaError> {
+        let leaf = match self.authenticate(peer_chain) {
+            Ok(leaf) => leaf,
+            Err(e) => {
+                tracing::debug!("CRL poll not recorded in the fleet: {e}");
+                return Ok(None);
+            }
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
         let member = FleetMember {
             instance: instance
                 .filter(|i| valid_instance(i))
@@ -75,10 +94,37 @@ impl Authority {
             cert_not_after: leaf.not_after.unix_timestamp(),
             crl_number,
             bundle_version,
-            last_seen: OffsetDateTime::now_utc().unix_timestamp(),
+            last_seen: now,
+            cert_revoked: false,
         };
-        self.store().record_poll(&member)?;
-        Ok(member)
+        match self.store().record_poll(&member, now)? {
+            PollRecord::Recorded => Ok(Some(member)),
+            PollRecord::Unpublished(u) => Err(unpublished(&u)),
+            PollRecord::Taken => {
+                tracing::warn!(
+                    "refused a CRL poll by {} (certificate {}) under instance {}: that fleet row \
+                     belongs to another sidecar",
+                    member.spiffe_id,
+                    member.serial,
+                    member.instance
+                );
+                Err(CaError::Forbidden(format!(
+                    "fleet instance {} belongs to another sidecar; report under your own \
+                     x-tether-instance",
+                    member.instance
+                )))
+            }
+        }
+    }
+
+    /// Refuses ([`CaError::BadRequest`]) a poll that reports CRL `crl_number` or bundle
+    /// `bundle_version` when this CA never published it — the check [`Authority::record_poll`]
+    /// makes, for polls that record nothing.
+    pub fn check_poll(&self, crl_number: u64, bundle_version: Option<u64>) -> Result<(), CaError> {
+        match self.store().unpublished(crl_number, bundle_version)? {
+            Some(u) => Err(unpublished(&u)),
+            None => Ok(()),
+        }
     }
 
     /// Sidecars seen within `within`.
@@ -98,7 +144,9 @@ impl Authority {
 
     /// Waits until every sidecar seen within [`FLEET_WINDOW`] (as of now) has acknowledged CRL
     /// `crl_number` or newer — polled with `after` ≥ it — or `timeout` passes, re-reading the
-    /// fleet table every [`ACK_POLL_INTERVAL`]. Blocks the calling thread (the CLI's).
+    /// fleet table every [`ACK_POLL_INTERVAL`]. A sidecar whose certificate is revoked is not
+    /// waited for (it could never acknowledge: its polls no longer authenticate) and is returned
+    /// in [`Acknowledgement::revoked`]. Blocks the calling thread (the CLI's).
     pub fn wait_for_acknowledgement(
         &self,
         crl_number: u64,
@@ -115,23 +163,44 @@ impl Authority {
             .map(|m| m.instance)
             .collect();
         loop {
-            let lagging: Vec<FleetMember> = self
+            // Re-judged on every pass: a revocation lands during the wait, or a revoked sidecar
+            // enrolls again under the same instance and can acknowledge after all.
+            let (revoked, waited): (Vec<FleetMember>, Vec<FleetMember>) = self
                 .store()
                 .fleet(since)?
                 .into_iter()
-                .filter(|m| members.contains(&m.instance) && m.crl_number < crl_number)
+                .filter(|m| members.contains(&m.instance))
+                .partition(|m| m.cert_revoked);
+            let waited_for = waited.len();
+            let lagging: Vec<FleetMember> = waited
+                .into_iter()
+                .filter(|m| m.crl_number < crl_number)
                 .collect();
             if lagging.is_empty() || started.elapsed() >= timeout {
                 return Ok(Acknowledgement {
                     crl_number,
-                    members: members.len(),
+                    members: waited_for,
                     lagging,
+                    revoked,
                     took: started.elapsed(),
                 });
             }
             std::thread::sleep(ACK_POLL_INTERVAL.min(timeout.saturating_sub(started.elapsed())));
         }
     }
+}
+
+/// The refusal of a poll that reports something this CA never published.
+fn unpublished(u: &Unpublished) -> CaError {
+    CaError::BadRequest(match u {
+        Unpublished::Crl { claimed, newest } => format!(
+            "after={claimed} names no CRL this CA published (the newest is number {newest})"
+        ),
+        Unpublished::Bundle { claimed, newest } => format!(
+            "x-tether-bundle-version {claimed} is no bundle this CA published (the current one \
+             is version {newest})"
+        ),
+    })
 }
 
 /// The Unix time `within` ago: the oldest `last_seen` still counted.

@@ -20,13 +20,16 @@
 //!   `authority/revocation.rs` (revoke, CRLs, listings) add its operations. The CLI and the API
 //!   are thin layers over it.
 //! - [`rotation`]: root rotate / retire / list.
-//! - [`fleet`]: what polling sidecars report, and waiting for them to acknowledge a CRL.
+//! - [`fleet`]: what polling sidecars report (only what was published, only under their own
+//!   row), and waiting for them to acknowledge a CRL.
 //! - [`check`]: the CA's health check.
 //! - [`api`]: the HTTPS API (HTTP/1.1 and h2) and the metrics listener: `api/server.rs` (both
 //!   listeners on `tether_net::serve`), `api/routes.rs` (the typed `Endpoint`, dispatch, the
-//!   error → response edge), `api/watcher.rs` (the database watch: reload after a rotation,
-//!   CRL announcements, housekeeping), `api/revocation.rs` (revoke and the CRL long-poll) and
-//!   `api/tls.rs` (the swappable server certificate, deferred client authentication).
+//!   error → response edge), `api/body.rs` (request bodies: read within the limit, the unread
+//!   rest discarded so every answer arrives), `api/watcher.rs` (the database watch: reload after
+//!   a rotation, CRL announcements, housekeeping), `api/revocation.rs` (revoke and the CRL
+//!   long-poll), `api/fleet.rs` (what a poll reports to the fleet) and `api/tls.rs` (the
+//!   swappable server certificate, deferred client authentication).
 //! - [`metrics`]: the CA's Prometheus metrics on an injected registry, with typed labels.
 //! - [`timefmt`]: RFC 3339 and short durations, parsed and printed one way everywhere.
 //! - [`cli`]: the `tether-ca` command line: `cli/args.rs` (flags), `cli/commands.rs` (init,

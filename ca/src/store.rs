@@ -35,7 +35,7 @@ mod revocation;
 mod schema;
 mod tokens;
 
-pub use fleet::FleetMember;
+pub use fleet::{FleetMember, PollRecord, Unpublished};
 pub use generations::{Generation, NewGeneration, Rotation};
 pub use retirement::{RetireBlockers, RetireOutcome};
 use revocation::publish_in;
@@ -154,7 +154,7 @@ impl Store {
     /// Records an issued certificate (its own transaction).
     pub fn record(&mut self, cert: &NewCert) -> Result<(), StoreError> {
         let tx = self.immediate()?;
-        insert_cert(&tx, cert)?;
+        insert_cert(&tx, cert, None)?;
         tx.commit()?;
         Ok(())
     }
@@ -175,7 +175,8 @@ impl Store {
             Some(Some(_)) => return Ok(RenewalGate::Revoked),
             Some(None) => {}
         }
-        insert_cert(&tx, cert)?;
+        let lineage = lineage_of(&tx, &presented.to_string())?;
+        insert_cert(&tx, cert, lineage.as_deref())?;
         tx.commit()?;
         Ok(RenewalGate::Recorded)
     }
@@ -305,6 +306,16 @@ fn ensure_current(conn: &Connection, generation: u64) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// The lineage of `serial` (lowercase hex): the serial of the enrolled or issued certificate it
+/// was renewed from, itself for such a certificate (and for rows from before lineages were
+/// recorded); `None` when this CA did not issue it.
+fn lineage_of(conn: &Connection, serial: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(lineage, serial) FROM certificates WHERE serial = ?1")?
+        .query_row([serial], |r| r.get(0))
+        .optional()?)
+}
+
 /// Whether this CA issued `serial` (`None`: it did not) and when it was revoked, if it was.
 fn revocation_state(conn: &Connection, serial: &Serial) -> Result<Option<Option<i64>>, StoreError> {
     Ok(conn
@@ -313,17 +324,24 @@ fn revocation_state(conn: &Connection, serial: &Serial) -> Result<Option<Option<
         .optional()?)
 }
 
-fn insert_cert(tx: &rusqlite::Transaction<'_>, c: &NewCert) -> Result<(), StoreError> {
+/// Records `c`, renewed from a certificate of `lineage` (`None`: it starts its own lineage).
+fn insert_cert(
+    tx: &rusqlite::Transaction<'_>,
+    c: &NewCert,
+    lineage: Option<&str>,
+) -> Result<(), StoreError> {
     ensure_current(tx, c.generation)?;
+    let serial = c.serial.to_string();
     // The serial is the primary key: a (astronomically unlikely) collision fails the insert and
     // so the whole issuance, rather than ever reusing a serial.
     tx.prepare_cached(
         "INSERT INTO certificates
-             (serial, spiffe_id, not_before, not_after, issued_at, method, der, generation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             (serial, spiffe_id, not_before, not_after, issued_at, method, der, generation,
+              lineage)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        c.serial.to_string(),
+        serial,
         c.spiffe_id,
         c.not_before.unix_timestamp(),
         c.not_after.unix_timestamp(),
@@ -331,6 +349,7 @@ fn insert_cert(tx: &rusqlite::Transaction<'_>, c: &NewCert) -> Result<(), StoreE
         c.method,
         c.der,
         c.generation as i64,
+        lineage.unwrap_or(&serial),
     ])?;
     Ok(())
 }

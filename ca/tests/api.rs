@@ -331,6 +331,100 @@ async fn bodies_over_64_kib_are_413_whether_sized_or_chunked() {
     );
 }
 
+/// A raw HTTP/1.1 `POST path` whose `size`-byte body is sent whole, sized or chunked.
+fn raw_post(path: &str, size: usize, chunked: bool) -> Vec<u8> {
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_string()
+    } else {
+        format!("content-length: {size}")
+    };
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         {framing}\r\n\r\n"
+    )
+    .into_bytes();
+    if !chunked {
+        raw.resize(raw.len() + size, b'A');
+        return raw;
+    }
+    let chunk = 64 * 1024;
+    for _ in 0..size / chunk {
+        raw.extend_from_slice(format!("{chunk:x}\r\n").as_bytes());
+        raw.resize(raw.len() + chunk, b'A');
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw
+}
+
+#[tokio::test]
+async fn an_answer_that_comes_before_the_body_arrives_though_the_client_sends_it_all() {
+    let ca = TestCa::start().await;
+    let client = ca.client();
+    const MIB: usize = 1024 * 1024;
+    // A client that writes its whole request before reading: the CA answers at once, and must
+    // keep reading what is sent after that, or the client's write (or its read of the answer)
+    // fails on the connection's reset.
+    for (path, size, chunked, status) in [
+        ("/v1/enroll", 10 * MIB, false, "413"),
+        ("/v1/enroll", 10 * MIB, true, "413"),
+        ("/v1/renew", MIB, false, "401"),
+        ("/v1/nothing-here", MIB, false, "404"),
+    ] {
+        let answer = client.raw_http1(&raw_post(path, size, chunked)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path} {size} chunked={chunked}: {answer:?}"
+        );
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "the answer says the connection ends: {answer:?}"
+        );
+    }
+    // The server is still fine afterwards.
+    assert_eq!(client.get("/v1/bundle").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_always_reads_the_413_of_a_body_over_the_limit() {
+    if !have("curl") {
+        return;
+    }
+    let ca = TestCa::start().await;
+    let url = format!("https://localhost:{}/v1/enroll", ca.addr.port());
+    let bundle = ca.dir.join("bundle.pem");
+    let mut codes = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for mib in [1, 10] {
+        let file = ca.tmp.path().join(format!("{mib}m.json"));
+        std::fs::write(&file, vec![b'A'; mib * 1024 * 1024]).unwrap();
+        for http in ["--http1.1", "--http2"] {
+            for run in 0..20 {
+                let mut curl = tokio::process::Command::new("curl");
+                curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", http])
+                    .arg("--cacert")
+                    .arg(&bundle)
+                    .args(["-H", "content-type: application/json", "--data-binary"])
+                    .arg(format!("@{}", file.display()))
+                    .arg(&url);
+                if run % 2 == 1 {
+                    // Without `Expect: 100-continue` curl sends the whole body at once.
+                    curl.args(["-H", "Expect:"]);
+                }
+                let out = curl.output().await.expect("run curl");
+                codes
+                    .entry(format!("{http} {mib} MiB"))
+                    .or_default()
+                    .push(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+        }
+    }
+    for (case, got) in &codes {
+        assert!(got.iter().all(|c| c == "413"), "{case}: {got:?}");
+    }
+}
+
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405() {
     let ca = TestCa::start().await;

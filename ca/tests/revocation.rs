@@ -2,7 +2,8 @@
 //! live certificate of exactly that identity issued before a time, in one CRL; renewal refuses a
 //! revoked certificate inside the transaction that records the new leaf; and `revoke --wait`
 //! returns once every sidecar seen in the last minute has acknowledged the new CRL, or fails
-//! listing those that did not.
+//! listing those that did not — leaving out, and listing apart, the sidecars whose certificates
+//! are revoked (they can no longer poll).
 
 mod common;
 
@@ -488,4 +489,74 @@ async fn revoke_wait_fails_listing_a_sidecar_that_stopped_polling() {
     let o = ca_cli(&quiet, &["revoke", &serial, "--wait"]);
     assert_ok(&o, "revoke --wait with no fleet");
     assert!(stdout(&o).contains("nothing to wait for"), "{}", stdout(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_wait_leaves_out_the_sidecars_whose_certificates_it_revoked() {
+    let ca = TestCa::start().await;
+    let n = ca.authority.latest_crl_number().unwrap();
+    let live = ca.enroll(&id("/ns/default/sa/live")).await;
+    let live = Sidecar::start(ca.client_as(&live), "live-1", n, 1);
+    let victim_id = id("/ns/default/sa/victim");
+    let victim = ca.enroll(&victim_id).await;
+    let victim_poller = Sidecar::start(ca.client_as(&victim), "victim-1", n, 1);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ca.authority.fleet(Duration::from_secs(60)).unwrap().len() == 2
+        })
+        .await,
+        "both sidecars are in the fleet"
+    );
+
+    // The victim keeps polling, but with a revoked certificate its polls no longer count.
+    let (out, _) = revoke_and_wait(
+        &ca.dir,
+        &["--id", victim_id.as_str(), "--wait", "--timeout", "20s"],
+    )
+    .await;
+    assert_ok(&out, "revoke --id --wait");
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("all 1 sidecar acknowledged CRL number {}", n + 1)),
+        "{text}"
+    );
+    let apart: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("not waited for"))
+        .skip(2)
+        .take_while(|l| l.starts_with("spiffe://"))
+        .collect();
+    assert_eq!(
+        apart.len(),
+        1,
+        "the revoked sidecar is listed apart:\n{text}"
+    );
+    assert!(
+        apart[0].contains(victim_id.as_str())
+            && apart[0].contains("victim-1")
+            && apart[0].contains(&victim.serial),
+        "{apart:?}"
+    );
+    // `fleet` marks it too.
+    let dir = ca.dir.clone();
+    let fleet = tokio::task::spawn_blocking(move || ca_cli(&dir, &["fleet"]))
+        .await
+        .unwrap();
+    assert!(
+        stdout(&fleet).contains(&format!("{} (revoked)", victim.serial)),
+        "{}",
+        stdout(&fleet)
+    );
+
+    // The library call says the same.
+    drop(live);
+    let ack = tokio::task::block_in_place(|| {
+        ca.authority
+            .wait_for_acknowledgement(n + 1, Duration::from_secs(1))
+            .unwrap()
+    });
+    let revoked: Vec<&str> = ack.revoked.iter().map(|m| m.instance.as_str()).collect();
+    assert_eq!(revoked, vec!["victim-1"]);
+    assert!(!ack.lagging.iter().any(|m| m.instance == "victim-1"));
+    drop(victim_poller);
 }

@@ -1,13 +1,13 @@
 //! The revocation endpoints: `POST /v1/revoke` (a serial, or an identity) and `GET /v1/crl`
-//! with long-poll, which also records polling sidecars in the fleet.
+//! with long-poll, whose report to the fleet `api/fleet.rs` takes first.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{header, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
@@ -15,10 +15,11 @@ use tether_certs::crl::Reason;
 use tether_certs::serial::SerialError;
 use tether_certs::wire::{
     self, IdentityRevoked, RevokeRequest, RevokeStatus, SerialRevoked, BUNDLE_VERSION_HEADER,
-    CRL_NUMBER_HEADER, INSTANCE_HEADER,
+    CRL_NUMBER_HEADER,
 };
 use tether_certs::{Serial, SpiffeId};
 
+use super::fleet;
 use super::routes::{fail, header_value, json, text, Fail, Resp};
 use super::server::{blocking, State};
 use super::watcher::publish;
@@ -171,13 +172,11 @@ impl Revoked {
 pub(super) async fn crl(
     state: &State,
     peer: &[CertificateDer<'static>],
-    req: Request<Incoming>,
+    parts: &Parts,
 ) -> Result<Resp, Fail> {
-    let poll = CrlQuery::parse(req.uri().query().unwrap_or_default())
+    let poll = CrlQuery::parse(parts.uri.query().unwrap_or_default())
         .map_err(|m| (StatusCode::BAD_REQUEST, m))?;
-    if !peer.is_empty() {
-        record_poll(state, peer, req.headers(), poll.after.unwrap_or(0)).await;
-    }
+    fleet::report(state, peer, &parts.headers, poll.after.unwrap_or(0)).await?;
     let mut rx = state.crl_number.clone();
     // Serve the number this server has announced, not whatever is newest in the database: it
     // announces a CRL only after reloading for the bundle that trusts its signer.
@@ -204,8 +203,8 @@ pub(super) async fn crl(
         })?;
     let etag = format!("\"{}\"", served.crl.number);
     if poll.after.is_none()
-        && req
-            .headers()
+        && parts
+            .headers
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
             == Some(etag.as_str())
@@ -226,15 +225,22 @@ struct CrlQuery {
 
 impl CrlQuery {
     /// Parses `after=N&wait=DUR` (other parameters are ignored); the error is the 400's message.
+    /// `after` is decimal digits only (no sign), and each of the two may be given once.
     fn parse(query: &str) -> Result<Self, String> {
-        let params: HashMap<&str, &str> = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
+        let mut params: HashMap<&str, &str> = HashMap::new();
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            let known = k == wire::CRL_AFTER_PARAM || k == wire::CRL_WAIT_PARAM;
+            if params.insert(k, v).is_some() && known {
+                return Err(format!("{k}= is given twice"));
+            }
+        }
         let after = match params.get(wire::CRL_AFTER_PARAM) {
             Some(a) => Some(
-                a.parse::<u64>()
-                    .map_err(|_| format!("after={a:?} is not a CRL number"))?,
+                a.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| a.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| format!("after={a:?} is not a CRL number"))?,
             ),
             None => None,
         };
@@ -271,32 +277,6 @@ fn crl_answer(state: &State, served: &ServedCrl, etag: &str) -> Resp {
         header_value(&state.authority.bundle_version().to_string()),
     );
     resp
-}
-
-/// Records the polling sidecar in the fleet table. A certificate that does not authenticate
-/// (expired, revoked, foreign) records nothing; the poll is answered either way.
-async fn record_poll(
-    state: &State,
-    peer: &[CertificateDer<'static>],
-    headers: &http::HeaderMap,
-    crl_number: u64,
-) {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let instance = header(INSTANCE_HEADER);
-    let bundle_version = header(BUNDLE_VERSION_HEADER).and_then(|v| v.trim().parse::<u64>().ok());
-    let peer = peer.to_vec();
-    let recorded = blocking(&state.authority, move |a| {
-        a.record_poll(&peer, instance.as_deref(), crl_number, bundle_version)
-    })
-    .await;
-    if let Err(e) = recorded {
-        tracing::debug!("CRL poll not recorded in the fleet: {e}");
-    }
 }
 
 /// Counts one long-poll in `tether_ca_crl_waiters` for as long as it lives. A guard rather than
@@ -351,9 +331,26 @@ mod tests {
             }
         );
         assert_eq!(CrlQuery::parse("wait=1h").unwrap().wait, MAX_LONG_POLL);
-        assert!(CrlQuery::parse("after=x")
+        for bad in [
+            "after=x",
+            "after=-1",
+            "after=+5",
+            "after=",
+            "after=1e3",
+            "after= 1",
+        ] {
+            assert!(
+                CrlQuery::parse(bad).unwrap_err().contains("CRL number"),
+                "{bad}"
+            );
+        }
+        assert!(CrlQuery::parse("after=1&after=999999")
             .unwrap_err()
-            .contains("CRL number"));
+            .contains("twice"));
+        assert!(CrlQuery::parse("wait=1s&wait=2s")
+            .unwrap_err()
+            .contains("twice"));
+        assert_eq!(CrlQuery::parse("x=1&x=2&after=3").unwrap().after, Some(3));
         assert!(CrlQuery::parse("wait=soon").unwrap_err().contains("wait="));
     }
 }

@@ -1,19 +1,22 @@
 //! Which request goes where: the typed [`Endpoint`] of each path with its allowed method and
 //! metrics label, the dispatch to the handlers, and the one place an error becomes a response
-//! (status, JSON `{"error": …}`, the failure counted, `Allow` on a 405).
+//! (status, JSON `{"error": …}`, the failure counted, `Allow` on a 405, and the unread rest of
+//! the body discarded so the answer arrives — see [`super::body`]).
 
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use rustls_pki_types::CertificateDer;
 
 use tether_certs::wire::{self, EnrollRequest, ErrorBody, RenewRequest, RevokeRequest};
 
+use super::body::RequestBody;
+use super::revocation;
 use super::server::{blocking, State};
-use super::{revocation, MAX_BODY};
 use crate::error::CaError;
 use crate::metrics::{FailureReason, IssueMethod};
 
@@ -112,13 +115,15 @@ pub(super) async fn handle(
     peer: &[CertificateDer<'static>],
     req: Request<Incoming>,
 ) -> Resp {
-    let endpoint = Endpoint::from_path(req.uri().path());
+    let (parts, body) = req.into_parts();
+    let mut body = RequestBody::new(body);
+    let endpoint = Endpoint::from_path(parts.uri.path());
     let label = endpoint.map_or(UNKNOWN_LABEL, Endpoint::label);
-    let answer = match Endpoint::route(req.method(), req.uri().path()) {
-        Ok(endpoint) => serve(state, peer, endpoint, req).await,
+    let answer = match Endpoint::route(&parts.method, parts.uri.path()) {
+        Ok(endpoint) => serve(state, peer, endpoint, &parts, &mut body).await,
         Err(fail) => Err(fail),
     };
-    let resp = answer.unwrap_or_else(|(status, msg)| {
+    let mut resp = answer.unwrap_or_else(|(status, msg)| {
         state
             .metrics
             .count_failure(label, FailureReason::from_status(status));
@@ -130,20 +135,27 @@ pub(super) async fn handle(
         }
         resp
     });
+    // h2 has no Connection header (and needs none: only the stream ends).
+    if body.discard() && parts.version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     state.metrics.count_request(label, resp.status());
     resp
 }
 
-/// Runs the handler of `endpoint` (method already checked).
+/// Runs the handler of `endpoint` (method already checked) for the request `parts`; the
+/// handlers that take a body read it from `body`.
 async fn serve(
     state: &State,
     peer: &[CertificateDer<'static>],
     endpoint: Endpoint,
-    req: Request<Incoming>,
+    parts: &Parts,
+    body: &mut RequestBody,
 ) -> Result<Resp, Fail> {
     match endpoint {
         Endpoint::Enroll => {
-            let body: EnrollRequest = json_body(req).await?;
+            let body: EnrollRequest = body.json(&parts.headers).await?;
             issue(state, IssueMethod::Enroll, move |a| {
                 a.enroll(&body.token, body.csr.as_bytes())
             })
@@ -156,14 +168,14 @@ async fn serve(
                 )));
             }
             let peer = peer.to_vec();
-            let body: RenewRequest = json_body(req).await?;
+            let body: RenewRequest = body.json(&parts.headers).await?;
             issue(state, IssueMethod::Renew, move |a| {
                 a.renew(&peer, body.csr.as_bytes())
             })
             .await
         }
         Endpoint::Revoke => {
-            let body: RevokeRequest = json_body(req).await?;
+            let body: RevokeRequest = body.json(&parts.headers).await?;
             revocation::revoke(state, peer.to_vec(), body).await
         }
         Endpoint::Bundle => {
@@ -178,7 +190,7 @@ async fn serve(
             );
             Ok(resp)
         }
-        Endpoint::Crl => revocation::crl(state, peer, req).await,
+        Endpoint::Crl => revocation::crl(state, peer, parts).await,
         Endpoint::Metrics => Ok(metrics_text(&state.registry)),
     }
 }
@@ -208,41 +220,6 @@ pub(super) fn metrics_text(registry: &prometheus::Registry) -> Resp {
 pub(super) fn header_value(s: &str) -> HeaderValue {
     // Callers pass digits, quotes and method names, which are always valid header bytes.
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""))
-}
-
-/// Reads a JSON body of at most [`MAX_BODY`] bytes: 413 beyond it, 400 if it does not parse
-/// (unknown fields included).
-async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fail> {
-    let too_large = || {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body larger than {MAX_BODY} bytes"),
-        )
-    };
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-    {
-        if len.parse::<usize>().map(|n| n > MAX_BODY).unwrap_or(true) {
-            return Err(too_large());
-        }
-    }
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                (StatusCode::BAD_REQUEST, format!("could not read body: {e}"))
-            }
-        })?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 /// The status a [`CaError`] is answered with; the message of a 500 stays in the CA's log.

@@ -98,11 +98,34 @@ pub(super) fn revoke_identity(
     Ok(done.crl_number)
 }
 
-/// `revoke … --wait`: succeeds once every recently seen sidecar acknowledged `crl_number`.
+/// `revoke … --wait`: succeeds once every recently seen sidecar acknowledged `crl_number`,
+/// leaving out (and listing) those whose certificate is revoked — they can no longer poll.
 pub(super) fn wait(ca: &Authority, crl_number: u64, timeout: Duration) -> Result<(), CliError> {
     let ack = ca.wait_for_acknowledgement(crl_number, timeout)?;
+    if !ack.revoked.is_empty() {
+        let rows: Vec<Vec<String>> = ack
+            .revoked
+            .iter()
+            .map(|m| {
+                vec![
+                    m.spiffe_id.clone(),
+                    m.instance.clone(),
+                    m.serial.clone(),
+                    ago(m.last_seen),
+                ]
+            })
+            .collect();
+        println!(
+            "not waited for: sidecars whose certificate is revoked, so they can no longer poll:"
+        );
+        print!(
+            "{}",
+            table(&["IDENTITY", "INSTANCE", "SERIAL", "LAST SEEN"], &rows)
+        );
+    }
     if ack.members == 0 {
-        println!("no sidecar polled the CA in the last minute; nothing to wait for");
+        let other = if ack.revoked.is_empty() { "" } else { " other" };
+        println!("no{other} sidecar polled the CA in the last minute; nothing to wait for");
         return Ok(());
     }
     if ack.lagging.is_empty() {
@@ -166,7 +189,11 @@ fn fleet_table(members: &[FleetMember]) -> String {
             vec![
                 m.instance.clone(),
                 m.spiffe_id.clone(),
-                m.serial.clone(),
+                if m.cert_revoked {
+                    format!("{} (revoked)", m.serial)
+                } else {
+                    m.serial.clone()
+                },
                 unix_rfc3339(m.cert_not_after),
                 m.crl_number.to_string(),
                 m.bundle_version.map_or("-".into(), |v| v.to_string()),

@@ -1,11 +1,17 @@
 //! The `fleet` table: the sidecars that poll `GET /v1/crl` with a client certificate, and what
-//! each one reported on its latest poll. Written on every such poll (one upsert, no fsync in WAL
-//! mode with `synchronous=NORMAL`), read by `tether-ca fleet`, `revoke --wait`, `root retire` and
-//! `check` — which run as separate processes, hence SQLite rather than memory.
+//! each one reported on its latest poll. Written on every such poll (one short immediate
+//! transaction, no fsync in WAL mode with `synchronous=NORMAL`), read by `tether-ca fleet`,
+//! `revoke --wait`, `root retire` and `check` — which run as separate processes, hence SQLite
+//! rather than memory.
+//!
+//! The table only holds what could be true: a poll may report only a CRL number and a bundle
+//! version this CA has published, and a row belongs to the identity and certificate lineage
+//! (see [`super::schema`]) that created it — the instance id is the sidecar's own choice, so
+//! without that any member could write under another's id.
 
-use rusqlite::params;
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Store, StoreError};
+use super::{lineage_of, meta_u64, Store, StoreError};
 
 /// One sidecar process, as of its latest CRL poll.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -25,12 +31,47 @@ pub struct FleetMember {
     pub bundle_version: Option<u64>,
     /// When it last polled, Unix seconds.
     pub last_seen: i64,
+    /// Whether that certificate has been revoked since: the sidecar can no longer authenticate
+    /// a poll with it, so its row cannot move until it enrolls again.
+    pub cert_revoked: bool,
 }
 
-const SELECT_MEMBER: &str = "SELECT instance, spiffe_id, serial, cert_not_after, crl_number,
-    bundle_version, last_seen FROM fleet";
+/// What a poll reported that this CA never published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unpublished {
+    /// A CRL number above the newest one.
+    Crl {
+        /// What the poll said it holds.
+        claimed: u64,
+        /// The newest CRL number published.
+        newest: u64,
+    },
+    /// A bundle version above the current one.
+    Bundle {
+        /// What the poll said it holds.
+        claimed: u64,
+        /// The current bundle version.
+        newest: u64,
+    },
+}
 
-/// A `fleet` row.
+/// What [`Store::record_poll`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollRecord {
+    /// The row was written.
+    Recorded,
+    /// The instance's row belongs to another identity, or to another lineage of the same one
+    /// whose certificate can still poll; nothing was written.
+    Taken,
+    /// The poll reported something never published; nothing was written.
+    Unpublished(Unpublished),
+}
+
+const SELECT_MEMBER: &str = "SELECT f.instance, f.spiffe_id, f.serial, f.cert_not_after,
+    f.crl_number, f.bundle_version, f.last_seen, c.revoked_at IS NOT NULL
+    FROM fleet f LEFT JOIN certificates c ON c.serial = f.serial";
+
+/// A `fleet` row (joined with its certificate's revocation, see [`SELECT_MEMBER`]).
 pub(super) fn row_to_member(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetMember> {
     Ok(FleetMember {
         instance: r.get(0)?,
@@ -40,47 +81,148 @@ pub(super) fn row_to_member(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetMemb
         crl_number: r.get::<_, i64>(4)? as u64,
         bundle_version: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
         last_seen: r.get(6)?,
+        cert_revoked: r.get(7)?,
     })
 }
 
-/// Members seen at or after `since`, stalest CRL first (the order `--wait` reports them in).
+/// Members seen at or after `since`, by identity then instance.
 pub(super) fn members_since(
     conn: &rusqlite::Connection,
     since: i64,
 ) -> Result<Vec<FleetMember>, StoreError> {
     let mut stmt = conn.prepare(&format!(
-        "{SELECT_MEMBER} WHERE last_seen >= ?1 ORDER BY spiffe_id, instance"
+        "{SELECT_MEMBER} WHERE f.last_seen >= ?1 ORDER BY f.spiffe_id, f.instance"
     ))?;
     let rows = stmt.query_map([since], row_to_member)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// What `crl_number` and `bundle_version` claim beyond what this CA published, if anything.
+/// CRL numbers are handed out in sequence from 1 and never deleted, so every number up to the
+/// newest exists; 0 means "none yet".
+fn unpublished_in(
+    conn: &Connection,
+    crl_number: u64,
+    bundle_version: Option<u64>,
+) -> Result<Option<Unpublished>, StoreError> {
+    let newest: Option<i64> = conn.query_row("SELECT max(number) FROM crls", [], |r| r.get(0))?;
+    let newest = newest.unwrap_or(0) as u64;
+    if crl_number > newest {
+        return Ok(Some(Unpublished::Crl {
+            claimed: crl_number,
+            newest,
+        }));
+    }
+    let current = meta_u64(conn, "bundle_version")?;
+    Ok(bundle_version
+        .filter(|v| *v > current)
+        .map(|claimed| Unpublished::Bundle {
+            claimed,
+            newest: current,
+        }))
+}
+
+/// Whether the poll of `member` (lineage `lineage`) may write the row of its instance: no row
+/// yet; a row of the same identity and lineage; one from before lineages of the same identity;
+/// or one of the same identity whose certificate can never poll again (revoked, expired at
+/// `now`, or unknown here) — the same sidecar enrolling afresh after its renewal was refused.
+/// Another identity never may: the row expires by retention instead.
+fn may_write(
+    conn: &Connection,
+    member: &FleetMember,
+    lineage: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let owner: Option<RowOwner> = conn
+        .prepare_cached(
+            "SELECT f.spiffe_id, f.lineage, f.cert_not_after > ?2 AND c.serial IS NOT NULL
+                    AND c.revoked_at IS NULL
+             FROM fleet f LEFT JOIN certificates c ON c.serial = f.serial
+             WHERE f.instance = ?1",
+        )?
+        .query_row(params![member.instance, now], |r| {
+            Ok(RowOwner {
+                spiffe_id: r.get(0)?,
+                lineage: r.get(1)?,
+                can_poll: r.get(2)?,
+            })
+        })
+        .optional()?;
+    Ok(match owner {
+        None => true,
+        Some(o) if o.spiffe_id != member.spiffe_id => false,
+        Some(o) => match o.lineage {
+            None => true,
+            Some(l) => l == lineage || !o.can_poll,
+        },
+    })
+}
+
+/// Who holds a fleet row, as [`may_write`] judges it.
+struct RowOwner {
+    /// The identity that wrote it.
+    spiffe_id: String,
+    /// Its lineage (`None` on rows from before lineages).
+    lineage: Option<String>,
+    /// Whether the row's certificate could still authenticate a poll (issued here, unexpired,
+    /// unrevoked).
+    can_poll: bool,
+}
+
 impl Store {
-    /// Records (or replaces) what `member` reported on this poll.
-    pub fn record_poll(&self, member: &FleetMember) -> Result<(), StoreError> {
-        self.conn.execute(
+    /// Records (or replaces) what `member` reported on this poll, at Unix time `now`, unless it
+    /// reports something never published or the instance's row is not its to write (see
+    /// [`PollRecord`]). `member.serial` must be a certificate this CA issued (the poll
+    /// authenticated with it); `member.cert_revoked` is ignored.
+    pub fn record_poll(
+        &mut self,
+        member: &FleetMember,
+        now: i64,
+    ) -> Result<PollRecord, StoreError> {
+        let tx = self.immediate()?;
+        if let Some(u) = unpublished_in(&tx, member.crl_number, member.bundle_version)? {
+            return Ok(PollRecord::Unpublished(u));
+        }
+        let lineage = lineage_of(&tx, &member.serial)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("no certificate {} for a fleet row", member.serial))
+        })?;
+        if !may_write(&tx, member, &lineage, now)? {
+            return Ok(PollRecord::Taken);
+        }
+        tx.execute(
             "INSERT INTO fleet (instance, spiffe_id, serial, cert_not_after, crl_number,
-                                bundle_version, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                                bundle_version, last_seen, lineage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT(instance) DO UPDATE SET
                  spiffe_id = excluded.spiffe_id, serial = excluded.serial,
                  cert_not_after = excluded.cert_not_after, crl_number = excluded.crl_number,
-                 bundle_version = excluded.bundle_version, last_seen = excluded.last_seen",
+                 bundle_version = excluded.bundle_version, last_seen = excluded.last_seen,
+                 lineage = excluded.lineage",
             params![
                 member.instance,
                 member.spiffe_id,
                 member.serial,
                 member.cert_not_after,
-                // SQLite integers are signed 64-bit: a reported number past i64::MAX is clamped
-                // (no CA ever publishes that many CRLs or bundles).
-                i64::try_from(member.crl_number).unwrap_or(i64::MAX),
-                member
-                    .bundle_version
-                    .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+                // Both were checked against what was published, which fits an i64.
+                member.crl_number as i64,
+                member.bundle_version.map(|v| v as i64),
                 member.last_seen,
+                lineage,
             ],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(PollRecord::Recorded)
+    }
+
+    /// What a poll claiming CRL `crl_number` and bundle `bundle_version` claims beyond what this
+    /// CA published, if anything (the check [`Store::record_poll`] makes, for polls it does not
+    /// record).
+    pub fn unpublished(
+        &self,
+        crl_number: u64,
+        bundle_version: Option<u64>,
+    ) -> Result<Option<Unpublished>, StoreError> {
+        unpublished_in(&self.conn, crl_number, bundle_version)
     }
 
     /// Sidecars seen at or after `since` (Unix seconds), by identity then instance.

@@ -254,7 +254,7 @@ impl Store {
                 generation,
                 ..cert.clone()
             };
-            insert_cert(&tx, &cert)?;
+            insert_cert(&tx, &cert, None)?;
         }
         let crl = publish_in(&tx, now, generation, |n, e| sign(generation, n, e))?;
         tx.commit().map_err(StoreError::from)?;

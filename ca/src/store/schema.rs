@@ -1,6 +1,7 @@
 //! The database's schema: the tables and indexes `Store::open` creates, and the in-place
-//! upgrade of databases written by older versions (columns added since, defaulting to
-//! generation 1).
+//! upgrade of databases written by older versions (columns added since: generations default to
+//! 1, and a certificate or fleet row without a lineage is read as described on
+//! [`ADDED_COLUMNS`]).
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -18,7 +19,8 @@ CREATE TABLE IF NOT EXISTS certificates (
     der BLOB NOT NULL,
     revoked_at INTEGER,
     reason TEXT,
-    generation INTEGER NOT NULL DEFAULT 1
+    generation INTEGER NOT NULL DEFAULT 1,
+    lineage TEXT
 );
 CREATE INDEX IF NOT EXISTS certificates_by_id ON certificates (spiffe_id);
 CREATE INDEX IF NOT EXISTS certificates_by_not_after ON certificates (not_after);
@@ -57,7 +59,8 @@ CREATE TABLE IF NOT EXISTS fleet (
     cert_not_after INTEGER NOT NULL,
     crl_number INTEGER NOT NULL,
     bundle_version INTEGER,
-    last_seen INTEGER NOT NULL
+    last_seen INTEGER NOT NULL,
+    lineage TEXT
 );
 CREATE INDEX IF NOT EXISTS fleet_by_last_seen ON fleet (last_seen);
 ";
@@ -67,12 +70,20 @@ const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS certificates_by_generation ON certificates (generation, not_after);
 ";
 
-/// Columns added since the first schema: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+/// Columns added since the first schema, oldest first: (table, column, declaration). Append
+/// only; a release never changes an entry an older one shipped.
+///
+/// `certificates.lineage` is the serial of the enrolled (or CLI-issued) certificate a leaf
+/// renews from; NULL on rows from before it, which count as their own lineage.
+/// `fleet.lineage` is the lineage of the sidecar that owns the row; NULL on rows from before
+/// it, which the next poll of the same identity adopts.
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
     ("certificates", "generation", "INTEGER NOT NULL DEFAULT 1"),
     ("crls", "generation", "INTEGER NOT NULL DEFAULT 1"),
     ("generations", "cross_der", "BLOB"),
     ("generations", "cross_generation", "INTEGER"),
+    ("certificates", "lineage", "TEXT"),
+    ("fleet", "lineage", "TEXT"),
 ];
 
 /// Creates what is missing and upgrades an older database in place.

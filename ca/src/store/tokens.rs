@@ -70,7 +70,7 @@ impl Store {
         if consumed != 1 {
             return Ok(false);
         }
-        insert_cert(&tx, cert)?;
+        insert_cert(&tx, cert, None)?;
         tx.commit()?;
         Ok(true)
     }
