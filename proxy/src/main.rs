@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use tether_proxy::config::{Config, IdentitySource, Overrides};
-use tether_proxy::policy::{is_method_token, normalize_path, Decision, Policy};
+use tether_proxy::policy::{is_method_token, normalize_path_with, Decision, PathParams, Policy};
 
 /// Exit status for configuration errors (EX_USAGE from sysexits.h), so supervisors can tell a
 /// bad config from a crash.
@@ -72,6 +72,10 @@ enum AuthzCommand {
         /// Evaluate at this RFC 3339 time instead of now (for rules with `expires`).
         #[arg(long)]
         at: Option<String>,
+        /// How `;` path parameters are read: "reject", "strip" or "keep", as the sidecar's
+        /// `[inbound] path_params`.
+        #[arg(long, default_value_t = PathParams::default())]
+        path_params: PathParams,
     },
 }
 
@@ -87,8 +91,9 @@ fn main() -> ExitCode {
                     method,
                     path,
                     at,
+                    path_params,
                 },
-        } => authz_check(&policy, &from, &method, &path, at.as_deref()),
+        } => authz_check(&policy, &from, &method, &path, at.as_deref(), path_params),
     }
 }
 
@@ -169,6 +174,7 @@ fn authz_check(
     method: &str,
     path: &str,
     at: Option<&str>,
+    path_params: PathParams,
 ) -> ExitCode {
     let bad = |msg: String| {
         eprintln!("tether-proxy authz check: {msg}");
@@ -186,7 +192,7 @@ fn authz_check(
         return bad(format!("--method {method:?} is not an HTTP method token"));
     }
     let path_only = path.split('?').next().unwrap_or(path);
-    let normalized = match normalize_path(path_only) {
+    let normalized = match normalize_path_with(path_only, path_params) {
         Ok(p) => p,
         Err(e) => return bad(format!("--path {path:?}: {e} (the sidecar answers 400)")),
     };

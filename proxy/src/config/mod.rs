@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use tether_certs::SpiffeId;
 
+use crate::policy::PathParams;
 pub use overrides::Overrides;
 
 /// A configuration problem: which file, which key, what is wrong.
@@ -139,6 +140,8 @@ pub struct Inbound {
     pub mode: Mode,
     /// Protocol towards the app.
     pub app_protocol: AppProtocol,
+    /// How `;` path parameters are read before matching (`path_params`; HTTP mode only).
+    pub path_params: PathParams,
 }
 
 /// A peer service the local app may call.

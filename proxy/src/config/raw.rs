@@ -63,6 +63,8 @@ pub(super) struct RawInbound {
     pub(super) mode: Mode,
     #[serde(default)]
     pub(super) app_protocol: AppProtocol,
+    /// Read as a string so a bad value is reported against its key, with the allowed values.
+    pub(super) path_params: Option<String>,
 }
 
 /// `[outbound]` and `[admin]`: a listener and nothing else.

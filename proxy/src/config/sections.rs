@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tether_certs::SpiffeId;
 
+use crate::policy::PathParams;
+
 use super::raw::{RawCa, RawIdentity, RawInbound, RawLimits, RawService};
 use super::{
     CaSettings, ConfigError, CrlPolicy, IdentityFiles, IdentitySource, Inbound, Limits, Mode,
@@ -146,12 +148,25 @@ fn ca_urls(ctx: &Context<'_>, urls: &[String]) -> Result<Vec<http::Uri>, ConfigE
 
 /// `[inbound]`.
 pub(super) fn inbound(ctx: &Context<'_>, i: RawInbound) -> Result<Inbound, ConfigError> {
+    let path_params = match (i.mode, i.path_params.as_deref()) {
+        (_, None) => PathParams::default(),
+        (Mode::Tcp, Some(_)) => {
+            return Err(ctx.err(
+                "inbound.path_params",
+                "only an HTTP inbound has request paths; a TCP inbound carries bytes",
+            ))
+        }
+        (Mode::Http, Some(s)) => s
+            .parse()
+            .map_err(|problem| ctx.err("inbound.path_params", problem))?,
+    };
     Ok(Inbound {
         listen: ctx.addr("inbound.listen", &i.listen)?,
         app: ctx.addr("inbound.app", &i.app)?,
         policy: ctx.path(&i.policy),
         mode: i.mode,
         app_protocol: i.app_protocol,
+        path_params,
     })
 }
 

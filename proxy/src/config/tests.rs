@@ -298,6 +298,39 @@ fn service_is_tcp_follows_its_mode() {
 }
 
 #[test]
+fn path_params_defaults_to_reject_and_a_bad_value_names_the_allowed_ones() {
+    let inbound = |extra: &str| format!("{IDENTITY}{INBOUND}{extra}");
+    let path_params = |text: &str| ok(text, &Overrides::default()).inbound.unwrap().path_params;
+    assert_eq!(path_params(&inbound("")), PathParams::Reject);
+    assert_eq!(
+        path_params(&inbound("path_params = \"strip\"\n")),
+        PathParams::Strip
+    );
+    assert_eq!(
+        path_params(&inbound("path_params = \"keep\"\n")),
+        PathParams::Keep
+    );
+    let e = parse(
+        &inbound("path_params = \"sometimes\"\n"),
+        &Overrides::default(),
+    )
+    .expect_err("a bad value");
+    assert_eq!(
+        e.to_string(),
+        "s.toml: inbound.path_params: \"sometimes\" is not \"reject\" (the default), \"strip\" \
+         or \"keep\""
+    );
+    // A TCP inbound has no paths, so the setting there is a mistake, not a no-op.
+    let e = parse(
+        &inbound("mode = \"tcp\"\npath_params = \"keep\"\n"),
+        &Overrides::default(),
+    )
+    .expect_err("path_params in TCP mode");
+    assert_eq!(e.key, "inbound.path_params");
+    assert!(e.problem.contains("TCP"), "{e}");
+}
+
+#[test]
 fn a_syntax_error_names_its_line() {
     let e = parse(&format!("{IDENTITY}\n\nbogus = [\n"), &Overrides::default());
     let e = e.expect_err("syntax");

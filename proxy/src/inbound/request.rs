@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::error::{Error, RespBody};
 use crate::forward::{self, XFCC};
 use crate::metrics::{AuthzLabel, Direction};
-use crate::policy::{normalize_path, Decision, Mode as PolicyMode, Policy};
+use crate::policy::{normalize_path_with, Decision, Mode as PolicyMode, Policy};
 
 use super::app::{self, AppBody};
 use super::{AppConn, Inbound, Peer};
@@ -51,8 +51,8 @@ async fn forward(
 ) -> Result<Response<RespBody>, Error> {
     // One authority: `:authority` (h2) or the single Host header, and the app reads that one.
     forward::settle_authority(&mut req)?;
-    let path =
-        normalize_path(req.uri().path()).map_err(|_| Error::BadRequest("bad request path"))?;
+    let path = normalize_path_with(req.uri().path(), inbound.path_params)
+        .map_err(|_| Error::BadRequest("bad request path"))?;
     let policy = inbound.policy.current();
     let decision = policy.decide(
         &peer.cert.id,

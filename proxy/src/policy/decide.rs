@@ -60,11 +60,12 @@ impl Rule {
 impl Policy {
     /// Finds the first rule, in file order, that allows `caller` to make this request at `now`.
     ///
-    /// `path` must be the output of [`normalize_path`](super::normalize_path) (and is what gets forwarded). `method`
-    /// and `path` are `None` for opaque TCP traffic: then only rules with neither `methods` nor
-    /// `paths` can match. More generally a rule with `methods` needs a method and a rule with
-    /// `paths` needs a path. Does not allocate: candidates come from a hash lookup of the exact
-    /// ID plus one lookup per ancestor path of the ID that some prefix rule could name.
+    /// `path` must be the output of [`normalize_path_with`](super::normalize_path_with) (and is
+    /// what gets forwarded). `method` and `path` are `None` for opaque TCP traffic: then only
+    /// rules with neither `methods` nor `paths` can match. More generally a rule with `methods`
+    /// needs a method and a rule with `paths` needs a path. Does not allocate: candidates come
+    /// from a hash lookup of the exact ID plus one lookup per ancestor path of the ID that some
+    /// prefix rule could name.
     pub fn decide(
         &self,
         caller: &SpiffeId,

@@ -22,7 +22,8 @@
 //! (`/data/*` matches `/data/`, `/data/x` and `/data/x/y`, never `/data`). Rule paths must already
 //! be in the form [`normalize_path`] produces, because requests are matched only after being
 //! normalized and the normalized path is what gets forwarded: the app sees exactly what the policy
-//! judged. A file that breaks any rule is rejected as a whole, with a message naming the file, the
+//! judged. How `;` parameters are read ([`PathParams`]) is the sidecar's setting, not the file's,
+//! because it depends on the app behind the sidecar. A file that breaks any rule is rejected as a whole, with a message naming the file, the
 //! rule (1-based number and name), the field (with a 0-based index into lists) and the problem.
 //!
 //! [`PolicyHandle`] holds the current policy for all connections and [`spawn_reloader`] swaps in a
@@ -30,7 +31,8 @@
 //!
 //! - `parse`: the file → validated rules and the caller index, with errors naming the rule.
 //! - `decide`: matching one request against the rules ([`Policy::decide`]).
-//! - `normalize`: [`normalize_path`], the one spelling of a path that rules and apps see.
+//! - `normalize`: [`normalize_path_with`], the one spelling of a path that rules and apps see,
+//!   and [`PathParams`], what `;` means in it.
 //! - `reload`: [`PolicyHandle`] and [`spawn_reloader`].
 
 mod decide;
@@ -44,7 +46,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use decide::Rule;
-pub use normalize::{normalize_path, PathError};
+pub use normalize::{normalize_path, normalize_path_with, PathError, PathParams};
 pub use parse::is_method_token;
 use reload::digest;
 pub use reload::{spawn_reloader, PolicyHandle};

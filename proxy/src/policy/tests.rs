@@ -669,6 +669,10 @@ proptest! {
     }
 }
 
+// ---- `;` path parameters, in each mode and backend style ----
+
+mod path_params;
+
 // ---- handle and reloader ----
 
 #[test]
