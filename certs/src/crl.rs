@@ -297,6 +297,13 @@ impl RevocationList {
         now > self.next_update + grace
     }
 
+    /// How old the CRL is at `now` (now − thisUpdate), never negative: a thisUpdate a little
+    /// ahead of the reader's clock (the signer's clock runs ahead) reads as age 0. Whether one
+    /// too far ahead is acceptable at all is the reader's policy.
+    pub fn age(&self, now: OffsetDateTime) -> time::Duration {
+        (now - self.this_update).max(time::Duration::ZERO)
+    }
+
     /// The revoked serials.
     pub fn revoked(&self) -> &RevokedSet {
         &self.revoked
@@ -372,6 +379,21 @@ mod tests {
         let err =
             RevocationList::parse_and_verify_in_bundle(&ours, &bundle, &known, later).unwrap_err();
         assert!(matches!(err, CrlError::NoTrustedSigner), "{err:?}");
+    }
+
+    #[test]
+    fn the_age_is_never_negative() {
+        let now = OffsetDateTime::now_utc();
+        let (bundle, inter) = hierarchy(now);
+        let known = [inter.cert().clone()];
+        let body = crl_pem(&inter, 1, now);
+        let crl = RevocationList::parse_and_verify_in_bundle(&body, &bundle, &known, now).unwrap();
+        // X.509 times have whole seconds, so thisUpdate is up to a second before `now`.
+        assert!(crl.age(now + time::Duration::minutes(1)) >= time::Duration::minutes(1));
+        assert_eq!(
+            crl.age(now - time::Duration::seconds(30)),
+            time::Duration::ZERO
+        );
     }
 
     #[test]

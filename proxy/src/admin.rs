@@ -2,7 +2,9 @@
 //!
 //! `/ready` is 200 only while a valid certificate is loaded, so an orchestrator sends no traffic
 //! to a sidecar that would fail every handshake. `/identity` shows what the sidecar presents and
-//! trusts; it never shows key material.
+//! trusts; it never shows key material. Its CRL figures (age, staleness, time until outage) and
+//! the lifecycle gauges on `/metrics` are computed when asked, from the same state by the same
+//! functions, so the two agree at every moment.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use crate::identity::IdentityStore;
-use crate::revocation::{OnStale, RevocationCache};
+use crate::revocation::{OnStale, RevocationCache, When};
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -101,13 +103,14 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         },
         "/identity" => {
             let now = OffsetDateTime::now_utc();
-            let rfc = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            let rfc = |t: OffsetDateTime| When(t).to_string();
+            // The same functions, at the same instant, as the lifecycle gauges on /metrics.
             let crl = admin.revocation.current().map(|crl| serde_json::json!({
                 "number": crl.number(),
                 "this_update": rfc(crl.this_update()),
                 "next_update": rfc(crl.next_update()),
                 "revoked": crl.revoked().len(),
-                "age_seconds": (now - crl.this_update()).whole_seconds(),
+                "age_seconds": crl.age(now).whole_seconds(),
                 "stale": admin.revocation.is_stale(now),
                 "on_stale_crl": if admin.revocation.on_stale() == OnStale::Deny { "deny" } else { "allow" },
             }));

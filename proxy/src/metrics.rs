@@ -1,11 +1,17 @@
 //! The sidecar's Prometheus metrics, on a registry the caller injects (no globals), so tests can
 //! run several sidecars in one process and read each one's figures. Labels are typed
-//! ([`Direction`], [`crate::tls::HandshakeResult`], [`AuthzLabel`], [`Outcome`]) so a label value
-//! is spelled in exactly one place.
+//! ([`Direction`], [`crate::tls::HandshakeResult`], [`AuthzLabel`], [`Outcome`], [`CrlUpdate`])
+//! so a label value is spelled in exactly one place.
+//!
+//! The lifecycle gauges (certificate expiry, CRL number, age and staleness, time until outage)
+//! are functions of the clock, so they are computed when the registry is gathered — at every
+//! scrape, from the state `/identity` reads — never set on a timer that would lag it.
+
+use std::sync::{Arc, RwLock};
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    PullingGauge, Registry,
 };
 
 use crate::tls::HandshakeResult;
@@ -82,6 +88,51 @@ impl Outcome {
     }
 }
 
+/// The `result` label of `tether_crl_updates_total`: what became of a CRL offered to the
+/// revocation cache by its one acceptance rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlUpdate {
+    /// It is now in force.
+    Installed,
+    /// Refused: its thisUpdate is too far ahead of our clock.
+    NotYetValid,
+    /// Refused: a lower number than the list in force.
+    Rollback,
+    /// Refused: stale on arrival while the list in force is fresh.
+    Stale,
+}
+
+impl CrlUpdate {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrlUpdate::Installed => "installed",
+            CrlUpdate::NotYetValid => "not_yet_valid",
+            CrlUpdate::Rollback => "rollback",
+            CrlUpdate::Stale => "stale",
+        }
+    }
+}
+
+/// What the lifecycle gauges show at one instant, as [`Metrics::read_lifecycle_from`]'s reader
+/// computes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LifecycleReading {
+    /// notAfter of the certificate in use, Unix seconds (0 before the first).
+    pub cert_expiry: i64,
+    /// The number of the CRL in force (0 if none).
+    pub crl_number: u64,
+    /// Seconds since its thisUpdate, never negative (0 if none).
+    pub crl_age_seconds: f64,
+    /// Whether it is past nextUpdate + grace.
+    pub crl_stale: bool,
+    /// Seconds of service left if nothing can be renewed from now on.
+    pub time_until_outage_seconds: f64,
+}
+
+/// The reader behind the lifecycle gauges; empty (every gauge reads 0) until one is set.
+type LifecycleSource = Arc<RwLock<Option<Box<dyn Fn() -> LifecycleReading + Send + Sync>>>>;
+
 /// Every metric the sidecar exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -97,22 +148,19 @@ pub struct Metrics {
     pub authz: IntCounterVec,
     /// `tether_connections_open{direction}`.
     pub connections_open: IntGaugeVec,
-    /// `tether_cert_expiry_timestamp_seconds`: notAfter of the certificate in use.
-    pub cert_expiry: IntGauge,
     /// `tether_policy_reloads_total{result}`: `ok` or `error`.
     pub policy_reloads: IntCounterVec,
     /// `tether_cert_refresh_total{result}`: `ok`, `error`, or `cache` (started from the cache).
     pub cert_refresh: IntCounterVec,
-    /// `tether_crl_number`: the CRL in force.
-    pub crl_number: IntGauge,
-    /// `tether_crl_age_seconds`: now − thisUpdate of the CRL in force.
-    pub crl_age: Gauge,
-    /// `tether_crl_stale`: 1 while the CRL is past nextUpdate + grace.
-    pub crl_stale: IntGauge,
     /// `tether_revoked_connections_closed_total`: live connections cut by a new CRL.
     pub revoked_closed: IntCounter,
-    /// `tether_time_until_outage_seconds`: service left if nothing can be renewed from now on.
-    pub time_until_outage: Gauge,
+    /// `tether_crl_updates_total{result}`: CRLs offered to the revocation cache, by
+    /// [`CrlUpdate`].
+    pub crl_updates: IntCounterVec,
+    /// Computes the lifecycle gauges at each gather: `tether_cert_expiry_timestamp_seconds`,
+    /// `tether_crl_number`, `tether_crl_age_seconds`, `tether_crl_stale`,
+    /// `tether_time_until_outage_seconds`.
+    lifecycle: LifecycleSource,
 }
 
 impl Metrics {
@@ -121,8 +169,8 @@ impl Metrics {
         let counters = |name: &str, help: &str, labels: &[&str]| {
             add(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
         };
-        let gauge = |name: &str, help: &str| add(registry, IntGauge::new(name, help)?);
-        let seconds = |name: &str, help: &str| add(registry, Gauge::new(name, help)?);
+        let lifecycle = LifecycleSource::default();
+        register_lifecycle(registry, &lifecycle)?;
         Ok(Metrics {
             requests: counters(
                 "tether_requests_total",
@@ -159,10 +207,6 @@ impl Metrics {
                     &["direction"],
                 )?,
             )?,
-            cert_expiry: gauge(
-                "tether_cert_expiry_timestamp_seconds",
-                "notAfter of the certificate in use, Unix seconds.",
-            )?,
             policy_reloads: counters(
                 "tether_policy_reloads_total",
                 "Policy file reloads by result.",
@@ -173,15 +217,6 @@ impl Metrics {
                 "Certificate enrollments, renewals and reloads by result.",
                 &["result"],
             )?,
-            crl_number: gauge("tether_crl_number", "Number of the CRL in force.")?,
-            crl_age: seconds(
-                "tether_crl_age_seconds",
-                "Seconds since thisUpdate of the CRL in force.",
-            )?,
-            crl_stale: gauge(
-                "tether_crl_stale",
-                "1 while the CRL is past nextUpdate + grace.",
-            )?,
             revoked_closed: add(
                 registry,
                 IntCounter::new(
@@ -189,11 +224,19 @@ impl Metrics {
                     "Live connections closed because a new CRL revoked the peer.",
                 )?,
             )?,
-            time_until_outage: seconds(
-                "tether_time_until_outage_seconds",
-                "Seconds until this sidecar stops serving if nothing can be renewed from now on.",
+            crl_updates: counters(
+                "tether_crl_updates_total",
+                "CRLs offered to the revocation cache, by result (installed or why refused).",
+                &["result"],
             )?,
+            lifecycle,
         })
+    }
+
+    /// Makes the lifecycle gauges read `read` at every gather of the registry, so each scrape
+    /// shows the state at that instant.
+    pub fn read_lifecycle_from(&self, read: impl Fn() -> LifecycleReading + Send + Sync + 'static) {
+        *self.lifecycle.write().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(read));
     }
 
     /// Counts one handshake (or refusal before one) on `direction`.
@@ -244,6 +287,48 @@ impl Metrics {
                 .with_label_values(&[direction.as_str()]),
         )
     }
+}
+
+/// Registers the lifecycle gauges, each computed from `source` when gathered.
+fn register_lifecycle(
+    registry: &Registry,
+    source: &LifecycleSource,
+) -> Result<(), prometheus::Error> {
+    type Pick = fn(&LifecycleReading) -> f64;
+    let gauges: [(&str, &str, Pick); 5] = [
+        (
+            "tether_cert_expiry_timestamp_seconds",
+            "notAfter of the certificate in use, Unix seconds.",
+            |r| r.cert_expiry as f64,
+        ),
+        ("tether_crl_number", "Number of the CRL in force.", |r| {
+            r.crl_number as f64
+        }),
+        (
+            "tether_crl_age_seconds",
+            "Seconds since thisUpdate of the CRL in force (never negative).",
+            |r| r.crl_age_seconds,
+        ),
+        (
+            "tether_crl_stale",
+            "1 while the CRL is past nextUpdate + grace.",
+            |r| f64::from(u8::from(r.crl_stale)),
+        ),
+        (
+            "tether_time_until_outage_seconds",
+            "Seconds until this sidecar stops serving if nothing can be renewed from now on.",
+            |r| r.time_until_outage_seconds,
+        ),
+    ];
+    for (name, help, pick) in gauges {
+        let source = source.clone();
+        let read = move || {
+            let source = source.read().unwrap_or_else(|p| p.into_inner());
+            source.as_ref().map(|read| pick(&read())).unwrap_or(0.0)
+        };
+        registry.register(Box::new(PullingGauge::new(name, help, Box::new(read))?))?;
+    }
+    Ok(())
 }
 
 /// Registers `collector` on `registry` and hands it back, so a metric is created and registered

@@ -1,14 +1,18 @@
 //! The revocation cache: the CRL in force, its freshness, and the live connections it may have to
 //! cut.
 //!
-//! A new CRL is installed only if it is at least as new as the one held (a lower CRL number is a
-//! rollback and is refused); installing swaps the serial set the TLS verifiers consult, so the
-//! next handshake sees it, and closes every live connection whose peer serial it newly revokes —
-//! revocation does not wait for connections to idle out.
+//! Every CRL, from every source (the `[identity] crl` file at start and on change, the CA's
+//! answers, the state directory's cache at start), passes one acceptance rule (`rule::judge`)
+//! before it is installed; each offer is counted in `tether_crl_updates_total` by its outcome.
+//! Installing swaps the serial set the TLS verifiers consult, so the next handshake sees it, and
+//! closes every live connection whose peer serial it newly revokes — revocation does not wait for
+//! connections to idle out.
 //!
 //! Staleness is explicit: past nextUpdate + grace the CRL is stale, and `on_stale_crl` decides
 //! whether new handshakes are refused (`deny`, the default: fail closed) or admitted with an
-//! alarm (`allow`). Lookups on the handshake path are O(1) and allocation-free.
+//! alarm (`allow`). `/ready`, `/identity`, `tether_crl_stale` and the handshake path all ask
+//! [`RevocationCache::is_stale`] at the moment they answer. Lookups on the handshake path are
+//! O(1) and allocation-free.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +27,13 @@ use tether_certs::serial::normalize;
 use tether_certs::verify::Revocation;
 use tether_certs::RevocationList;
 
+use crate::metrics::{CrlUpdate, Metrics};
+
+mod rule;
+
+use rule::{judge, Verdict};
+pub use rule::{InstallError, When};
+
 /// What a stale CRL means for new handshakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -34,17 +45,16 @@ pub enum OnStale {
     Allow,
 }
 
-/// Why a CRL was not installed.
-#[derive(Debug, thiserror::Error)]
-pub enum InstallError {
-    /// Its number is lower than the one held: a replay of an old list.
-    #[error("CRL number {offered} is older than the one in force ({held}); refusing a rollback")]
-    Rollback {
-        /// Number offered.
-        offered: u64,
-        /// Number held.
-        held: u64,
+/// What an accepted CRL did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// It is now in force; `closed` live connections of peers it newly revokes were cut.
+    Replaced {
+        /// Connections told to close.
+        closed: usize,
     },
+    /// It is the list already in force (a re-fetch): nothing changed.
+    Unchanged,
 }
 
 /// Live peer connections by the peer leaf's serial (normalized): (connection id, its close signal).
@@ -59,12 +69,13 @@ pub struct RevocationCache {
     live: Mutex<LiveConnections>,
     next_id: AtomicU64,
     closed: prometheus::IntCounter,
+    updates: prometheus::IntCounterVec,
 }
 
 impl RevocationCache {
-    /// An empty cache (nothing revoked, no CRL held). `closed` counts connections cut by a
-    /// revocation.
-    pub fn new(on_stale: OnStale, grace: Duration, closed: prometheus::IntCounter) -> Arc<Self> {
+    /// An empty cache (nothing revoked, no CRL held), counting in `metrics` the connections it
+    /// cuts and the CRLs offered to it.
+    pub fn new(on_stale: OnStale, grace: Duration, metrics: &Metrics) -> Arc<Self> {
         Arc::new(RevocationCache {
             revocation: Revocation::new(Default::default()),
             current: RwLock::new(None),
@@ -72,7 +83,8 @@ impl RevocationCache {
             grace,
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            closed,
+            closed: metrics.revoked_closed.clone(),
+            updates: metrics.crl_updates.clone(),
         })
     }
 
@@ -94,20 +106,48 @@ impl RevocationCache {
         self.current().map(|c| c.number()).unwrap_or(0)
     }
 
-    /// Installs `crl` (already signature-checked by the caller) unless it is a rollback; returns
-    /// how many live connections it closed. The same number again is accepted (a re-fetch).
-    pub fn install(&self, crl: RevocationList) -> Result<usize, InstallError> {
-        let held = self.number();
-        if crl.number() < held {
-            return Err(InstallError::Rollback {
-                offered: crl.number(),
-                held,
-            });
+    /// Offers `crl` (already signature-checked by the caller) to the cache: installed if
+    /// [`judge`] accepts it, else refused with the reason, and counted either way. A refusal
+    /// keeps the list in force; the caller logs it with its context (file, CA).
+    pub fn install(&self, crl: RevocationList) -> Result<Installed, InstallError> {
+        let now = OffsetDateTime::now_utc();
+        // Held across the judgement and the swap, so two sources cannot interleave.
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let verdict = judge(current.as_deref(), &crl, now, self.grace);
+        match verdict {
+            Err(e) => {
+                self.count(e.result());
+                return Err(e);
+            }
+            Ok(Verdict::Unchanged) => return Ok(Installed::Unchanged),
+            Ok(Verdict::Install) => {}
+        }
+        if crl.is_stale(now, self.grace) {
+            tracing::warn!(
+                "CRL {} installed although stale (nextUpdate {}): no fresher one is held",
+                crl.number(),
+                When(crl.next_update())
+            );
+        } else if let Some(held) = current.as_ref().filter(|h| h.number() > crl.number()) {
+            tracing::warn!(
+                "fresh CRL {} replaces stale CRL {} although its number is lower: the CA's \
+                 numbering went back",
+                crl.number(),
+                held.number()
+            );
         }
         let crl = Arc::new(crl);
         self.revocation.replace(crl.revoked().clone());
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(crl.clone());
-        Ok(self.close_revoked(&crl))
+        *current = Some(crl.clone());
+        drop(current);
+        self.count(CrlUpdate::Installed);
+        Ok(Installed::Replaced {
+            closed: self.close_revoked(&crl),
+        })
+    }
+
+    fn count(&self, result: CrlUpdate) {
+        self.updates.with_label_values(&[result.as_str()]).inc();
     }
 
     fn close_revoked(&self, crl: &RevocationList) -> usize {
@@ -129,6 +169,12 @@ impl RevocationCache {
     /// stale: file mode may run without one).
     pub fn is_stale(&self, now: OffsetDateTime) -> bool {
         self.current().is_some_and(|c| c.is_stale(now, self.grace))
+    }
+
+    /// How old the CRL in force is at `now`, never negative (see [`RevocationList::age`]), if
+    /// one is held.
+    pub fn age(&self, now: OffsetDateTime) -> Option<time::Duration> {
+        self.current().map(|c| c.age(now))
     }
 
     /// When the CRL goes stale (nextUpdate + grace), if one is held.
@@ -202,121 +248,4 @@ impl Drop for LiveGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tether_certs::crl::{build, CrlEntry};
-    use tether_certs::issue::Signer;
-    use tether_certs::{Serial, TrustDomain};
-
-    struct Ca {
-        inter: Signer,
-    }
-
-    fn ca() -> Ca {
-        let td = TrustDomain::new("example.org").unwrap();
-        let now = OffsetDateTime::now_utc();
-        let (root, _) =
-            tether_certs::issue::new_root(&td, Duration::from_secs(86400), now).unwrap();
-        let (inter, _) = root
-            .issue_intermediate(&td, Duration::from_secs(86400), now)
-            .unwrap();
-        Ca { inter }
-    }
-
-    fn crl(
-        ca: &Ca,
-        number: u64,
-        revoked: &[&Serial],
-        next_update_in: time::Duration,
-    ) -> RevocationList {
-        let now = OffsetDateTime::now_utc();
-        let entries: Vec<CrlEntry> = revoked
-            .iter()
-            .map(|s| CrlEntry {
-                serial: (*s).clone(),
-                revoked_at: now,
-                reason: None,
-            })
-            .collect();
-        let this = now - time::Duration::hours(48);
-        let der = build(&ca.inter, number, this, now + next_update_in, &entries).unwrap();
-        RevocationList::parse_and_verify(&der, ca.inter.cert()).unwrap()
-    }
-
-    fn cache(on_stale: OnStale) -> Arc<RevocationCache> {
-        let counter = prometheus::IntCounter::new("c", "c").unwrap();
-        RevocationCache::new(on_stale, Duration::from_secs(60), counter)
-    }
-
-    #[test]
-    fn installs_newer_lists_and_refuses_rollbacks() {
-        let ca = ca();
-        let s = Serial::random();
-        let c = cache(OnStale::Deny);
-        c.install(crl(&ca, 5, &[&s], time::Duration::hours(1)))
-            .unwrap();
-        assert!(c.is_revoked(s.as_bytes()));
-        assert_eq!(c.number(), 5);
-        // An older list that would un-revoke `s` is refused and the held one stays.
-        let err = c
-            .install(crl(&ca, 4, &[], time::Duration::hours(1)))
-            .unwrap_err();
-        assert!(err.to_string().contains("rollback"), "{err}");
-        assert!(c.is_revoked(s.as_bytes()));
-        assert_eq!(c.number(), 5);
-        // The same number again is a harmless re-fetch; a newer one replaces.
-        c.install(crl(&ca, 5, &[&s], time::Duration::hours(1)))
-            .unwrap();
-        c.install(crl(&ca, 6, &[], time::Duration::hours(1)))
-            .unwrap();
-        assert!(!c.is_revoked(s.as_bytes()));
-    }
-
-    #[tokio::test]
-    async fn a_new_revocation_closes_live_connections_of_that_peer_only() {
-        let ca = ca();
-        let (victim, bystander) = (Serial::random(), Serial::random());
-        let c = cache(OnStale::Deny);
-        let v = c.watch(victim.as_bytes());
-        let b = c.watch(bystander.as_bytes());
-        assert_eq!(
-            c.install(crl(&ca, 1, &[&victim], time::Duration::hours(1)))
-                .unwrap(),
-            1
-        );
-        tokio::time::timeout(Duration::from_secs(1), v.revoked())
-            .await
-            .expect("victim's connection is told");
-        assert!(tokio::time::timeout(Duration::from_millis(50), b.revoked())
-            .await
-            .is_err());
-        assert_eq!(c.closed.get(), 1);
-        drop(v);
-        drop(b);
-        assert!(
-            c.live.lock().unwrap().is_empty(),
-            "guards unregister on drop"
-        );
-    }
-
-    #[test]
-    fn staleness_follows_the_policy() {
-        let ca = ca();
-        let deny = cache(OnStale::Deny);
-        let allow = cache(OnStale::Allow);
-        let now = OffsetDateTime::now_utc();
-        assert!(deny.admits(now), "no CRL held is not stale");
-        // nextUpdate 30 s ago, grace 60 s: still fresh.
-        deny.install(crl(&ca, 1, &[], -time::Duration::seconds(30)))
-            .unwrap();
-        assert!(!deny.is_stale(now) && deny.admits(now));
-        // nextUpdate 2 min ago: stale; deny refuses, allow admits.
-        deny.install(crl(&ca, 2, &[], -time::Duration::minutes(2)))
-            .unwrap();
-        allow
-            .install(crl(&ca, 2, &[], -time::Duration::minutes(2)))
-            .unwrap();
-        assert!(deny.is_stale(now) && !deny.admits(now));
-        assert!(allow.is_stale(now) && allow.admits(now));
-    }
-}
+mod tests;

@@ -1,8 +1,10 @@
 //! The identity lifecycle end to end with a real CA over HTTPS: enrollment with one-time tokens,
 //! rotation under continuous traffic with zero failed requests, a CA outage that stops nothing
-//! (and a restart from the cache while the CA is down), revocation reaching two sidecars and
-//! cutting a live connection, stale CRLs under `deny` and `allow`, and file-mode reloads that
-//! keep the last good credential when the new files are broken.
+//! (and a restart from the cache while the CA is down), readiness back within seconds of the CA's
+//! return after an outage that made the CRL stale, a cached CRL numbered past the CA's that
+//! cannot wedge the sidecar, revocation reaching two sidecars and cutting a live connection, and
+//! file-mode reloads that keep the last good credential when the new files are broken. File-mode
+//! CRL freshness is in `crl_freshness.rs`.
 
 mod common;
 
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
+use time::Duration as Offset;
 use tokio::sync::oneshot;
 
 const ALLOW_ALL: &str = "[[rule]]\nname = \"all\"\nfrom = [\"spiffe://demo.tether/*\"]\n";
@@ -48,6 +51,11 @@ impl CaServer {
             stop: Some(tx),
             task,
         }
+    }
+
+    /// The port it listens on, to start it again at the same URL.
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     async fn stop(mut self) {
@@ -144,23 +152,14 @@ async fn inbound_b1_b2(pki: &Pki, ca: &CaServer, app: std::net::SocketAddr) -> (
     (b1, b2)
 }
 
-async fn ready(s: &Sidecar) -> bool {
-    get(s.admin.unwrap(), "admin", "/ready", &[]).await.0 == StatusCode::OK
-}
-
 async fn wait_ready(s: &Sidecar) {
     for _ in 0..100 {
-        if ready(s).await {
+        if s.is_ready().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("sidecar never became ready");
-}
-
-async fn identity(s: &Sidecar) -> serde_json::Value {
-    let (_, body) = get(s.admin.unwrap(), "admin", "/identity", &[]).await;
-    serde_json::from_str(&body).unwrap()
 }
 
 #[tokio::test]
@@ -201,7 +200,7 @@ async fn enrolls_with_a_one_time_token_and_serves_mtls() {
     // The same token cannot enroll a second sidecar: it stays unready and fails closed.
     let c = inbound_ca_mode(&pki, &ca, "c", app, Some(&tb)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!ready(&c).await);
+    assert!(!c.is_ready().await);
     let pki_client = pki.issue("ns/default/sa/service-a");
     assert!(raw_get(
         c.inbound.unwrap(),
@@ -220,8 +219,8 @@ async fn rotation_under_continuous_traffic_fails_no_request() {
     let (pki, ca, app) = ca_and_app().await;
     let (a, b) = ready_pair(&pki, &ca, app).await;
     let (serial_a, serial_b) = (
-        identity(&a).await["serial"].clone(),
-        identity(&b).await["serial"].clone(),
+        a.identity().await["serial"].clone(),
+        b.identity().await["serial"].clone(),
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -263,12 +262,12 @@ async fn rotation_under_continuous_traffic_fails_no_request() {
     );
     assert!(ok.load(Ordering::Relaxed) > 50);
     assert_ne!(
-        identity(&a).await["serial"],
+        a.identity().await["serial"],
         serial_a,
         "service-a's certificate rotated"
     );
     assert_ne!(
-        identity(&b).await["serial"],
+        b.identity().await["serial"],
         serial_b,
         "service-b's certificate rotated"
     );
@@ -286,18 +285,21 @@ async fn a_ca_outage_stops_nothing_and_a_restart_uses_the_cache() {
         get(a.outbound.unwrap(), "service-b", "/x", &[]).await.0,
         StatusCode::OK
     );
-    let outage = identity(&b).await["seconds_until_outage"].as_i64().unwrap();
+    let outage = b.identity().await["seconds_until_outage"].as_i64().unwrap();
     assert!(
         outage > 600 && outage <= 3600,
         "time until outage is bounded by the 1 h leaf: {outage}"
     );
 
     // Restart service-b while the CA is down: it serves from its cached certificate and CRL.
-    let serial = identity(&b).await["serial"].clone();
+    let serial = b.identity().await["serial"].clone();
     b.stop().await.unwrap();
     let b2 = inbound_ca_mode(&pki, &ca_placeholder(), "b", app, None).await;
-    assert!(ready(&b2).await, "restarted from the cache without the CA");
-    assert_eq!(identity(&b2).await["serial"], serial);
+    assert!(
+        b2.is_ready().await,
+        "restarted from the cache without the CA"
+    );
+    assert_eq!(b2.identity().await["serial"], serial);
     assert_eq!(
         b2.metric("tether_cert_refresh_total", &[("result", "cache")]),
         1.0
@@ -328,6 +330,166 @@ fn ca_placeholder() -> CaServer {
         stop: None,
         task: tokio::spawn(async {}),
     }
+}
+
+/// service-b's inbound sidecar in CA mode with state dir `state-b` and a 1 s CRL grace,
+/// enrolling with `token` if it has no cached certificate.
+async fn inbound_b_with_short_grace(
+    pki: &Pki,
+    ca: &CaServer,
+    app: std::net::SocketAddr,
+    token: Option<&Path>,
+) -> Sidecar {
+    let credentials = ca_section(pki, ca, token, "state-b", "crl_grace = \"1s\"\n");
+    let pol = pki.policy(ALLOW_ALL);
+    pki.start_inbound("b", &credentials, app, &pol, ADMIN_SECTION)
+        .await
+}
+
+/// The number of the CRL `s` holds, per `/identity`.
+async fn crl_number(s: &Sidecar) -> Option<u64> {
+    s.identity().await["crl"]["number"].as_u64()
+}
+
+/// A CA that is down but whose port still answers: accepts every connection on `listener` and
+/// hangs up at once, reporting each on the returned channel, until the sender is dropped or
+/// fired; then hands the listener back (to start the real CA on the same URL).
+fn hang_up_on(
+    listener: tokio::net::TcpListener,
+) -> (
+    tokio::task::JoinHandle<tokio::net::TcpListener>,
+    oneshot::Sender<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let (seen, attempts) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return listener,
+                accepted = listener.accept() => {
+                    if let Ok((tcp, _)) = accepted {
+                        drop(tcp);
+                        let _ = seen.send(());
+                    }
+                }
+            }
+        }
+    });
+    (task, stop, attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_again_within_seconds_of_the_ca_returning_after_a_stale_outage() {
+    // CRLs valid 8 s and a 1 s grace: a CA outage makes the CRL stale within ~9 s.
+    let pki = Pki::with_crl_validity(TD, Duration::from_secs(8));
+    let ca = CaServer::start(&pki).await;
+    let app = start_app().await;
+    let tb = token(&pki, SERVICE_B);
+    let b = inbound_b_with_short_grace(&pki, &ca, app, Some(&tb)).await;
+    wait_ready(&b).await;
+    assert!(
+        tether_testkit::wait::eventually(Duration::from_secs(5), || async {
+            crl_number(&b).await.is_some()
+        })
+        .await
+    );
+    let port = ca.port();
+    ca.stop().await;
+    let down = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (down, stop_down, mut attempts) = hang_up_on(down);
+    assert!(
+        tether_testkit::wait::eventually(Duration::from_secs(20), || async { !b.is_ready().await })
+            .await,
+        "the CRL should go stale during the outage (deny: not ready)"
+    );
+    // The CA comes back right after a failed attempt, and only after five of them: a retry
+    // delay that had grown during the outage (it doubles from 1 s) would now be 8 s or more.
+    let mut seen = 0;
+    while attempts.try_recv().is_ok() {
+        seen += 1;
+    }
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(60), attempts.recv()).await;
+        assert!(matches!(next, Ok(Some(()))), "the sidecar stopped asking");
+        seen += 1;
+        if seen >= 5 {
+            break;
+        }
+    }
+    let _ = stop_down.send(());
+    let ca = CaServer::start_on(&pki, down.await.unwrap()).await;
+    let back = Instant::now();
+    assert!(
+        tether_testkit::wait::eventually(Duration::from_secs(3), || b.is_ready()).await,
+        "not ready within 3 s of the CA's return"
+    );
+    println!(
+        "ready again {:?} after the CA's return ({seen} attempts during the outage)",
+        back.elapsed()
+    );
+    assert_eq!(b.identity().await["crl"]["stale"], false);
+    ca.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_crl_numbered_past_the_ca_cannot_wedge_the_sidecar() {
+    let (pki, ca, app) = ca_and_app().await;
+    let tb = token(&pki, SERVICE_B);
+    let b = inbound_b_with_short_grace(&pki, &ca, app, Some(&tb)).await;
+    wait_ready(&b).await;
+    assert!(
+        tether_testkit::wait::eventually(Duration::from_secs(5), || async {
+            crl_number(&b).await.is_some()
+        })
+        .await
+    );
+    let theirs = crl_number(&b).await;
+    b.stop().await.unwrap();
+    let cached = pki.dir.path().join("state-b/crl.pem");
+
+    // A validly signed CRL with a number the CA never reached (a CA database restored from an
+    // older backup, say), fresh for a few more seconds: it holds while fresh, then the CA's own
+    // fresh list is taken although its number is lower.
+    let bogus = pki.write_crl(
+        "bogus.pem",
+        1_000_000,
+        -Offset::minutes(1),
+        Offset::seconds(4),
+    );
+    std::fs::copy(&bogus, &cached).unwrap();
+    let b = inbound_b_with_short_grace(&pki, &ca, app, None).await;
+    assert_eq!(crl_number(&b).await, Some(1_000_000));
+    assert!(b.is_ready().await);
+    assert!(
+        tether_testkit::wait::eventually(Duration::from_secs(15), || async {
+            crl_number(&b).await == theirs && b.is_ready().await
+        })
+        .await,
+        "the CA's CRL never replaced the one numbered past it"
+    );
+    b.stop().await.unwrap();
+
+    // The same list already stale in the cache: the sidecar starts stale (deny: not ready) and
+    // takes the CA's fresh list at its first poll.
+    let bogus = pki.write_crl(
+        "bogus.pem",
+        1_000_000,
+        -Offset::hours(30),
+        -Offset::hours(1),
+    );
+    std::fs::copy(&bogus, &cached).unwrap();
+    let b = inbound_b_with_short_grace(&pki, &ca, app, None).await;
+    assert!(
+        tether_testkit::wait::eventually(Duration::from_secs(5), || async {
+            crl_number(&b).await == theirs && b.is_ready().await
+        })
+        .await,
+        "a stale cached CRL numbered past the CA's wedged the sidecar"
+    );
+    ca.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +524,7 @@ async fn revocation_reaches_two_sidecars_and_cuts_a_live_connection() {
         1.0
     );
 
-    let serial: tether_certs::Serial = identity(&a).await["serial"]
+    let serial: tether_certs::Serial = a.identity().await["serial"]
         .as_str()
         .unwrap()
         .parse()
@@ -400,80 +562,18 @@ async fn revocation_reaches_two_sidecars_and_cuts_a_live_connection() {
     ca.stop().await;
 }
 
-/// A CRL from the real intermediate with the given nextUpdate offset, written to a file.
-fn crl_file(pki: &Pki, name: &str, number: u64, next_update_in: time::Duration) -> PathBuf {
-    let inter = pki.intermediate();
-    let now = time::OffsetDateTime::now_utc();
-    let der = tether_certs::crl::build(
-        &inter,
-        number,
-        now - time::Duration::hours(30),
-        now + next_update_in,
-        &[],
-    )
-    .unwrap();
-    let p = pki.dir.path().join(name);
-    std::fs::write(&p, tether_certs::pem::encode("X509 CRL", &der)).unwrap();
-    p
-}
-
-async fn file_mode_with_crl(pki: &Pki, crl: &Path, extra: &str) -> Sidecar {
-    let app = start_app().await;
-    let bdir = pki.issue(SERVICE_B);
-    let credentials = format!(
-        "{}crl_grace = \"1s\"\n{extra}",
-        identity_section(&bdir, Some(crl))
-    );
-    let pol = pki.policy(ALLOW_ALL);
-    pki.start_inbound("b", &credentials, app, &pol, ADMIN_SECTION)
-        .await
-}
-
-#[tokio::test]
-async fn a_stale_crl_fails_closed_under_deny() {
-    let pki = Pki::new();
-    let crl = crl_file(&pki, "stale.pem", 1, -time::Duration::hours(1));
-    let b = file_mode_with_crl(&pki, &crl, "").await;
-    let a = pki.issue("ns/default/sa/service-a");
-    assert!(raw_get_as(b.inbound.unwrap(), &a, "/").await.is_err());
-    assert_eq!(
-        b.metric("tether_tls_handshakes_total", &[("result", "stale_crl")]),
-        1.0
-    );
-    let (s, body) = get(b.admin.unwrap(), "admin", "/ready", &[]).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body.contains("stale"), "{body}");
-    assert_eq!(identity(&b).await["crl"]["stale"], true);
-    assert_eq!(identity(&b).await["seconds_until_outage"], 0);
-}
-
-#[tokio::test]
-async fn a_stale_crl_fails_open_with_an_alarm_under_allow() {
-    let pki = Pki::new();
-    let crl = crl_file(&pki, "stale.pem", 1, -time::Duration::hours(1));
-    let b = file_mode_with_crl(&pki, &crl, "on_stale_crl = \"allow\"\n").await;
-    let a = pki.issue("ns/default/sa/service-a");
-    assert_eq!(
-        raw_get_as(b.inbound.unwrap(), &a, "/").await.unwrap(),
-        StatusCode::OK
-    );
-    assert!(
-        eventually(Duration::from_secs(3), || b.metric("tether_crl_stale", &[])
-            == 1.0)
-        .await
-    );
-    let (s, body) = get(b.admin.unwrap(), "admin", "/ready", &[]).await;
-    assert_eq!(s, StatusCode::OK);
-    assert!(body.contains("stale"), "/ready must say so: {body}");
-}
-
 #[tokio::test]
 async fn file_mode_reloads_new_files_and_keeps_the_old_credential_on_broken_ones() {
     let pki = Pki::new();
-    let crl = crl_file(&pki, "crl.pem", 1, time::Duration::hours(24));
-    let b = file_mode_with_crl(&pki, &crl, "").await;
+    let crl = pki.write_crl(
+        "crl.pem",
+        1,
+        -time::Duration::hours(30),
+        time::Duration::hours(24),
+    );
+    let b = start_file_mode_b(&pki, &crl, "").await;
     let cfg_dir = pki.dir.path().join("ns_default_sa_service-b");
-    let first = identity(&b).await["serial"].clone();
+    let first = b.identity().await["serial"].clone();
 
     // A new certificate + key, written key first then chain (the in-between state mismatches and
     // must be skipped, not crash or publish).
@@ -481,14 +581,14 @@ async fn file_mode_reloads_new_files_and_keeps_the_old_credential_on_broken_ones
     std::fs::copy(fresh.join("key.pem"), cfg_dir.join("key.pem")).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        identity(&b).await["serial"],
+        b.identity().await["serial"],
         first,
         "a mismatched key+cert is not published"
     );
     std::fs::copy(fresh.join("chain.pem"), cfg_dir.join("chain.pem")).unwrap();
     let mut reloaded = false;
     for _ in 0..60 {
-        if identity(&b).await["spiffe_id"] == id("ns/default/sa/fresh-b") {
+        if b.identity().await["spiffe_id"] == id("ns/default/sa/fresh-b") {
             reloaded = true;
             break;
         }
@@ -496,7 +596,7 @@ async fn file_mode_reloads_new_files_and_keeps_the_old_credential_on_broken_ones
     }
     assert!(reloaded, "the new certificate was never picked up");
     assert!(b.metric("tether_cert_refresh_total", &[("result", "error")]) >= 1.0);
-    let second = identity(&b).await["serial"].clone();
+    let second = b.identity().await["serial"].clone();
 
     // Garbage: logged, counted, and the last good credential keeps serving.
     std::fs::write(cfg_dir.join("chain.pem"), "not a certificate").unwrap();
@@ -507,7 +607,7 @@ async fn file_mode_reloads_new_files_and_keeps_the_old_credential_on_broken_ones
             > errors)
         .await
     );
-    assert_eq!(identity(&b).await["serial"], second);
+    assert_eq!(b.identity().await["serial"], second);
     let a = pki.issue("ns/default/sa/service-a");
     assert_eq!(
         raw_get_as(b.inbound.unwrap(), &a, "/").await.unwrap(),
@@ -527,17 +627,23 @@ fn crls_that_are_forged_foreign_or_garbage_are_refused() {
     )
     .unwrap();
     let now = time::OffsetDateTime::now_utc();
-    let good = std::fs::read(crl_file(&pki, "good.pem", 7, time::Duration::hours(1))).unwrap();
+    let good = std::fs::read(pki.write_crl(
+        "good.pem",
+        7,
+        -time::Duration::hours(30),
+        time::Duration::hours(1),
+    ))
+    .unwrap();
     let crl = tether_certs::RevocationList::parse_and_verify_in_bundle(&good, &bundle, &inter, now)
         .unwrap();
     assert_eq!(crl.number(), 7);
 
     // Signed by another CA (same trust domain name): its intermediate is not vouched for.
     let other = Pki::new();
-    let foreign = std::fs::read(crl_file(
-        &other,
+    let foreign = std::fs::read(other.write_crl(
         "foreign.pem",
         99,
+        -time::Duration::hours(30),
         time::Duration::hours(1),
     ))
     .unwrap();
@@ -599,7 +705,7 @@ fn traffic(
 }
 
 async fn roots(s: &Sidecar) -> usize {
-    identity(s).await["bundle"]
+    s.identity().await["bundle"]
         .as_array()
         .map(|a| a.len())
         .unwrap_or(0)
@@ -630,7 +736,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
 
     // Renew both: the new leaves come from the new intermediate and still verify everywhere.
     for s in [&a, &b] {
-        let before = identity(s).await["serial"].clone();
+        let before = s.identity().await["serial"].clone();
         assert_eq!(
             send(s.admin.unwrap(), "admin", "POST", "/rotate", &[], "")
                 .await
@@ -639,7 +745,7 @@ async fn root_rotation_then_retirement_with_sidecars_running_fails_no_request() 
         );
         assert!(
             tether_testkit::wait::eventually(Duration::from_secs(10), || async {
-                identity(s).await["serial"] != before
+                s.identity().await["serial"] != before
             })
             .await
         );

@@ -1,13 +1,17 @@
 //! CA mode: enrollment with a one-time token, renewal over mTLS, the state-directory cache, the
 //! CRL long-poll and trust-bundle updates.
 //!
+//! The CRL poller asks for a CRL newer than ours, held at the CA until one comes or until ours
+//! would go stale, whichever is first. While ours is stale it asks for the CA's current CRL,
+//! whatever its number, at least every [`STALE_RETRY`], so a sidecar is ready again within about
+//! a second of its CA's return however long the outage was; every CRL it gets passes the
+//! revocation cache's one acceptance rule.
+//!
 //! Apart from reading the cache once at start (see [`StateDir`]), file work — the token file,
 //! caching what the CA sent — runs on tokio's blocking pool.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -15,14 +19,16 @@ use tokio::sync::Notify;
 use tether_certs::wire::Issued;
 use tether_certs::{RevocationList, TrustBundle};
 
-use crate::ca_client::{CaClient, CaClientError, CrlPoll};
+use crate::ca_client::{CaClient, CaClientError};
 use crate::config::CaSettings;
 use crate::identity::{read_file, Credentials, IdentityError, IdentityStore};
 use crate::metrics::{Metrics, Outcome};
 use crate::revocation::RevocationCache;
 
 use super::state_dir::StateDir;
-use super::{off_runtime, rand01, renewal_loop, Backoff, Clock, CRL_WAIT};
+use super::{off_runtime, renewal_loop, Clock};
+
+mod crl_poll;
 
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -104,11 +110,11 @@ impl CaMode {
         if let Some(body) = self.state.cached_crl() {
             let known = chain.get(1..).unwrap_or_default();
             let now = OffsetDateTime::now_utc();
-            match RevocationList::parse_and_verify_in_bundle(&body, &bundle, known, now) {
-                Ok(crl) => {
-                    let _ = self.cache.install(crl);
-                }
-                Err(e) => tracing::warn!("cached CRL ignored: {e}"),
+            let installed = RevocationList::parse_and_verify_in_bundle(&body, &bundle, known, now)
+                .map_err(|e| e.to_string())
+                .and_then(|crl| self.cache.install(crl).map_err(|e| e.to_string()));
+            if let Err(e) = installed {
+                tracing::warn!("cached CRL in {dir} ignored: {e}");
             }
         }
         match Credentials::build(chain, key, bundle, self.cache.revocation()) {
@@ -235,80 +241,7 @@ impl CaMode {
             creds.serial,
             creds.not_after
         );
-        self.metrics
-            .cert_expiry
-            .set(creds.not_after.unix_timestamp());
         self.store.publish(creds);
-        Ok(())
-    }
-
-    /// Long-polls the CA's CRL forever, following the CA's bundle version as it goes.
-    async fn crl_loop(self: Arc<Self>) {
-        let mut backoff = Backoff::default();
-        loop {
-            let creds = self.store.current();
-            let (bundle, version) = self.bundle();
-            let after = self.cache.number();
-            // Without a certificate the poll reports nothing to the fleet table, so keep it short:
-            // the first poll that carries the new certificate then comes within a second.
-            let wait = if creds.is_some() {
-                CRL_WAIT
-            } else {
-                Duration::from_secs(1)
-            };
-            let polled = self
-                .client
-                .poll_crl(&bundle, creds.as_deref(), after, wait, version)
-                .await;
-            let ca_version = match polled {
-                Ok(CrlPoll::New {
-                    pem,
-                    bundle_version,
-                }) => {
-                    match self.take_crl(&pem, creds.as_deref(), &bundle).await {
-                        Ok(()) => backoff = Backoff::default(),
-                        Err(e) => {
-                            tracing::warn!("{e}; keeping CRL {after}");
-                            tokio::time::sleep(backoff.next(None, rand01())).await;
-                        }
-                    }
-                    bundle_version
-                }
-                Ok(CrlPoll::NotModified { bundle_version }) => {
-                    backoff = Backoff::default();
-                    bundle_version
-                }
-                Err(e) => {
-                    let d = backoff.next(None, rand01());
-                    tracing::warn!("CRL poll failed (keeping CRL {after}, retry in {d:?}): {e}");
-                    tokio::time::sleep(d).await;
-                    None
-                }
-            };
-            if let Some(v) = ca_version.filter(|v| *v != version) {
-                self.update_bundle(v).await;
-            }
-        }
-    }
-
-    /// Verifies a CRL the CA sent against the bundle (and our chain's CA certificates), installs
-    /// it and caches it. If it is refused (unverifiable or a rollback), the CRL in force stays.
-    async fn take_crl(
-        &self,
-        pem: &Bytes,
-        creds: Option<&Credentials>,
-        bundle: &TrustBundle,
-    ) -> Result<(), String> {
-        let known = creds.map(Credentials::intermediates).unwrap_or_default();
-        let now = OffsetDateTime::now_utc();
-        let crl = RevocationList::parse_and_verify_in_bundle(pem, bundle, known, now)
-            .map_err(|e| format!("CRL refused: {e}"))?;
-        let number = crl.number();
-        let closed = self.cache.install(crl).map_err(|e| e.to_string())?;
-        tracing::info!("CRL {number} installed ({closed} revoked connection(s) closed)");
-        if let Err(e) = self.state.cache_crl(pem.to_vec()).await {
-            tracing::warn!("{e}");
-        }
         Ok(())
     }
 

@@ -1,5 +1,8 @@
 //! File mode: watch the `[identity]` files and publish a new credential when a complete,
-//! consistent set appears; a broken or mismatched set keeps the old credential and says why.
+//! consistent set appears; a broken or mismatched set keeps the old credential and says why. A
+//! new CRL file passes the revocation cache's one acceptance rule like any
+//! other CRL: one stale on arrival, a rollback or one from the future keeps the old credential
+//! and CRL.
 //!
 //! Every look at the disk (the change check and the reload) runs on tokio's blocking pool, as the
 //! policy reloader's does, so a slow or stalled file system never holds up the worker threads
@@ -23,35 +26,68 @@ type Stamp = Vec<Option<(SystemTime, u64)>>;
 /// Watches `[identity]` files and publishes a new credential when a consistent set appears. If
 /// a reload fails, the old credential (and CRL) stay in force and the failure is logged and
 /// counted; the next change is tried again.
-pub async fn watch_files(
+///
+/// The files are stamped when this is called — at start, right after they were loaded — not
+/// when the returned task first runs, so a change made in between is not missed.
+pub fn watch_files(
     files: IdentityFiles,
     store: IdentityStore,
     cache: Arc<RevocationCache>,
     metrics: Metrics,
-) {
-    let mut last = stamp_off_runtime(&files).await;
-    loop {
-        tokio::time::sleep(FILE_POLL).await;
-        let now = stamp_off_runtime(&files).await;
-        if now == last {
-            continue;
-        }
-        last = now;
-        let (files, revocation) = (files.clone(), cache.revocation());
-        let loaded = off_runtime(move || Credentials::load_files(&files, revocation))
-            .await
-            .unwrap_or_else(|e| Err(IdentityError::Invalid("[identity] files".into(), e)));
-        let result = match loaded {
-            Ok((creds, crl)) => adopt(creds, crl, &store, &cache),
-            Err(e) => Err(format!(
-                "certificate files changed but are unusable, keeping the old credential: {e}"
-            )),
-        };
-        metrics.count_cert_refresh(Outcome::of(&result));
-        if let Err(e) = result {
-            tracing::warn!("{e}");
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let first = stamp(&files);
+    async move {
+        let mut last = first;
+        loop {
+            tokio::time::sleep(FILE_POLL).await;
+            let now = stamp_off_runtime(&files).await;
+            if now == last {
+                continue;
+            }
+            last = now;
+            reload(&files, &store, &cache, &metrics).await;
         }
     }
+}
+
+/// Loads the changed files and adopts them, or keeps the old credential and says why.
+async fn reload(
+    files: &IdentityFiles,
+    store: &IdentityStore,
+    cache: &RevocationCache,
+    metrics: &Metrics,
+) {
+    let (files, revocation) = (files.clone(), cache.revocation());
+    let loaded = off_runtime(move || Credentials::load_files(&files, revocation))
+        .await
+        .unwrap_or_else(|e| Err(IdentityError::Invalid("[identity] files".into(), e)));
+    let result = match loaded {
+        Ok((creds, crl)) => adopt(creds, crl, store, cache),
+        Err(e) => Err(format!(
+            "certificate files changed but are unusable, keeping the old credential: {e}"
+        )),
+    };
+    metrics.count_cert_refresh(Outcome::of(&result));
+    if let Err(e) = result {
+        tracing::warn!("{e}");
+    }
+}
+
+/// Installs the CRL file's list at start, before anything is served. Nothing is held yet, so
+/// only a CRL from the future is refused — and that stops the start: running without the
+/// configured CRL would admit what it revokes.
+pub fn install_first_crl(
+    files: &IdentityFiles,
+    cache: &RevocationCache,
+    crl: Option<RevocationList>,
+) -> Result<(), IdentityError> {
+    let (Some(crl), Some(path)) = (crl, &files.crl) else {
+        return Ok(());
+    };
+    cache
+        .install(crl)
+        .map_err(|e| IdentityError::Invalid(path.display().to_string(), e.to_string()))?;
+    Ok(())
 }
 
 /// Installs the reloaded CRL (if any) and then publishes the credential; a refused CRL keeps

@@ -6,17 +6,20 @@
 //!   backoff that tightens as expiry nears. Everything is cached in `state_dir` (key 0600), so a
 //!   restart while the CA is down starts from the cached certificate if it is still valid and not
 //!   revoked by the cached CRL. The CRL is long-polled (`after=<our number>`), verified against a
-//!   CA certificate the bundle vouches for, refused if older than ours, persisted, and swapped in;
-//!   a new bundle version from the CA is fetched and applied without restart.
+//!   CA certificate the bundle vouches for, judged by the revocation cache's one acceptance rule,
+//!   persisted, and swapped in; while ours is stale the CA's current CRL is asked for at least
+//!   once a second, whatever its number. A new bundle version from the CA is fetched and applied
+//!   without restart.
 //! - **File mode** (`[identity]`): the files are watched; a complete, consistent new set is
 //!   published, a broken or mismatched one keeps the old credential and logs why.
 //!
 //! Either way new credentials are published on the [`IdentityStore`]: new handshakes use them at
 //! once, connections in flight finish on the old ones.
 //!
-//! Here: the renewal timing (`renew_at`, `Backoff`, `renewal_loop`) and the gauges. In
-//! `ca_mode`: enrollment, renewal, the CRL poller and bundle updates; in `state_dir`: the
-//! CA-mode cache on disk; in `files`: file mode.
+//! Here: the renewal timing (`renew_at`, `Backoff`, `renewal_loop`) and the gauges, computed
+//! at read time (`bind_gauges`). In `ca_mode`: enrollment, renewal and bundle updates, with
+//! the CRL poller in `ca_mode/crl_poll`; in `state_dir`: the CA-mode cache on disk; in
+//! `files`: file mode.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +29,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use crate::identity::{Credentials, IdentityStore};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{LifecycleReading, Metrics, Outcome};
 use crate::revocation::{OnStale, RevocationCache};
 
 mod ca_mode;
@@ -36,7 +39,7 @@ mod state_dir;
 mod tests;
 
 pub use ca_mode::CaMode;
-pub use files::watch_files;
+pub use files::{install_first_crl, watch_files};
 
 /// Renewal happens at half the lifetime, ± this fraction of the lifetime, so a CA outage of up
 /// to half a lifetime costs nothing and a fleet issued at once does not renew at once.
@@ -45,6 +48,10 @@ pub(crate) const RENEW_JITTER: f64 = 0.1;
 pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay: a recovered CA is noticed within this.
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Longest wait between CRL polls while the CRL in force is stale (jittered over its upper
+/// half): a sidecar is ready again within about this long of its CA's return, for one small
+/// request a second per stale sidecar while the CA is down — and stale is already an alarm.
+pub(crate) const STALE_RETRY: Duration = Duration::from_secs(1);
 /// How long one CRL long-poll waits at the CA: well under the CA's longest hold, so the CA
 /// answers 304 before any proxy or load balancer in between times the request out.
 pub(crate) const CRL_WAIT: Duration = Duration::from_secs(30);
@@ -198,25 +205,32 @@ pub fn time_until_outage(
     Some((end - now).max(time::Duration::ZERO))
 }
 
-/// Keeps the lifecycle gauges current (once a second).
-pub async fn update_gauges(store: IdentityStore, cache: Arc<RevocationCache>, metrics: Metrics) {
-    loop {
-        let now = OffsetDateTime::now_utc();
-        let creds = store.current();
-        if let Some(c) = &creds {
-            metrics.cert_expiry.set(c.not_after.unix_timestamp());
-        }
-        if let Some(crl) = cache.current() {
-            metrics.crl_number.set(crl.number() as i64);
-            metrics
-                .crl_age
-                .set((now - crl.this_update()).as_seconds_f64());
-        }
-        metrics.crl_stale.set(i64::from(cache.is_stale(now)));
-        let outage = time_until_outage(creds.as_deref(), &cache, now)
-            .map(|d| d.as_seconds_f64())
-            .unwrap_or(0.0);
-        metrics.time_until_outage.set(outage);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+/// What the lifecycle gauges show at `now`: the same figures, from the same functions, that
+/// `/identity` shows at that instant.
+pub(crate) fn reading(
+    creds: Option<&Credentials>,
+    cache: &RevocationCache,
+    now: OffsetDateTime,
+) -> LifecycleReading {
+    LifecycleReading {
+        cert_expiry: creds.map_or(0, |c| c.not_after.unix_timestamp()),
+        crl_number: cache.number(),
+        crl_age_seconds: cache.age(now).map_or(0.0, |a| a.as_seconds_f64()),
+        crl_stale: cache.is_stale(now),
+        time_until_outage_seconds: time_until_outage(creds, cache, now)
+            .map_or(0.0, |d| d.as_seconds_f64()),
     }
+}
+
+/// Makes the lifecycle gauges read `store` and `cache` whenever the registry is gathered (every
+/// scrape), so they agree with `/identity` at every moment instead of lagging it by a timer.
+pub fn bind_gauges(store: &IdentityStore, cache: &Arc<RevocationCache>, metrics: &Metrics) {
+    let (store, cache) = (store.clone(), cache.clone());
+    metrics.read_lifecycle_from(move || {
+        reading(
+            store.current().as_deref(),
+            &cache,
+            OffsetDateTime::now_utc(),
+        )
+    });
 }
