@@ -46,9 +46,10 @@ pub async fn run(
 ) {
     let limits = tether_net::ListenerLimits {
         max_connections: MAX_ADMIN_CONNECTIONS,
+        overflow: 0,
         drain: std::time::Duration::ZERO,
     };
-    tether_net::serve("admin", listener, limits, shutdown, move |tcp, _, _| {
+    tether_net::serve("admin", listener, limits, shutdown, move |tcp, _, _, _| {
         let admin = admin.clone();
         async move {
             let svc = hyper::service::service_fn(move |req| {

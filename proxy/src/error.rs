@@ -5,6 +5,12 @@
 //! client reads are attached here, at the edge, so every refusal of the same kind reads the same
 //! wherever it happened, and nothing below the edge builds a response. Bodies never name policy
 //! rules, keys or internal addresses beyond what the client already named.
+//!
+//! A gRPC client reads a refusal from `grpc-status`, not from the HTTP status: each error also
+//! has its gRPC status ([`Error::grpc_status`]), and [`Dialect`] spells the refusal the way the
+//! request's protocol reads it ([`grpc`]).
+
+mod grpc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -13,6 +19,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::tls::{HandshakeResult, Refusal};
+
+pub use grpc::{grpc_content_type, Dialect, GrpcStatus};
 
 /// Body of every response the sidecar returns: streamed from upstream, or one of ours.
 pub type RespBody = Either<Incoming, Full<Bytes>>;
@@ -44,6 +52,10 @@ pub enum Error {
     /// No usable certificate or CRL yet: we fail closed (503).
     #[error("no usable certificate or revocation list")]
     NoIdentity,
+    /// The connection came in past the listener's `max_connections`, in its overflow band, and
+    /// is refused without being served (503; gRPC: RESOURCE_EXHAUSTED).
+    #[error("connection limit reached")]
+    Overloaded,
     /// No mTLS connection to any address of a service (502).
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -100,13 +112,38 @@ impl Error {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Forbidden => StatusCode::FORBIDDEN,
-            Error::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NoIdentity | Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::UnknownService(_)
             | Error::NoAddress
             | Error::Connect(_)
             | Error::PeerRefused(_)
             | Error::Failed { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The gRPC status a gRPC or gRPC-Web client reads for this refusal: the one mapping from
+    /// errors to gRPC, beside [`Error::status`]. It is gRPC's own HTTP-to-gRPC table
+    /// (`doc/http-grpc-status-mapping.md` in grpc/grpc), as Envoy applies it, so a client reads
+    /// the same code behind either proxy: 400 → INTERNAL (a malformed request is a protocol
+    /// error, not a bad argument of the call), 403 → PERMISSION_DENIED, 502 and 503 →
+    /// UNAVAILABLE (nothing could take the call now: clients may retry elsewhere). Two
+    /// exceptions say what happened, as a caller's retry budget must see it: the timeout is
+    /// DEADLINE_EXCEEDED rather than 504's UNAVAILABLE, and the connection limit is
+    /// RESOURCE_EXHAUSTED, the sidecar's own load, which a client must not read as the service
+    /// being down.
+    pub fn grpc_status(&self) -> GrpcStatus {
+        match self {
+            Error::BadRequest(_) => GrpcStatus::Internal,
+            Error::Forbidden => GrpcStatus::PermissionDenied,
+            Error::Timeout(_) => GrpcStatus::DeadlineExceeded,
+            Error::Overloaded => GrpcStatus::ResourceExhausted,
+            Error::UnknownService(_)
+            | Error::NoAddress
+            | Error::NoIdentity
+            | Error::Connect(_)
+            | Error::PeerRefused(_)
+            | Error::Failed { .. } => GrpcStatus::Unavailable,
         }
     }
 
@@ -120,6 +157,7 @@ impl Error {
             Error::NoIdentity => {
                 "sidecar has no usable certificate or revocation list yet\n".into()
             }
+            Error::Overloaded => "connection limit reached\n".into(),
             Error::Connect(c) => match &c.failure {
                 ConnectFailure::Handshake(r) if r.result == HandshakeResult::IdentityMismatch => {
                     format!(
@@ -144,7 +182,9 @@ impl Error {
         }
     }
 
-    /// The response the client gets; upstream failures are logged here, once.
+    /// The response an HTTP client gets; upstream failures are logged here, once. The response
+    /// also carries what a gRPC client is to read instead, which [`Dialect::answer`] uses once
+    /// the request path has counted the refusal by its HTTP status.
     pub fn into_response(self) -> Response<RespBody> {
         match &self {
             Error::Connect(_) | Error::PeerRefused(_) | Error::Failed { .. } => {
@@ -152,12 +192,14 @@ impl Error {
             }
             _ => tracing::debug!("{self}"),
         }
-        let mut r = Response::new(Either::Right(Full::new(Bytes::from(self.body()))));
+        let body = Bytes::from(self.body());
+        let mut r = Response::new(Either::Right(Full::new(body.clone())));
         *r.status_mut() = self.status();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        grpc::mark_refusal(&mut r, self.grpc_status(), body);
         r
     }
 }
@@ -196,6 +238,7 @@ mod tests {
                 "unknown service \"x\"\n",
             ),
             (Error::NoAddress, 502, "service has no address\n"),
+            (Error::Overloaded, 503, "connection limit reached\n"),
             (
                 Error::NoIdentity,
                 503,
@@ -255,6 +298,37 @@ mod tests {
                 resp.headers()[header::CONTENT_TYPE],
                 "text/plain; charset=utf-8"
             );
+        }
+    }
+
+    #[test]
+    fn each_error_has_its_grpc_status() {
+        use GrpcStatus::*;
+        let cases = [
+            (Error::BadRequest("bad request path"), Internal),
+            (Error::Forbidden, PermissionDenied),
+            (Error::UnknownService("x".into()), Unavailable),
+            (Error::NoAddress, Unavailable),
+            (Error::NoIdentity, Unavailable),
+            (Error::Overloaded, ResourceExhausted),
+            (
+                connect(ConnectFailure::Handshake(refusal(
+                    HandshakeResult::IdentityMismatch,
+                ))),
+                Unavailable,
+            ),
+            (
+                connect(ConnectFailure::Unreachable("refused".into())),
+                Unavailable,
+            ),
+            (Error::PeerRefused("x".into()), Unavailable),
+            (Error::failed(Hop::Peer, "reset"), Unavailable),
+            (Error::failed(Hop::App, "reset"), Unavailable),
+            (Error::Timeout(Hop::Peer), DeadlineExceeded),
+            (Error::Timeout(Hop::App), DeadlineExceeded),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.grpc_status(), code, "{err}");
         }
     }
 

@@ -190,18 +190,11 @@ fn start_identity(
     metrics: metrics::Metrics,
     background: &mut tokio::task::JoinSet<()>,
 ) -> Result<Core, StartError> {
-    let cache = revocation::RevocationCache::new(
-        cfg.crl.on_stale,
-        cfg.crl.grace,
-        metrics.revoked_closed.clone(),
-    );
+    let cache = revocation::RevocationCache::new(cfg.crl.on_stale, cfg.crl.grace, &metrics);
     let (store, rotate) = match &cfg.identity {
         config::IdentitySource::Files(files) => {
             let (creds, crl) = identity::Credentials::load_files(files, cache.revocation())?;
-            if let Some(crl) = crl {
-                // Nothing is held yet, so a rollback is impossible here.
-                let _ = cache.install(crl);
-            }
+            lifecycle::install_first_crl(files, &cache, crl)?;
             let store = identity::IdentityStore::new(creds);
             background.spawn(lifecycle::watch_files(
                 files.clone(),
@@ -224,11 +217,7 @@ fn start_identity(
             (store, Some(rotate))
         }
     };
-    background.spawn(lifecycle::update_gauges(
-        store.clone(),
-        cache.clone(),
-        metrics.clone(),
-    ));
+    lifecycle::bind_gauges(&store, &cache, &metrics);
     Ok(Core {
         store,
         cache,

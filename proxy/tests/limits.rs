@@ -1,6 +1,6 @@
 //! Operational behaviour of a running sidecar: the policy file is hot-reloaded (a broken file
 //! keeps the old policy), oversized headers get 431, a slow app gets 504 at the configured
-//! request timeout, and connections beyond the limit are shed.
+//! request timeout, and connections beyond the limit and its overflow band are shed.
 
 mod common;
 
@@ -101,7 +101,7 @@ async fn a_slow_app_gets_504_at_the_request_timeout() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_are_shed() {
+async fn connections_beyond_the_limit_and_its_overflow_band_are_shed() {
     let (_pki, _b, a, _) = pair(ALLOW_DATA, "").await;
     // The outbound listener of a second sidecar with max_connections = 1.
     let pki = Pki::new();
@@ -113,13 +113,72 @@ async fn connections_beyond_the_limit_are_shed() {
     let c = pki.start("c", &toml).await;
     let out = c.outbound.unwrap();
     let _held = tokio::net::TcpStream::connect(out).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut second = tokio::net::TcpStream::connect(out).await.unwrap();
-    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let n = read_until_closed(&mut second).await;
+    let open = [("direction", "outbound")];
+    assert!(
+        eventually(Duration::from_secs(5), || c
+            .metric("tether_connections_open", &open)
+            == 1.0)
+        .await,
+        "the first connection was not admitted"
+    );
+    // The overflow band at this limit holds 8 connections, which are refused readably (see
+    // tests/refusals/overflow.rs); the listener takes them in the order they connected.
+    let mut band = Vec::new();
+    for _ in 0..8 {
+        band.push(tokio::net::TcpStream::connect(out).await.unwrap());
+    }
+    let mut beyond = tokio::net::TcpStream::connect(out).await.unwrap();
+    let _ = beyond.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let n = read_until_closed(&mut beyond).await;
     assert_eq!(
         n, 0,
-        "the connection over the limit is closed without an answer"
+        "the connection past the limit and the band is closed without an answer"
     );
     drop(a);
+}
+
+#[tokio::test]
+async fn a_tcp_mode_inbound_sheds_past_the_limit_without_a_handshake() {
+    // Opaque TCP has no request to refuse readably, so there is no overflow band: a connection
+    // past the limit is closed before TLS, where an HTTP inbound would complete the handshake.
+    let pki = Pki::new();
+    let (bdir, adir) = (pki.issue("ns/default/sa/db"), pki.issue(SERVICE_A));
+    let pol = pki.policy(&format!(
+        "[[rule]]\nname = \"a\"\nfrom = [\"{}\"]\n",
+        id(SERVICE_A)
+    ));
+    let extra = "mode = \"tcp\"\n[limits]\nmax_connections = 1\n";
+    let b = pki
+        .start_inbound(
+            "db",
+            &identity_section(&bdir, None),
+            start_app().await,
+            &pol,
+            extra,
+        )
+        .await;
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(b.inbound.unwrap())
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("db").unwrap();
+        tokio_rustls::TlsConnector::from(raw_client_config(Some(&adir)))
+            .connect(name, tcp)
+            .await
+    };
+    // The bytes reach the app (an HTTP echo, here just something that answers): admitted.
+    let mut held = connect().await.expect("the first connection is served");
+    held.write_all(b"GET /x HTTP/1.1\r\nHost: db\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), held.read_exact(&mut head))
+        .await
+        .expect("the app answers through the sidecar")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(
+        connect().await.is_err(),
+        "a second connection got a handshake"
+    );
 }

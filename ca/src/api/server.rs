@@ -38,12 +38,15 @@ pub const MAX_METRICS_CONNECTIONS: usize = 64;
 /// stops, leaving open connections to end with the process.
 const API_LIMITS: ListenerLimits = ListenerLimits {
     max_connections: MAX_API_CONNECTIONS,
+    // Shed past the limit, no readable refusal: its clients are sidecars, which retry anyway.
+    overflow: 0,
     drain: Duration::ZERO,
 };
 
 /// The metrics listener's limits; no drain, as for the API.
 const METRICS_LIMITS: ListenerLimits = ListenerLimits {
     max_connections: MAX_METRICS_CONNECTIONS,
+    overflow: 0,
     drain: Duration::ZERO,
 };
 
@@ -93,11 +96,17 @@ pub async fn run(
         server_cert,
     });
     let publisher = tokio::spawn(watcher::watch_database(state.clone(), refresh));
-    tether_net::serve("ca-api", listener, API_LIMITS, shutdown, |tcp, _, drain| {
-        // See API_LIMITS: shutdown does not wait for this connection.
-        drop(drain);
-        serve_tls(acceptor.clone(), state.clone(), tcp)
-    })
+    tether_net::serve(
+        "ca-api",
+        listener,
+        API_LIMITS,
+        shutdown,
+        |tcp, _, drain, _| {
+            // See API_LIMITS: shutdown does not wait for this connection.
+            drop(drain);
+            serve_tls(acceptor.clone(), state.clone(), tcp)
+        },
+    )
     .await;
     publisher.abort();
     Ok(())
@@ -141,7 +150,7 @@ pub async fn run_metrics(
         listener,
         METRICS_LIMITS,
         shutdown,
-        |tcp, _, drain| {
+        |tcp, _, drain, _| {
             // See METRICS_LIMITS: shutdown does not wait for this connection.
             drop(drain);
             let registry = registry.clone();

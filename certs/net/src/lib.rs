@@ -2,14 +2,16 @@
 //! CA behaves the same under load and at shutdown.
 //!
 //! # Layout
-//! - [`serve`]: the one accept loop — a connection limit that sheds instead of queueing, a
-//!   back-off on accept errors, a tracing span per connection, and a graceful drain.
+//! - [`serve`]: the one accept loop — a connection limit that sheds instead of queueing (with
+//!   an optional overflow band of connections handed over only to be refused readably,
+//!   [`Admission`]), a back-off on accept errors, a tracing span per connection, and a graceful
+//!   drain.
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM.
 //! - [`init_logging`]: the process log both binaries write, filtered by `TETHER_LOG`.
 
 mod accept;
 
-pub use accept::{serve, ListenerLimits};
+pub use accept::{serve, Admission, ListenerLimits};
 pub use hyper_util::server::graceful::Watcher;
 
 /// Sends the process's log to stderr, filtered by the `TETHER_LOG` environment variable

@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header;
 use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -16,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::AppProtocol;
-use crate::error::{Error, Hop, RespBody};
+use crate::error::{grpc_content_type, Error, Hop, RespBody};
 use crate::forward::{self, Upgrade};
 use crate::pool::{self, Conn};
 
@@ -29,11 +28,7 @@ pub(super) async fn forward(
     mut req: Request<AppBody>,
 ) -> Result<Response<RespBody>, Error> {
     // gRPC only exists over HTTP/2, so it goes to the app as h2c whatever the setting's default.
-    let is_grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+    let is_grpc = grpc_content_type(req.headers()).is_some();
     let use_h2c = match inbound.app_protocol {
         AppProtocol::H2c => true,
         AppProtocol::Http1 => false,

@@ -24,13 +24,15 @@ use http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tether_net::Admission;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{AppProtocol, Inbound as InboundConfig, Limits, Mode};
+use crate::error::Dialect;
 use crate::forward::{self, Upgrade};
 use crate::identity::IdentityStore;
 use crate::metrics::{Direction, Metrics};
-use crate::policy::PolicyHandle;
+use crate::policy::{PathParams, PolicyHandle};
 use crate::pool::{Held, OpenGuard};
 use crate::revocation::RevocationCache;
 use crate::tls::{self, HandshakeResult, PeerCert};
@@ -50,6 +52,8 @@ pub struct Inbound {
     app_authority: Authority,
     mode: Mode,
     app_protocol: AppProtocol,
+    /// How `;` path parameters are read before the policy sees the path.
+    path_params: PathParams,
     http1: Client<HttpConnector, AppBody>,
     h2c: Client<HttpConnector, AppBody>,
     /// HTTP connections from peers open now ([`crate::pool::DEDICATED_UP_TO`]).
@@ -85,6 +89,7 @@ impl Inbound {
             app_authority,
             mode: config.mode,
             app_protocol: config.app_protocol,
+            path_params: config.path_params,
             http1,
             h2c,
             open_http: Arc::default(),
@@ -108,20 +113,43 @@ struct AppConn {
     upgrade: Upgrade,
 }
 
-/// Serves the inbound listener until `shutdown` resolves, then drains.
+/// Serves the inbound listener until `shutdown` resolves, then drains. An HTTP connection past
+/// the limit, in the overflow band, is refused readably ([`refuse`]); in TCP mode there is no
+/// band, and such a connection is closed at once.
 pub async fn run(listener: TcpListener, inbound: Arc<Inbound>, shutdown: impl Future<Output = ()>) {
-    let limits = forward::listener_limits(&inbound.limits);
+    let limits = match inbound.mode {
+        Mode::Tcp => forward::tcp_listener_limits(&inbound.limits),
+        Mode::Http => forward::listener_limits(&inbound.limits),
+    };
     tether_net::serve(
         "inbound",
         listener,
         limits,
         shutdown,
-        move |tcp, _, watcher| {
+        move |tcp, _, watcher, admission| {
             let inbound = inbound.clone();
-            async move { connection(inbound, tcp, watcher).await }
+            async move {
+                match admission {
+                    Admission::Admitted => connection(inbound, tcp, watcher).await,
+                    Admission::OverLimit => refuse(&inbound, tcp).await,
+                }
+            }
         },
     )
     .await;
+}
+
+/// A connection past the limit: the same mTLS handshake as any (an unauthenticated caller gets
+/// nothing more than always), then only refusals, counted as the caller's `503`s and not as an
+/// open connection ([`forward::refuse`]).
+async fn refuse(inbound: &Inbound, tcp: TcpStream) {
+    let accept = async {
+        let (tls, peer) = handshake(inbound, tcp).await?;
+        let id = peer.cert.id.as_str();
+        let refused = inbound.metrics.requests_for(Direction::Inbound, id, "503");
+        Some((tls, refused))
+    };
+    forward::refuse(&inbound.limits, accept).await;
 }
 
 /// Verifies the peer of one connection, then serves its requests (or its bytes, in TCP mode)
@@ -150,9 +178,12 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
         upgrade: Upgrade::default(),
     });
     let upgrade = app_conn.upgrade.clone();
-    let handle = move |req| {
+    let handle = move |req: http::Request<hyper::body::Incoming>| {
         let (inbound, peer, app_conn) = (svc_inbound.clone(), peer.clone(), app_conn.clone());
-        async move { request::handle(&inbound, &peer, &app_conn, req).await }
+        // Read before the request is forwarded; a refusal is counted by its HTTP status, then
+        // spelled the way the caller's protocol reads it.
+        let dialect = Dialect::of(req.headers());
+        async move { dialect.answer(request::handle(&inbound, &peer, &app_conn, req).await) }
     };
     // An upgraded stream runs inside `serve`, under the same revocation watch.
     let serve = forward::serve_http(&inbound.limits, tls, watcher, &upgrade, handle);

@@ -32,10 +32,11 @@ use std::time::Instant;
 use ::http::header;
 use ::http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tether_net::Admission;
 use tokio::net::TcpListener;
 
 use crate::config::{Limits, Service};
-use crate::error::{Error, RespBody};
+use crate::error::{Dialect, Error, RespBody};
 use crate::forward::{self, Upgrade};
 use crate::identity::{Credentials, IdentityStore};
 use crate::metrics::{Direction, Metrics};
@@ -104,7 +105,8 @@ impl Outbound {
     }
 }
 
-/// Serves the HTTP outbound listener until `shutdown` resolves, then drains.
+/// Serves the HTTP outbound listener until `shutdown` resolves, then drains. A connection past
+/// the limit, in the overflow band, is refused readably ([`forward::refuse`]).
 pub async fn run(
     listener: TcpListener,
     outbound: Arc<Outbound>,
@@ -116,9 +118,17 @@ pub async fn run(
         listener,
         limits,
         shutdown,
-        move |tcp, _, watcher| {
+        move |tcp, _, watcher, admission| {
             let outbound = outbound.clone();
             async move {
+                if admission == Admission::OverLimit {
+                    // No route is resolved for a refusal: counted under no peer.
+                    let refused = outbound
+                        .metrics
+                        .requests_for(Direction::Outbound, "", "503");
+                    let accept = std::future::ready(Some((tcp, refused)));
+                    return forward::refuse(&outbound.limits, accept).await;
+                }
                 let _open = outbound.metrics.open_connection(Direction::Outbound);
                 let svc_out = outbound.clone();
                 let app = Arc::new(AppConn {
@@ -146,13 +156,16 @@ struct AppConn {
     upgrade: Upgrade,
 }
 
-/// One request from the app: routed, forwarded, and counted; errors become responses here.
+/// One request from the app: routed, forwarded, and counted; errors become responses here, in
+/// the request's dialect (counted by their HTTP status, whatever a gRPC client reads).
 async fn request(
     outbound: &Outbound,
     app: &AppConn,
     mut req: Request<Incoming>,
 ) -> Response<RespBody> {
     let started = Instant::now();
+    // Read now: forwarding consumes the request, and a timeout comes after that.
+    let dialect = Dialect::of(req.headers());
     let (resp, route) = match outbound.routes.resolve(&mut req) {
         Ok(route) => {
             let result = forward(outbound, route, app, req).await;
@@ -172,7 +185,7 @@ async fn request(
         }
     }
     outbound.seconds.observe(started.elapsed().as_secs_f64());
-    resp
+    dialect.answer(resp)
 }
 
 /// Forwards a request to `route`'s peer over the connection its protocol calls for.

@@ -19,13 +19,14 @@ pub async fn run_tcp(
     route: Arc<Route>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limits = forward::listener_limits(&outbound.limits);
+    // No HTTP to answer a connection past the limit with: it is closed at once.
+    let limits = forward::tcp_listener_limits(&outbound.limits);
     tether_net::serve(
         "outbound-tcp",
         listener,
         limits,
         shutdown,
-        move |tcp, _, _| {
+        move |tcp, _, _, _| {
             let outbound = outbound.clone();
             let route = route.clone();
             async move { carry(&outbound, &route, tcp).await }

@@ -51,25 +51,7 @@ impl Pki {
     }
 
     pub fn with_domain(td: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("ca");
-        tether_ca::Authority::init(
-            &state,
-            &tether_ca::InitOptions {
-                trust_domain: tether_certs::TrustDomain::new(td).unwrap(),
-                root_ttl: Duration::from_secs(86400 * 30),
-                intermediate_ttl: Duration::from_secs(86400 * 10),
-                extra_sans: vec![],
-                settings: tether_ca::Settings {
-                    default_ttl: Duration::from_secs(3600),
-                    max_ttl: Duration::from_secs(86400),
-                    crl_validity: Duration::from_secs(86400),
-                },
-            },
-        )
-        .unwrap();
-        let ca = tether_ca::Authority::open(&state).unwrap();
-        Pki { dir, ca }
+        Self::with_crl_validity(td, Duration::from_secs(86400))
     }
 
     /// Issues `spiffe://<td>/<path>` into a fresh directory and returns it.
@@ -580,4 +562,117 @@ pub async fn raw_to_inbound(pki: &Pki, b: &Sidecar, head: &str, body: &str) -> (
         .await
         .unwrap();
     raw_exchange(tls, head, body).await
+}
+
+impl Pki {
+    /// A CA for `td` whose CRLs are valid for `crl_validity` (it re-signs at half of it), so a
+    /// test can let a sidecar's CRL go stale in seconds.
+    pub fn with_crl_validity(td: &str, crl_validity: Duration) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("ca");
+        tether_ca::Authority::init(
+            &state,
+            &tether_ca::InitOptions {
+                trust_domain: tether_certs::TrustDomain::new(td).unwrap(),
+                root_ttl: Duration::from_secs(86400 * 30),
+                intermediate_ttl: Duration::from_secs(86400 * 10),
+                extra_sans: vec![],
+                settings: tether_ca::Settings {
+                    default_ttl: Duration::from_secs(3600),
+                    max_ttl: Duration::from_secs(86400),
+                    crl_validity,
+                },
+            },
+        )
+        .unwrap();
+        let ca = tether_ca::Authority::open(&state).unwrap();
+        Pki { dir, ca }
+    }
+
+    /// Writes (atomically, so a watching sidecar never reads half of it) an empty CRL numbered
+    /// `number`, signed by the real intermediate, with thisUpdate and nextUpdate at these offsets
+    /// from now, to `name` in the temp dir; returns its path.
+    pub fn write_crl(
+        &self,
+        name: &str,
+        number: u64,
+        this_update_in: time::Duration,
+        next_update_in: time::Duration,
+    ) -> PathBuf {
+        let now = time::OffsetDateTime::now_utc();
+        let der = tether_certs::crl::build(
+            &self.intermediate(),
+            number,
+            now + this_update_in,
+            now + next_update_in,
+            &[],
+        )
+        .unwrap();
+        let p = self.dir.path().join(name);
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, tether_certs::pem::encode("X509 CRL", &der)).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p
+    }
+}
+
+impl Sidecar {
+    /// `GET /identity`, parsed.
+    pub async fn identity(&self) -> serde_json::Value {
+        let (_, body) = get(self.admin.unwrap(), "admin", "/identity", &[]).await;
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Whether `GET /ready` answers 200.
+    pub async fn is_ready(&self) -> bool {
+        get(self.admin.unwrap(), "admin", "/ready", &[]).await.0 == StatusCode::OK
+    }
+
+    /// The sum of the samples of `name` with `labels`, as `GET /metrics` serves them over HTTP
+    /// (not read from the registry behind the listener's back).
+    pub async fn scraped(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = get(self.admin.unwrap(), "admin", "/metrics", &[]).await;
+        tether_testkit::metrics::sum(&text, name, labels)
+    }
+}
+
+/// service-b's inbound sidecar in file mode (a fresh certificate, allow-all policy, admin
+/// listener) reading the CRL file `crl` with a 1 s grace, and any more `[identity]` keys in
+/// `extra`.
+pub async fn start_file_mode_b(pki: &Pki, crl: &Path, extra: &str) -> Sidecar {
+    let app = start_app().await;
+    let bdir = pki.issue(SERVICE_B);
+    let credentials = format!(
+        "{}crl_grace = \"1s\"\n{extra}",
+        identity_section(&bdir, Some(crl))
+    );
+    let pol = pki.policy("[[rule]]\nname = \"all\"\nfrom = [\"spiffe://demo.tether/*\"]\n");
+    pki.start_inbound("b", &credentials, app, &pol, ADMIN_SECTION)
+        .await
+}
+
+/// [`start_app`], also recording the target (path and query) of every request it receives, so
+/// a test can show what never reached the app.
+pub async fn start_recording_app() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let target = req.uri().path_and_query().map(|p| p.to_string());
+                    let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
+                    seen.push(target.unwrap_or_default());
+                    app(req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
 }
