@@ -9,7 +9,6 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// The Host the app saw, from the echo app's JSON.
 fn app_host(body: &str) -> String {
@@ -56,14 +55,7 @@ async fn the_absolute_target_decides_and_the_app_sees_that_authority() {
 #[tokio::test]
 async fn over_http2_authority_decides_and_a_conflicting_host_is_rewritten() {
     let (_pki, _b, a, _) = file_pair(DATA_POLICY, "").await;
-    let tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c(a.outbound.unwrap()).await;
     let req = http::Request::builder()
         .uri("http://service-b/data")
         .header("host", "evil.example")

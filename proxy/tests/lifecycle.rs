@@ -379,6 +379,17 @@ fn hang_up_on(
     (task, stop, attempts)
 }
 
+/// Waits until `b` holds a CRL from its CA.
+async fn wait_for_crl(b: &Sidecar) {
+    assert!(
+        tether_testkit::wait::eventually(Duration::from_secs(5), || async {
+            crl_number(b).await.is_some()
+        })
+        .await,
+        "no CRL from the CA within 5 s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_again_within_seconds_of_the_ca_returning_after_a_stale_outage() {
     // CRLs valid 8 s and a 1 s grace: a CA outage makes the CRL stale within ~9 s.
@@ -388,12 +399,7 @@ async fn ready_again_within_seconds_of_the_ca_returning_after_a_stale_outage() {
     let tb = token(&pki, SERVICE_B);
     let b = inbound_b_with_short_grace(&pki, &ca, app, Some(&tb)).await;
     wait_ready(&b).await;
-    assert!(
-        tether_testkit::wait::eventually(Duration::from_secs(5), || async {
-            crl_number(&b).await.is_some()
-        })
-        .await
-    );
+    wait_for_crl(&b).await;
     let port = ca.port();
     ca.stop().await;
     let down = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -440,12 +446,7 @@ async fn a_cached_crl_numbered_past_the_ca_cannot_wedge_the_sidecar() {
     let tb = token(&pki, SERVICE_B);
     let b = inbound_b_with_short_grace(&pki, &ca, app, Some(&tb)).await;
     wait_ready(&b).await;
-    assert!(
-        tether_testkit::wait::eventually(Duration::from_secs(5), || async {
-            crl_number(&b).await.is_some()
-        })
-        .await
-    );
+    wait_for_crl(&b).await;
     let theirs = crl_number(&b).await;
     b.stop().await.unwrap();
     let cached = pki.dir.path().join("state-b/crl.pem");

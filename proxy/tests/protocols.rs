@@ -11,7 +11,6 @@ use bytes::Bytes;
 use common::*;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICY: &str = r#"
@@ -24,16 +23,6 @@ paths = ["/data", "/data/*", "/grpc/*", "/ws"]
 async fn pair(policy: &str) -> (Pki, Sidecar, Sidecar) {
     let (pki, b, a, _) = file_pair(policy, "").await;
     (pki, b, a)
-}
-
-async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
 }
 
 #[tokio::test]

@@ -69,14 +69,7 @@ async fn rpc_out(a: &Sidecar, service: &str, path: &'static str) -> Result<Bytes
 /// [`rpc`] straight to `b`'s inbound over mTLS, as the workload whose credentials are in `dir`.
 async fn rpc_in(b: &Sidecar, dir: &Path, path: &'static str) -> Result<Bytes, Status> {
     let config = tether_testkit::tls::accept_any_client(Some(credential(dir)), b"h2");
-    let tcp = tokio::net::TcpStream::connect(b.inbound.unwrap())
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("service-b").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(b.inbound.unwrap(), config).await.unwrap();
     rpc(tls, "https://service-b", path).await
 }
 
@@ -155,14 +148,7 @@ async fn a_grpc_call_that_times_out_is_deadline_exceeded_at_either_hop() {
 #[tokio::test]
 async fn the_grpc_refusal_is_one_headers_frame_that_ends_the_stream() {
     let m = mesh("", "").await;
-    let tcp = tokio::net::TcpStream::connect(m.a.outbound.unwrap())
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c(m.a.outbound.unwrap()).await;
     let req = http::Request::post("http://nope/pkg.Svc/Call")
         .header("content-type", "application/grpc+proto")
         .header("te", "trailers")

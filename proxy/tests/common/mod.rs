@@ -553,14 +553,7 @@ pub async fn raw_to_outbound(a: &Sidecar, head: &str, body: &str) -> (u16, Strin
 pub async fn raw_to_inbound(pki: &Pki, b: &Sidecar, head: &str, body: &str) -> (u16, String) {
     let a_dir = pki.issue(SERVICE_A);
     let config = raw_client_config(Some(&a_dir));
-    let tcp = tokio::net::TcpStream::connect(b.inbound.unwrap())
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("service-b").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(b.inbound.unwrap(), config).await.unwrap();
     raw_exchange(tls, head, body).await
 }
 
@@ -675,4 +668,29 @@ pub async fn start_recording_app() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Stri
         }
     });
     (addr, seen)
+}
+
+/// A plaintext HTTP/2 (h2c, prior knowledge) connection to `addr`, as an app speaks to its
+/// outbound; the connection task runs in the background.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A TLS connection to `addr` with `config` (the test clients accept any server certificate,
+/// so the name is only for SNI).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("service-b").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }

@@ -41,12 +41,7 @@ async fn tls_to_inbound(
     b: &Sidecar,
     dir: &Path,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(b.inbound.unwrap())
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("service-b").unwrap();
-    tokio_rustls::TlsConnector::from(raw_client_config(Some(dir)))
-        .connect(name, tcp)
+    tls_connect(b.inbound.unwrap(), raw_client_config(Some(dir)))
         .await
         .unwrap()
 }
