@@ -33,6 +33,9 @@ mod ca_client;
 pub mod config;
 mod error;
 mod forward;
+/// Entry points for fuzz/, not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod inbound;
 mod lifecycle;
