@@ -82,7 +82,7 @@ impl Upgrade {
 /// upgraded. Both listeners' connections end here, so an upgraded stream always stays inside
 /// its connection's task.
 pub async fn serve_http<I, F, Fut>(
-    limits: &Limits,
+    server: &HttpServer,
     io: I,
     watcher: tether_net::Watcher,
     upgrade: &Upgrade,
@@ -97,7 +97,8 @@ pub async fn serve_http<I, F, Fut>(
         async move { Ok::<_, std::convert::Infallible>(answer.await) }
     });
     let closing = linger::Closing::default();
-    let conn = server_builder(limits)
+    let conn = server
+        .0
         .serve_connection_with_upgrades(TokioIo::new(closing.wrap(io)), svc)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
@@ -107,7 +108,17 @@ pub async fn serve_http<I, F, Fut>(
     upgrade.run().await;
 }
 
-/// The HTTP/1.1 + HTTP/2 server builder with our limits applied.
+/// The HTTP/1.1 + HTTP/2 server settings of one listener, with our limits applied: built once
+/// when the listener starts, not per connection.
+pub struct HttpServer(hyper_util::server::conn::auto::Builder<TokioExecutor>);
+
+impl HttpServer {
+    /// The server settings for `limits` (`[limits]`).
+    pub fn new(limits: &Limits) -> Self {
+        HttpServer(server_builder(limits))
+    }
+}
+
 fn server_builder(limits: &Limits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()

@@ -16,10 +16,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
-use crate::config::Limits;
 use crate::error::{Dialect, Error, RespBody};
 
-use super::{linger, server_builder};
+use super::{linger, HttpServer};
 
 /// The longest an over-limit connection lives, from accept to close, the inbound's mTLS
 /// handshake included: ample for a handshake and one request on a loaded host, and short, so
@@ -47,7 +46,7 @@ pub fn band(max_connections: usize) -> usize {
 /// answer: with `Connection: close` on HTTP/1.1, and with GOAWAY on HTTP/2 (a stream already
 /// open is still answered). After [`REFUSE_WITHIN`] it is closed whatever its state.
 pub async fn refuse<I>(
-    limits: &Limits,
+    server: &HttpServer,
     accept: impl Future<Output = Option<(I, prometheus::IntCounter)>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -66,8 +65,9 @@ pub async fn refuse<I>(
             std::future::ready(Ok::<_, Infallible>(answer(&req)))
         });
         let closing = linger::Closing::default();
-        let builder = server_builder(limits);
-        let conn = builder.serve_connection(TokioIo::new(closing.wrap(io)), svc);
+        let conn = server
+            .0
+            .serve_connection(TokioIo::new(closing.wrap(io)), svc);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}

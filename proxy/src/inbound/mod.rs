@@ -45,6 +45,8 @@ pub struct Inbound {
     policy: Arc<PolicyHandle>,
     metrics: Metrics,
     limits: Limits,
+    /// HTTP server settings, built once from `limits`.
+    http: forward::HttpServer,
     revocation: Arc<RevocationCache>,
     /// `tether_request_duration_seconds{direction="inbound"}`, resolved once.
     seconds: prometheus::Histogram,
@@ -83,6 +85,7 @@ impl Inbound {
             policy,
             seconds: metrics.latency(Direction::Inbound),
             metrics,
+            http: forward::HttpServer::new(&limits),
             limits,
             revocation,
             app: config.app,
@@ -149,7 +152,7 @@ async fn refuse(inbound: &Inbound, tcp: TcpStream) {
         let refused = inbound.metrics.requests_for(Direction::Inbound, id, "503");
         Some((tls, refused))
     };
-    forward::refuse(&inbound.limits, accept).await;
+    forward::refuse(&inbound.http, accept).await;
 }
 
 /// Verifies the peer of one connection, then serves its requests (or its bytes, in TCP mode)
@@ -186,7 +189,7 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
         async move { dialect.answer(request::handle(&inbound, &peer, &app_conn, req).await) }
     };
     // An upgraded stream runs inside `serve`, under the same revocation watch.
-    let serve = forward::serve_http(&inbound.limits, tls, watcher, &upgrade, handle);
+    let serve = forward::serve_http(&inbound.http, tls, watcher, &upgrade, handle);
     tokio::select! {
         _ = serve => {}
         _ = live.revoked() => tracing::info!("closed connection of revoked peer {peer_id}"),

@@ -55,6 +55,8 @@ pub struct Outbound {
     routes: Routes,
     metrics: Metrics,
     limits: Limits,
+    /// HTTP server settings, built once from `limits`.
+    http: forward::HttpServer,
     revocation: Arc<RevocationCache>,
     /// `tether_request_duration_seconds{direction="outbound"}`, resolved once.
     seconds: prometheus::Histogram,
@@ -77,6 +79,7 @@ impl Outbound {
             identity,
             seconds: metrics.latency(Direction::Outbound),
             metrics,
+            http: forward::HttpServer::new(&limits),
             limits,
             open_app_connections: Arc::default(),
         })
@@ -127,7 +130,7 @@ pub async fn run(
                         .metrics
                         .requests_for(Direction::Outbound, "", "503");
                     let accept = std::future::ready(Some((tcp, refused)));
-                    return forward::refuse(&outbound.limits, accept).await;
+                    return forward::refuse(&outbound.http, accept).await;
                 }
                 let _open = outbound.metrics.open_connection(Direction::Outbound);
                 let svc_out = outbound.clone();
@@ -141,7 +144,7 @@ pub async fn run(
                     async move { request(&outbound, &app, req).await }
                 };
                 // An upgraded stream runs inside, still counted as this connection.
-                forward::serve_http(&outbound.limits, tcp, watcher, &upgrade, handle).await;
+                forward::serve_http(&outbound.http, tcp, watcher, &upgrade, handle).await;
             }
         },
     )
