@@ -160,8 +160,17 @@ pub async fn exchange<E: std::fmt::Display>(
     timeout: Duration,
     send: impl Future<Output = Result<Response<Incoming>, E>>,
 ) -> Result<Response<RespBody>, Error> {
+    within(hop, timeout, send).await.map(finish)
+}
+
+/// The upstream's response head within `timeout`; a failure or a timeout is `hop`'s.
+async fn within<E: std::fmt::Display>(
+    hop: Hop,
+    timeout: Duration,
+    send: impl Future<Output = Result<Response<Incoming>, E>>,
+) -> Result<Response<Incoming>, Error> {
     match tokio::time::timeout(timeout, send).await {
-        Ok(Ok(resp)) => Ok(finish(resp)),
+        Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(Error::failed(hop, e)),
         Err(_) => Err(Error::Timeout(hop)),
     }
@@ -184,15 +193,10 @@ pub async fn exchange_upgrade<E: std::fmt::Display>(
     until: impl Future<Output = ()> + Send + 'static,
     send: impl Future<Output = Result<Response<Incoming>, E>>,
 ) -> Result<Response<RespBody>, Error> {
-    match tokio::time::timeout(timeout, send).await {
-        Ok(Ok(mut resp)) => {
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let upstream = hyper::upgrade::on(&mut resp);
-                upgrade.attach(downstream, upstream, until);
-            }
-            Ok(resp.map(Either::Left))
-        }
-        Ok(Err(e)) => Err(Error::failed(hop, e)),
-        Err(_) => Err(Error::Timeout(hop)),
+    let mut resp = within(hop, timeout, send).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut resp);
+        upgrade.attach(downstream, upstream, until);
     }
+    Ok(resp.map(Either::Left))
 }
