@@ -20,6 +20,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `serve` has started the JSON log by now: its last line is JSON too.
+        Err(e)
+            if matches!(cli.command, Command::Serve { .. })
+                && cli.log_format == tether_net::LogFormat::Json =>
+        {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("tether-ca: {e:#}");
             ExitCode::FAILURE
@@ -32,7 +40,7 @@ fn serve(
     listen: std::net::SocketAddr,
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
-    tether_net::init_logging();
+    tether_net::init_logging(cli.log_format);
     let authority = Arc::new(tether_ca::Authority::open(&cli.state_dir)?);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
@@ -50,13 +58,13 @@ fn serve(
                 tether_net::shutdown_signal(),
             ));
         }
-        eprintln!(
+        tracing::info!(
             "tether-ca serving trust domain {} on https://{}",
             authority.trust_domain(),
             listener.local_addr()?
         );
         tether_ca::api::run(listener, authority, registry, tether_net::shutdown_signal()).await?;
-        eprintln!("tether-ca stopped");
+        tracing::info!("tether-ca stopped");
         Ok(())
     })
 }

@@ -49,6 +49,9 @@ struct RunArgs {
     /// The TOML config file.
     #[arg(long, env = "TETHER_PROXY_CONFIG")]
     config: PathBuf,
+    /// How the process log is written: "text" (the default) or "json", one object per line.
+    #[arg(long, env = "TETHER_LOG_FORMAT", default_value_t = tether_net::LogFormat::Text)]
+    log_format: tether_net::LogFormat,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -106,7 +109,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tether_net::init_logging();
+    tether_net::init_logging(args.log_format);
     if let IdentitySource::Ca(ca) = &cfg.identity {
         if !ca.has_enrollment_token() {
             // Not fatal: a cached certificate in state_dir is enough to start. Logged here, not
@@ -121,6 +124,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = args.log_format == tether_net::LogFormat::Json;
     let result = rt.block_on(async move {
         let listeners = tether_proxy::Listeners::bind(&cfg).await?;
         tracing::info!(
@@ -136,17 +140,20 @@ fn run(args: RunArgs) -> ExitCode {
         })
         .await
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ tether_proxy::StartError::Bind(..))
-        | Err(e @ tether_proxy::StartError::Metrics(_)) => {
-            eprintln!("tether-proxy: {e}");
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    // The log has started: under `--log-format json` the last line is JSON too.
+    if json {
+        tracing::error!("{e}");
+    } else {
+        eprintln!("tether-proxy: {e}");
+    }
+    match e {
+        tether_proxy::StartError::Bind(..) | tether_proxy::StartError::Metrics(_) => {
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("tether-proxy: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
+        _ => ExitCode::from(EXIT_CONFIG),
     }
 }
 

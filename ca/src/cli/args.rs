@@ -28,6 +28,9 @@ pub struct Cli {
         default_value = ".tether/ca"
     )]
     pub state_dir: PathBuf,
+    /// How `serve` writes its log: "text" (the default) or "json", one object per line.
+    #[arg(long, global = true, env = "TETHER_LOG_FORMAT", default_value_t = tether_net::LogFormat::Text)]
+    pub log_format: tether_net::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -8,8 +8,8 @@
 //! bare transport failure. Past the band they are closed at once. The warning that the limit
 //! was reached is logged for the first such connection and then at most once a second, with a
 //! count, so a flood does not turn into a log flood. Each connection runs in its own task inside
-//! a `conn` span naming the listener and the peer address, so every log line of a connection can
-//! be told apart. After shutdown, HTTP connections registered with their [`Watcher`] are asked
+//! a `conn` span naming the listener, the peer address and (once verified) the caller's identity,
+//! so every log line of a connection can be told apart. After shutdown, HTTP connections registered with their [`Watcher`] are asked
 //! to finish what is in flight, and every connection task — HTTP, an upgraded stream, a TCP
 //! splice — gets the drain time to end; whatever is still running then is closed (its task is
 //! aborted), so no connection outlives the listener's drain.
@@ -94,7 +94,15 @@ pub async fn serve<F, Fut>(
         };
         let _ = tcp.set_nodelay(true);
         let over_limit = admission == Admission::OverLimit;
-        let span = tracing::debug_span!("conn", listener = name, %peer, over_limit);
+        // At info, so the default log level's lines carry it; `identity` is the caller's SPIFFE
+        // ID, recorded by the handler once its handshake has verified one.
+        let span = tracing::info_span!(
+            "conn",
+            listener = name,
+            %peer,
+            over_limit,
+            identity = tracing::field::Empty
+        );
         let fut = handle(tcp, peer, graceful.watcher(), admission);
         tasks.spawn(
             async move {
