@@ -221,6 +221,13 @@ p99 = ratio_to_best("ka1", "tether", "p99_ms", False)
 ok1 = None if r1 is None or p99 is None else (r1 >= 1.3 and p99 <= 1.0)
 target_line("keep-alive 1 connection ≥ 1.3× the best peer, p99 no worse", ok1,
             f"{x(r1)} {best_name('ka1', 'rps')} req/s; p99 {x(p99)} of the best peer's ({best_name('ka1', 'p99_ms', False)})")
+rl = per_round_ratio("ka32_log", "tether-log", "rps", "tether")
+target_line("access log on at both sidecars costs ≤ 10 % at 32 connections (ka32_log)",
+            None if rl is None else rl >= 0.9,
+            f"{x(rl)} the req/s of the same pair with it off "
+            f"({cell('ka32_log', 'tether-log', 'rps')} vs {cell('ka32_log', 'tether', 'rps')} req/s; "
+            f"CPU/request out+in {cell('ka32_log', 'tether-log', 'cpu_out_us')} + {cell('ka32_log', 'tether-log', 'cpu_in_us')} µs "
+            f"vs {cell('ka32_log', 'tether', 'cpu_out_us')} + {cell('ka32_log', 'tether', 'cpu_in_us')} µs)")
 rn = ratio_to_best("newconn_inbound", "tether", "rps")
 rc = ratio_to_best("newconn_inbound", "tether", "cpu_in_us", False)
 target_line("new connection per request ≥ 2× the best peer (measured at the inbound, see ¹)",

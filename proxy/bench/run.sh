@@ -13,8 +13,8 @@
 # run), BENCH_PORT_BASE (28000: every port used is BASE + a fixed offset, on 127.0.0.1 only;
 # the reference configs used 18000),
 # SKIP_BUILD=1 (use the binaries already built: target/dist for Tether, target/release for the
-# bench clients), WORKLOADS (all of: ka32 ka1 newconn_pair newconn_inbound handshake_inbound
-# hold ca; a subset is for quick iteration).
+# bench clients), WORKLOADS (all of: ka32 ka32_log ka1 newconn_pair newconn_inbound
+# handshake_inbound hold ca; a subset is for quick iteration).
 #
 # What runs (all on 127.0.0.1, every process started here is stopped by PID on every exit path):
 #   upstream   nginx `return 200 "ok"` (proxy/bench/peers/nginx-upstream.conf), or, without
@@ -24,6 +24,8 @@
 #              default `peer_protocol = "auto"`: an HTTP/1.1 connection held per client
 #              connection while at most 16 are open, one shared HTTP/2 connection beyond
 #   tether-http1, tether-h2   the same outbound with `peer_protocol` forced to one of the two
+#   tether-log the default pair with `[access_log]` on at both sidecars (workload ka32_log only,
+#              against `tether` in the same round: what the access log costs)
 #   nginx      wrk → nginx outbound → mTLS (HTTP/1.1 keep-alive pool) → nginx inbound → upstream
 #   haproxy    wrk → haproxy outbound → mTLS (pooled) → haproxy inbound → upstream
 # Each proxy runs one worker/thread (Tether: `workers = 1`).
@@ -51,7 +53,7 @@ HOLD_CONNS=${HOLD_CONNS:-1000}
 CA_COUNT=${CA_COUNT:-4000}
 BASE=${BENCH_PORT_BASE:-28000}
 SKIP_BUILD=${SKIP_BUILD:-0}
-WORKLOADS=" ${WORKLOADS:-ka32 ka1 newconn_pair newconn_inbound handshake_inbound hold ca} "
+WORKLOADS=" ${WORKLOADS:-ka32 ka32_log ka1 newconn_pair newconn_inbound handshake_inbound hold ca} "
 want() { [[ "$WORKLOADS" == *" $1 "* ]]; }
 
 # Ports: the reference configs' numbers (18001, 18443, …) when BASE=18000.
@@ -59,6 +61,7 @@ P_UPSTREAM=$((BASE + 80))
 P_NGINX_OUT=$((BASE + 1)) P_NGINX_FULLHS=$((BASE + 11)) P_NGINX_RESUME=$((BASE + 21)) P_NGINX_IN=$((BASE + 443))
 P_HAPROXY_OUT=$((BASE + 2)) P_HAPROXY_FULLHS=$((BASE + 12)) P_HAPROXY_RESUME=$((BASE + 22)) P_HAPROXY_IN=$((BASE + 444))
 P_TETHER_OUT=$((BASE + 3)) P_TETHER_H2_OUT=$((BASE + 4)) P_TETHER_H1_OUT=$((BASE + 5)) P_TETHER_IN=$((BASE + 445))
+P_TETHER_LOG_OUT=$((BASE + 6)) P_TETHER_LOG_IN=$((BASE + 446))
 
 ID_A="spiffe://demo.local/ns/default/sa/service-a"
 ID_B="spiffe://demo.local/ns/default/sa/service-b"
@@ -221,7 +224,8 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((HOLD_CONNS * 3 + 1
 fi
 
 for p in $P_UPSTREAM $P_NGINX_OUT $P_NGINX_FULLHS $P_NGINX_RESUME $P_NGINX_IN $P_HAPROXY_OUT \
-    $P_HAPROXY_FULLHS $P_HAPROXY_RESUME $P_HAPROXY_IN $P_TETHER_OUT $P_TETHER_H2_OUT $P_TETHER_H1_OUT $P_TETHER_IN; do
+    $P_HAPROXY_FULLHS $P_HAPROXY_RESUME $P_HAPROXY_IN $P_TETHER_OUT $P_TETHER_H2_OUT $P_TETHER_H1_OUT $P_TETHER_IN \
+    $P_TETHER_LOG_OUT $P_TETHER_LOG_IN; do
     if port_open "$p"; then
         log "port $p on 127.0.0.1 is already in use; stop what uses it or set BENCH_PORT_BASE"
         exit 1
@@ -329,14 +333,26 @@ fill "$BENCH_DIR/tether-outbound.toml" "$WORK/tether/outbound.toml"
 fill "$BENCH_DIR/tether-outbound-h2.toml" "$WORK/tether/outbound-h2.toml"
 fill "$BENCH_DIR/tether-outbound-http1.toml" "$WORK/tether/outbound-http1.toml"
 cp "$BENCH_DIR/policy.toml" "$WORK/tether/policy.toml"
+# The access-log pair: the default pair's configs on ports of their own, each sidecar logging
+# every request to a file, as an operator who turns the access log on would run it.
+for side in inbound outbound; do
+    sed -e "s/@TETHER_IN@/$P_TETHER_LOG_IN/g" -e "s/@TETHER_OUT@/$P_TETHER_LOG_OUT/g" \
+        "$BENCH_DIR/tether-$side.toml" >"$WORK/tether/$side-log.tmpl"
+    fill "$WORK/tether/$side-log.tmpl" "$WORK/tether/$side-log.toml"
+    printf '\n[access_log]\npath = "%s"\n' "$WORK/tether/access-$side.log" >>"$WORK/tether/$side-log.toml"
+done
 start tether-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound.toml"
 start tether-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound.toml"
 start tether-h2-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-h2.toml"
 start tether-http1-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-http1.toml"
+start tether-log-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound-log.toml"
+start tether-log-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-log.toml"
 wait_port "$P_TETHER_IN" tether-in || exit 1
 wait_port "$P_TETHER_OUT" tether-out || exit 1
 wait_port "$P_TETHER_H2_OUT" tether-h2-out || exit 1
 wait_port "$P_TETHER_H1_OUT" tether-http1-out || exit 1
+wait_port "$P_TETHER_LOG_IN" tether-log-in || exit 1
+wait_port "$P_TETHER_LOG_OUT" tether-log-out || exit 1
 
 if [ "$HAVE_NGINX_PAIR" = 1 ]; then
     start_nginx nginx-in "$BENCH_DIR/peers/nginx-inbound.conf"
@@ -365,18 +381,18 @@ PEERS=()
 [ "$HAVE_NGINX_PAIR" = 1 ] && TARGETS+=(nginx) && PEERS+=(nginx)
 [ "$HAVE_HAPROXY_PAIR" = 1 ] && TARGETS+=(haproxy) && PEERS+=(haproxy)
 declare -A OUT_PORT IN_PORT FULLHS_PORT
-OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_OUT [tether-http1]=$P_TETHER_H1_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
+OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_OUT [tether-http1]=$P_TETHER_H1_OUT [tether-log]=$P_TETHER_LOG_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
 IN_PORT=([tether]=$P_TETHER_IN [nginx]=$P_NGINX_IN [haproxy]=$P_HAPROXY_IN)
 FULLHS_PORT=([nginx]=$P_NGINX_FULLHS [haproxy]=$P_HAPROXY_FULLHS)
-out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
+out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-log) echo "${PID_OF[tether-log-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
 # The Tether variants share the default pair's inbound: its handshakes are measured once.
 own_inbound() { case $1 in direct | tether-h2 | tether-http1) return 1 ;; *) return 0 ;; esac; }
-in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
+in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; tether-log) echo "${PID_OF[tether-log-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
 # The certificate each target's own outbound presents, for the handshake client.
 client_cert() { case $1 in tether) echo "$PKI/service-a/chain.pem $PKI/service-a/key.pem" ;; *) echo "$PKI/client.crt $PKI/client.key" ;; esac; }
 
 # Every path must answer 200 before anything is measured.
-for t in "${TARGETS[@]}"; do
+for t in "${TARGETS[@]}" tether-log; do
     s=$(http_status "${OUT_PORT[$t]}")
     if [ "${s#HTTP/1.1 200}" = "$s" ]; then
         log "$t does not answer 200 through its path (got: ${s:-nothing}); logs in $WORK/logs"
@@ -510,6 +526,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
     if [ "$HAVE_WRK" = 1 ]; then
         want ka32 && for t in $(rotate "$round" "${TARGETS[@]}"); do
             wrk_run "$round" ka32 "$t" "${OUT_PORT[$t]}" "$CONNS"
+        done
+        # The access log's cost: the same pair with and without it, alternating who goes first.
+        want ka32_log && for t in $(rotate "$round" tether tether-log); do
+            wrk_run "$round" ka32_log "$t" "${OUT_PORT[$t]}" "$CONNS"
+            # Hundreds of MB a run: keep the disk out of it (the sidecars append, so truncating
+            # under them is safe).
+            : >"$WORK/tether/access-inbound.log"
+            : >"$WORK/tether/access-outbound.log"
         done
         want ka1 && for t in $(rotate "$round" "${TARGETS[@]}"); do
             wrk_run "$round" ka1 "$t" "${OUT_PORT[$t]}" 1 --latency

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 
 use crate::tls::{HandshakeResult, Refusal};
 
-pub use grpc::{grpc_content_type, Dialect, GrpcStatus};
+pub use grpc::{grpc_content_type, grpc_status_of, Dialect, GrpcStatus};
 
 /// Body of every response the sidecar returns: streamed from upstream, or one of ours.
 pub type RespBody = Either<Incoming, Full<Bytes>>;

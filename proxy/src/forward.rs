@@ -81,7 +81,7 @@ impl Upgrade {
 /// client may still be sending ([`linger`]), or runs the connection's upgraded stream, if it
 /// upgraded. Both listeners' connections end here, so an upgraded stream always stays inside
 /// its connection's task.
-pub async fn serve_http<I, F, Fut>(
+pub async fn serve_http<I, F, Fut, B>(
     server: &HttpServer,
     io: I,
     watcher: tether_net::Watcher,
@@ -90,7 +90,9 @@ pub async fn serve_http<I, F, Fut>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + 'static,
-    Fut: Future<Output = Response<RespBody>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let svc = hyper::service::service_fn(move |req| {
         let answer = handle(req);

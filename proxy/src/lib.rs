@@ -24,10 +24,16 @@
 //! - `error`: the request path's one error type and its one conversion to a response.
 //! - `admin`: `/metrics`, `/live`, `/ready`, `/identity`, `POST /rotate`.
 //! - `metrics`: the Prometheus metrics on an injected registry, with typed labels.
+//! - `observe`: what is recorded of each request: its `x-request-id`, its metrics (count,
+//!   latency by status class, body bytes) and its access-log entry, written when its response
+//!   body has gone.
+//! - `access_log`: the access log's entry and its writer thread (bounded queue, batching,
+//!   reopening after logrotate).
 //!
 //! Every listener runs the accept loop of `tether-net` (connection limit, drain, a tracing span
 //! per connection).
 
+mod access_log;
 mod admin;
 mod ca_client;
 pub mod config;
@@ -40,6 +46,7 @@ mod identity;
 mod inbound;
 mod lifecycle;
 mod metrics;
+mod observe;
 mod outbound;
 pub mod policy;
 mod pool;
@@ -73,6 +80,9 @@ pub enum StartError {
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The access log's file cannot be opened (exit 64); the error names the path.
+    #[error("cannot open the {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// Bound listeners, so tests (and `main`) can bind `127.0.0.1:0` first and learn the ports.
@@ -118,11 +128,13 @@ impl Listeners {
 /// How often the policy file is checked for changes.
 pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// What every listener shares: our credentials, the revocation cache and the metrics.
+/// What every listener shares: our credentials, the revocation cache, the metrics and the
+/// access log.
 struct Core {
     store: identity::IdentityStore,
     cache: Arc<revocation::RevocationCache>,
     metrics: metrics::Metrics,
+    log: observe::Log,
     /// Forces a renewal now (`POST /rotate`); `None` in file mode.
     rotate: Option<Arc<tokio::sync::Notify>>,
 }
@@ -137,7 +149,8 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let metrics = metrics::Metrics::register(&registry)?;
     let mut background = tokio::task::JoinSet::new();
-    let core = start_identity(&cfg, metrics, &mut background)?;
+    let log = open_access_log(&cfg, &metrics, &mut background)?;
+    let core = start_identity(&cfg, metrics, log, &mut background)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -161,6 +174,7 @@ pub async fn run(
         core.metrics.clone(),
         cfg.limits.clone(),
         core.cache.clone(),
+        core.log.clone(),
     );
     if let Some(listener) = listeners.outbound {
         tasks.spawn(outbound::run(listener, out.clone(), stopped()));
@@ -183,7 +197,30 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     background.abort_all();
+    drop(out);
+    if let Some(log) = &core.log {
+        // Every request has ended: what they logged is written before we return.
+        log.close().await;
+    }
     Ok(())
+}
+
+/// Opens `[access_log]`, if set, and reopens it on SIGHUP (logrotate's `postrotate`) in
+/// `background`; SIGHUP is handled, and otherwise ignored, even with no access log.
+fn open_access_log(
+    cfg: &config::Config,
+    metrics: &metrics::Metrics,
+    background: &mut tokio::task::JoinSet<()>,
+) -> Result<observe::Log, StartError> {
+    let log = match &cfg.access_log {
+        None => None,
+        Some(target) => {
+            let dropped = metrics.access_log_dropped.clone();
+            Some(access_log::AccessLog::open(target, dropped).map_err(StartError::AccessLog)?)
+        }
+    };
+    background.spawn(access_log::reopen_on_sighup(log.clone()));
+    Ok(log)
 }
 
 /// Loads or starts getting our credentials (files, watched; or the CA, enrolling and renewing)
@@ -191,6 +228,7 @@ pub async fn run(
 fn start_identity(
     cfg: &config::Config,
     metrics: metrics::Metrics,
+    log: observe::Log,
     background: &mut tokio::task::JoinSet<()>,
 ) -> Result<Core, StartError> {
     let cache = revocation::RevocationCache::new(cfg.crl.on_stale, cfg.crl.grace, &metrics);
@@ -225,6 +263,7 @@ fn start_identity(
         store,
         cache,
         metrics,
+        log,
         rotate,
     })
 }
@@ -253,6 +292,7 @@ fn start_inbound(
         core.metrics.clone(),
         limits.clone(),
         core.cache.clone(),
+        core.log.clone(),
     );
     Ok(async move {
         inbound::run(listener, inbound, stop).await;

@@ -1,7 +1,13 @@
 //! The sidecar's Prometheus metrics, on a registry the caller injects (no globals), so tests can
 //! run several sidecars in one process and read each one's figures. Labels are typed
 //! ([`Direction`], [`crate::tls::HandshakeResult`], [`AuthzLabel`], [`Outcome`], [`CrlUpdate`])
-//! so a label value is spelled in exactly one place.
+//! so a label value is spelled in exactly one place ([`labels`]).
+//!
+//! Every label set is bounded by the mesh: `peer` takes the SPIFFE IDs of the sidecar's callers
+//! (inbound; only identities that passed the mTLS handshake) and of its configured services
+//! (outbound), `code` a status or status class, `rule` the policy's rule names. A series exists
+//! only once its direction has carried traffic, so a sidecar exports nothing for a direction it
+//! does not serve (an empty histogram reads as a NaN quantile on a dashboard).
 //!
 //! The lifecycle gauges (certificate expiry, CRL number, age and staleness, time until outage)
 //! are functions of the clock, so they are computed when the registry is gathered — at every
@@ -16,103 +22,9 @@ use prometheus::{
 
 use crate::tls::HandshakeResult;
 
-/// Which listener side a figure belongs to (`direction` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Peers → this sidecar → the local app.
-    Inbound,
-    /// The local app → this sidecar → peers.
-    Outbound,
-}
+mod labels;
 
-impl Direction {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
-
-/// The `decision` label of `tether_authz_decisions_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthzLabel {
-    /// A rule matched.
-    Allow,
-    /// An audit-mode policy would have denied, and allowed.
-    AuditDeny,
-    /// No rule matched: refused.
-    Deny,
-}
-
-impl AuthzLabel {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthzLabel::Allow => "allow",
-            AuthzLabel::AuditDeny => "audit_deny",
-            AuthzLabel::Deny => "deny",
-        }
-    }
-}
-
-/// The `result` label of reload and refresh counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Started from the cached certificate (`tether_cert_refresh_total` only).
-    Cache,
-    /// The reload or refresh failed; the old state is kept.
-    Error,
-    /// It worked.
-    Ok,
-}
-
-impl Outcome {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Cache => "cache",
-            Outcome::Error => "error",
-            Outcome::Ok => "ok",
-        }
-    }
-
-    /// `Ok` or `Error` for a result.
-    pub fn of<T, E>(r: &Result<T, E>) -> Self {
-        if r.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Error
-        }
-    }
-}
-
-/// The `result` label of `tether_crl_updates_total`: what became of a CRL offered to the
-/// revocation cache by its one acceptance rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrlUpdate {
-    /// It is now in force.
-    Installed,
-    /// Refused: its thisUpdate is too far ahead of our clock.
-    NotYetValid,
-    /// Refused: a lower number than the list in force.
-    Rollback,
-    /// Refused: stale on arrival while the list in force is fresh.
-    Stale,
-}
-
-impl CrlUpdate {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CrlUpdate::Installed => "installed",
-            CrlUpdate::NotYetValid => "not_yet_valid",
-            CrlUpdate::Rollback => "rollback",
-            CrlUpdate::Stale => "stale",
-        }
-    }
-}
+pub use labels::{status_class, AuthzLabel, CrlUpdate, Direction, Outcome};
 
 /// What the lifecycle gauges show at one instant, as [`Metrics::read_lifecycle_from`]'s reader
 /// computes it.
@@ -128,6 +40,9 @@ pub struct LifecycleReading {
     pub crl_stale: bool,
     /// Seconds of service left if nothing can be renewed from now on.
     pub time_until_outage_seconds: f64,
+    /// Seconds until the CRL in force goes stale (nextUpdate + grace), negative once it is;
+    /// `+Inf` while no CRL is held, since nothing can go stale.
+    pub crl_seconds_until_stale: f64,
 }
 
 /// The reader behind the lifecycle gauges; empty (every gauge reads 0) until one is set.
@@ -138,8 +53,14 @@ type LifecycleSource = Arc<RwLock<Option<Box<dyn Fn() -> LifecycleReading + Send
 pub struct Metrics {
     /// `tether_requests_total{direction,peer,code}`.
     pub requests: IntCounterVec,
-    /// `tether_request_duration_seconds{direction}`.
+    /// `tether_request_duration_seconds{direction,peer,code}`; `code` is the status class.
     pub request_seconds: HistogramVec,
+    /// `tether_request_bytes_total{direction,peer}`: request body bytes received.
+    pub request_bytes: IntCounterVec,
+    /// `tether_response_bytes_total{direction,peer}`: response body bytes sent.
+    pub response_bytes: IntCounterVec,
+    /// `tether_access_log_dropped_total`: access-log lines lost (queue full, or a write error).
+    pub access_log_dropped: IntCounter,
     /// `tether_tls_handshakes_total{direction,result}`: `ok` or the failure reason (`no_cert`,
     /// `unknown_ca`, `revoked`, `expired`, `bad_svid`, `identity_mismatch`, `timeout`,
     /// `bad_chain`, `protocol`).
@@ -159,7 +80,7 @@ pub struct Metrics {
     pub crl_updates: IntCounterVec,
     /// Computes the lifecycle gauges at each gather: `tether_cert_expiry_timestamp_seconds`,
     /// `tether_crl_number`, `tether_crl_age_seconds`, `tether_crl_stale`,
-    /// `tether_time_until_outage_seconds`.
+    /// `tether_time_until_outage_seconds`, `tether_crl_seconds_until_stale`.
     lifecycle: LifecycleSource,
 }
 
@@ -187,7 +108,24 @@ impl Metrics {
                     .buckets(vec![
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
                     ]),
-                    &["direction"],
+                    &["direction", "peer", "code"],
+                )?,
+            )?,
+            request_bytes: counters(
+                "tether_request_bytes_total",
+                "Request body bytes received, by direction and peer identity.",
+                &["direction", "peer"],
+            )?,
+            response_bytes: counters(
+                "tether_response_bytes_total",
+                "Response body bytes sent, by direction and peer identity.",
+                &["direction", "peer"],
+            )?,
+            access_log_dropped: add(
+                registry,
+                IntCounter::new(
+                    "tether_access_log_dropped_total",
+                    "Access-log lines lost: the write queue was full, or the write failed.",
                 )?,
             )?,
             handshakes: counters(
@@ -253,10 +191,40 @@ impl Metrics {
             .with_label_values(&[direction.as_str(), peer, status])
     }
 
-    /// The latency histogram of `direction`.
-    pub fn latency(&self, direction: Direction) -> Histogram {
-        self.request_seconds
-            .with_label_values(&[direction.as_str()])
+    /// The handles of one (direction, peer) pair that every request of it touches, resolved
+    /// once so the common request hashes no labels.
+    pub fn series(&self, direction: Direction, peer: &str) -> Series {
+        let d = direction.as_str();
+        Series {
+            ok: self.requests.with_label_values(&[d, peer, "200"]),
+            ok_seconds: self.request_seconds.with_label_values(&[d, peer, "2xx"]),
+            bytes_in: self.request_bytes.with_label_values(&[d, peer]),
+            bytes_out: self.response_bytes.with_label_values(&[d, peer]),
+        }
+    }
+
+    /// Counts one answered request of (direction, peer) that took `seconds` to its response
+    /// head: through `series`'s handles for a `200`, by label lookup otherwise.
+    pub fn count_request(
+        &self,
+        series: &Series,
+        (direction, peer): (Direction, &str),
+        status: http::StatusCode,
+        seconds: f64,
+    ) {
+        if status == http::StatusCode::OK {
+            series.ok.inc();
+            return series.ok_seconds.observe(seconds);
+        }
+        let d = direction.as_str();
+        self.requests
+            .with_label_values(&[d, peer, status.as_str()])
+            .inc();
+        let histogram = match status_class(status) {
+            "2xx" => series.ok_seconds.clone(),
+            class => self.request_seconds.with_label_values(&[d, peer, class]),
+        };
+        histogram.observe(seconds);
     }
 
     /// Counts one policy decision.
@@ -295,7 +263,7 @@ fn register_lifecycle(
     source: &LifecycleSource,
 ) -> Result<(), prometheus::Error> {
     type Pick = fn(&LifecycleReading) -> f64;
-    let gauges: [(&str, &str, Pick); 5] = [
+    let gauges: [(&str, &str, Pick); 6] = [
         (
             "tether_cert_expiry_timestamp_seconds",
             "notAfter of the certificate in use, Unix seconds.",
@@ -319,6 +287,11 @@ fn register_lifecycle(
             "Seconds until this sidecar stops serving if nothing can be renewed from now on.",
             |r| r.time_until_outage_seconds,
         ),
+        (
+            "tether_crl_seconds_until_stale",
+            "Seconds until the CRL in force is past nextUpdate + grace; negative once it is.",
+            |r| r.crl_seconds_until_stale,
+        ),
     ];
     for (name, help, pick) in gauges {
         let source = source.clone();
@@ -339,6 +312,19 @@ fn add<C: prometheus::core::Collector + Clone + 'static>(
 ) -> Result<C, prometheus::Error> {
     registry.register(Box::new(collector.clone()))?;
     Ok(collector)
+}
+
+/// The per-request handles of one (direction, peer) pair ([`Metrics::series`]).
+#[derive(Clone)]
+pub struct Series {
+    /// `tether_requests_total{code="200"}`.
+    pub ok: IntCounter,
+    /// `tether_request_duration_seconds{code="2xx"}`.
+    pub ok_seconds: Histogram,
+    /// `tether_request_bytes_total`.
+    pub bytes_in: IntCounter,
+    /// `tether_response_bytes_total`.
+    pub bytes_out: IntCounter,
 }
 
 /// Decrements a connection gauge when dropped, so every exit path of a connection task counts.

@@ -58,7 +58,7 @@ impl Drop for OpenGuard {
 /// An upstream HTTP/1.1 connection plus what it was made for (`T`: the route, address and
 /// credentials, so a rotated certificate or another route never reuses it), sending request
 /// bodies of type `B`.
-pub struct Conn<T, B = Incoming> {
+pub struct Conn<T, B> {
     /// Sends requests; the connection itself runs in its own task.
     pub sender: SendRequest<B>,
     /// What the connection was made for.
@@ -75,7 +75,7 @@ impl<T, B> Conn<T, B> {
 }
 
 /// The upstream connection one downstream connection holds between its requests.
-pub struct Held<T, B = Incoming> {
+pub struct Held<T, B> {
     slot: Mutex<Option<Conn<T, B>>>,
 }
 
@@ -101,13 +101,13 @@ impl<T, B> Held<T, B> {
 }
 
 /// Idle upstream connections of downstream connections that closed, newest last.
-pub struct IdlePool<T> {
-    idle: Mutex<Vec<(Instant, Conn<T>)>>,
+pub struct IdlePool<T, B> {
+    idle: Mutex<Vec<(Instant, Conn<T, B>)>>,
     max: usize,
     max_age: Duration,
 }
 
-impl<T> IdlePool<T> {
+impl<T, B> IdlePool<T, B> {
     /// A pool keeping at most `max` connections, each for at most `max_age` (the peer closes
     /// idle connections on its own schedule; an old one is more likely already gone).
     pub fn new(max: usize, max_age: Duration) -> Self {
@@ -120,7 +120,7 @@ impl<T> IdlePool<T> {
 
     /// The newest idle connection that `accept` takes and that is ready; stale, closed or busy
     /// ones met on the way are dropped (which closes them).
-    pub fn pop(&self, accept: impl Fn(&T) -> bool) -> Option<Conn<T>> {
+    pub fn pop(&self, accept: impl Fn(&T) -> bool) -> Option<Conn<T, B>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         while let Some((since, mut conn)) = idle.pop() {
@@ -134,7 +134,7 @@ impl<T> IdlePool<T> {
 
     /// Gives back a connection whose downstream connection closed, if it is ready for another
     /// request; when full, the oldest idle connection is closed to make room.
-    pub fn give_back(&self, mut conn: Conn<T>) {
+    pub fn give_back(&self, mut conn: Conn<T, B>) {
         if self.max == 0 || !conn.is_ready_now() {
             return;
         }

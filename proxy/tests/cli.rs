@@ -8,7 +8,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -111,23 +110,9 @@ fn run_with(config: &str, dir: &Path) -> Output {
 fn run_with_flags(config: &str, dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Output {
     let p = dir.join("bad.toml");
     std::fs::write(&p, config).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&p)
-        .args(flags)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    child.wait_with_output().unwrap()
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(&p).args(flags);
+    run_until_exit(cmd.envs(env.iter().copied()))
 }
 
 #[test]
@@ -206,48 +191,6 @@ fn an_override_for_a_section_the_file_lacks_exits_64_naming_the_flag() {
     assert_eq!(o.status.code(), Some(64), "stderr: {err}");
     assert!(err.contains("--token") && err.contains("[ca]"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("port {port} never opened");
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-        || Command::new(tool)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,74 +19,6 @@ use time::Duration as Offset;
 use tokio::sync::oneshot;
 
 const ALLOW_ALL: &str = "[[rule]]\nname = \"all\"\nfrom = [\"spiffe://demo.tether/*\"]\n";
-
-/// A CA served over HTTPS on 127.0.0.1:0 from `pki`'s state dir.
-struct CaServer {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CaServer {
-    async fn start(pki: &Pki) -> CaServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(pki, listener).await
-    }
-
-    async fn start_on(pki: &Pki, listener: tokio::net::TcpListener) -> CaServer {
-        let url = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().unwrap().port()
-        );
-        let authority = Arc::new(tether_ca::Authority::open(pki.ca.dir()).unwrap());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = tether_ca::api::run(listener, authority, prometheus::Registry::new(), async {
-                let _ = rx.await;
-            })
-            .await;
-        });
-        CaServer {
-            url,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    /// The port it listens on, to start it again at the same URL.
-    fn port(&self) -> u16 {
-        self.url.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = self.task.await;
-    }
-}
-
-fn token(pki: &Pki, path: &str) -> PathBuf {
-    let id = tether_certs::SpiffeId::parse(&id(path)).unwrap();
-    let t = pki.ca.create_token(&id, Duration::from_secs(600)).unwrap();
-    let p = pki
-        .dir
-        .path()
-        .join(format!("{}.token", path.replace('/', "_")));
-    std::fs::write(&p, t).unwrap();
-    p
-}
-
-fn ca_section(pki: &Pki, ca: &CaServer, token: Option<&Path>, state: &str, extra: &str) -> String {
-    let mut s = format!(
-        "[ca]\nurls = [\"{}\"]\nbundle = {:?}\nstate_dir = {:?}\n{extra}",
-        ca.url,
-        pki.ca.dir().join("bundle.pem"),
-        pki.dir.path().join(state)
-    );
-    if let Some(t) = token {
-        s.push_str(&format!("token_file = {t:?}\n"));
-    }
-    s
-}
 
 async fn inbound_ca_mode(
     pki: &Pki,
@@ -150,16 +82,6 @@ async fn inbound_b1_b2(pki: &Pki, ca: &CaServer, app: std::net::SocketAddr) -> (
     let b1 = inbound_ca_mode(pki, ca, "b1", app, Some(&token(pki, "ns/default/sa/b1"))).await;
     let b2 = inbound_ca_mode(pki, ca, "b2", app, Some(&token(pki, "ns/default/sa/b2"))).await;
     (b1, b2)
-}
-
-async fn wait_ready(s: &Sidecar) {
-    for _ in 0..100 {
-        if s.is_ready().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("sidecar never became ready");
 }
 
 #[tokio::test]
@@ -294,7 +216,7 @@ async fn a_ca_outage_stops_nothing_and_a_restart_uses_the_cache() {
     // Restart service-b while the CA is down: it serves from its cached certificate and CRL.
     let serial = b.identity().await["serial"].clone();
     b.stop().await.unwrap();
-    let b2 = inbound_ca_mode(&pki, &ca_placeholder(), "b", app, None).await;
+    let b2 = inbound_ca_mode(&pki, &CaServer::placeholder(), "b", app, None).await;
     assert!(
         b2.is_ready().await,
         "restarted from the cache without the CA"
@@ -306,7 +228,7 @@ async fn a_ca_outage_stops_nothing_and_a_restart_uses_the_cache() {
     );
     let a2 = outbound_ca_mode(
         &pki,
-        &ca_placeholder(),
+        &CaServer::placeholder(),
         "a",
         &[("service-b", &b2, "ns/default/sa/service-b")],
         None,
@@ -316,20 +238,6 @@ async fn a_ca_outage_stops_nothing_and_a_restart_uses_the_cache() {
         get(a2.outbound.unwrap(), "service-b", "/x", &[]).await.0,
         StatusCode::OK
     );
-}
-
-/// A CA URL nobody listens on.
-fn ca_placeholder() -> CaServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    CaServer {
-        url: format!("https://127.0.0.1:{port}"),
-        stop: None,
-        task: tokio::spawn(async {}),
-    }
 }
 
 /// service-b's inbound sidecar in CA mode with state dir `state-b` and a 1 s CRL grace,

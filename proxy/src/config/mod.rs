@@ -199,6 +199,15 @@ impl Default for Limits {
 /// or a short outage without failing closed, and is far below the CA's 24 h CRL validity.
 pub const DEFAULT_CRL_GRACE: Duration = Duration::from_secs(3600);
 
+/// Where the access log goes (`[access_log] path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// `"-"`: the process's standard output.
+    Stdout,
+    /// A file, created if missing, appended to, reopened on rotation.
+    File(PathBuf),
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -218,6 +227,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Timeouts and limits.
     pub limits: Limits,
+    /// The access log, if any (`[access_log]`; off when the section is absent).
+    pub access_log: Option<AccessLogTarget>,
 }
 
 impl Service {
@@ -261,8 +272,8 @@ impl Config {
         let ctx = sections::Context { file, base };
         let mut raw = raw::RawConfig::from_toml(text, file)?;
         overrides.apply(&mut raw, file)?;
-        // A fixed order (workers, identity, inbound, outbound, services, admin, limits), so a file
-        // with several problems always reports the same one first.
+        // A fixed order (workers, identity, inbound, outbound, services, admin, limits,
+        // access_log), so a file with several problems always reports the same one first.
         let workers = sections::workers(&ctx, raw.workers)?;
         let (identity, crl) = sections::identity(&ctx, raw.identity, raw.ca)?;
         let config = Config {
@@ -283,6 +294,10 @@ impl Config {
                 .map(|a| ctx.addr("admin.listen", &a.listen))
                 .transpose()?,
             limits: sections::limits(&ctx, &raw.limits)?,
+            access_log: raw
+                .access_log
+                .map(|a| sections::access_log(&ctx, a))
+                .transpose()?,
         };
         if config.inbound.is_none()
             && config.outbound.is_none()

@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<RawListener>,
     #[serde(default)]
     pub(super) limits: RawLimits,
+    pub(super) access_log: Option<RawAccessLog>,
 }
 
 /// `[identity]`: certificates from files.
@@ -97,6 +98,14 @@ pub(super) struct RawLimits {
     pub(super) idle_timeout: Option<String>,
     pub(super) request_timeout: Option<String>,
     pub(super) drain_timeout: Option<String>,
+}
+
+/// `[access_log]`. `path` is read as any TOML value so that a missing or mistyped one is
+/// reported against its key (a serde type error would name only the line).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessLog {
+    pub(super) path: Option<toml::Value>,
 }
 
 impl RawConfig {

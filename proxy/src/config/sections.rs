@@ -10,10 +10,10 @@ use tether_certs::SpiffeId;
 
 use crate::policy::PathParams;
 
-use super::raw::{RawCa, RawIdentity, RawInbound, RawLimits, RawService};
+use super::raw::{RawAccessLog, RawCa, RawIdentity, RawInbound, RawLimits, RawService};
 use super::{
-    CaSettings, ConfigError, CrlPolicy, IdentityFiles, IdentitySource, Inbound, Limits, Mode,
-    Service, DEFAULT_CRL_GRACE,
+    AccessLogTarget, CaSettings, ConfigError, CrlPolicy, IdentityFiles, IdentitySource, Inbound,
+    Limits, Mode, Service, DEFAULT_CRL_GRACE,
 };
 
 /// The smallest `limits.max_header_bytes`: hyper's HTTP/1.1 read buffer cannot be smaller (it
@@ -274,4 +274,27 @@ pub(super) fn limits(ctx: &Context<'_>, l: &RawLimits) -> Result<Limits, ConfigE
         request_timeout: timeout("request_timeout", &l.request_timeout, d.request_timeout)?,
         drain_timeout: timeout("drain_timeout", &l.drain_timeout, d.drain_timeout)?,
     })
+}
+
+/// `[access_log]`: `path` is a file (relative to the config's folder) or `"-"` for stdout.
+pub(super) fn access_log(
+    ctx: &Context<'_>,
+    a: RawAccessLog,
+) -> Result<AccessLogTarget, ConfigError> {
+    const KEY: &str = "access_log.path";
+    match a.path {
+        None => Err(ctx.err(KEY, "missing: a file, or \"-\" for stdout")),
+        Some(toml::Value::String(p)) if p == "-" => Ok(AccessLogTarget::Stdout),
+        Some(toml::Value::String(p)) if p.trim().is_empty() => {
+            Err(ctx.err(KEY, "is empty: give a file, or \"-\" for stdout"))
+        }
+        Some(toml::Value::String(p)) => Ok(AccessLogTarget::File(ctx.path(&p))),
+        Some(other) => Err(ctx.err(
+            KEY,
+            format!(
+                "must be a string (a file, or \"-\" for stdout), not {}",
+                other.type_str()
+            ),
+        )),
+    }
 }

@@ -1,5 +1,6 @@
 //! Tests of the config: every override lands in its field or names its flag when the file lacks
-//! the section, the limits refuse what they used to repair, and parsing logs nothing.
+//! the section, the limits refuse what they used to repair, `[access_log]` names its key when
+//! wrong, and parsing logs nothing.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -373,4 +374,51 @@ fn parsing_logs_nothing_even_without_a_token() {
     // Only the probe, which shows the subscriber was listening.
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("probe"), "{out}");
+}
+
+#[test]
+fn the_access_log_section_is_a_file_or_stdout_and_off_when_absent() {
+    let with = |section: &str| format!("{IDENTITY}{INBOUND}{section}");
+    let target = |text: &str| ok(text, &Overrides::default()).access_log;
+    assert_eq!(target(&with("")), None);
+    assert_eq!(
+        target(&with("[access_log]\npath = \"log/access.log\"\n")),
+        Some(AccessLogTarget::File("/etc/tether/log/access.log".into()))
+    );
+    assert_eq!(
+        target(&with("[access_log]\npath = \"/var/log/a.log\"\n")),
+        Some(AccessLogTarget::File("/var/log/a.log".into()))
+    );
+    assert_eq!(
+        target(&with("[access_log]\npath = \"-\"\n")),
+        Some(AccessLogTarget::Stdout)
+    );
+}
+
+#[test]
+fn a_bad_access_log_section_is_an_error_naming_the_key() {
+    let parse_section = |section: &str| {
+        parse(
+            &format!("{IDENTITY}{INBOUND}[access_log]\n{section}"),
+            &Overrides::default(),
+        )
+    };
+    for (section, problem) in [
+        ("path = \"\"\n", "is empty"),
+        ("path = \"  \"\n", "is empty"),
+        ("path = 5\n", "must be a string"),
+        ("path = [\"a.log\"]\n", "must be a string"),
+        ("", "missing"),
+    ] {
+        let e = parse_section(section).expect_err(section);
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("s.toml", "access_log.path"),
+            "{section}"
+        );
+        assert!(e.problem.starts_with(problem), "{section}: {e}");
+    }
+    let e = parse_section("path = \"a.log\"\nformat = \"json\"\n").expect_err("unknown key");
+    assert!(e.problem.contains("unknown field `format`"), "{e}");
+    assert!(e.problem.contains("(line "), "{e}");
 }

@@ -77,6 +77,11 @@ pub fn grpc_content_type(headers: &HeaderMap) -> Option<&HeaderValue> {
     (prefix.eq_ignore_ascii_case(GRPC) && suffix_ok).then_some(value)
 }
 
+/// The `grpc-status` in `headers` (a trailers-only head, or the trailers), if it is a number.
+pub fn grpc_status_of(headers: &HeaderMap) -> Option<u32> {
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
+}
+
 /// How the client of one request reads a refusal.
 #[derive(Debug, Clone, Default)]
 pub enum Dialect {

@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 use crate::config::AppProtocol;
 use crate::error::{grpc_content_type, Error, Hop, RespBody};
 use crate::forward::{self, Upgrade};
+use crate::metrics::AuthzLabel;
+use crate::observe::Metered;
 use crate::pool::{self, Conn};
 
 use super::{request::authorize, AppConn, Inbound, Peer, PeerTls};
@@ -119,7 +121,7 @@ pub(super) async fn forward_upgrade(
 pub(super) async fn carry_tcp(inbound: &Inbound, peer: &Peer, mut tls: PeerTls) {
     let policy = inbound.policy.current();
     let decision = policy.decide(&peer.cert.id, None, None, time::OffsetDateTime::now_utc());
-    if !authorize(inbound, &policy, decision, peer, &"tcp") {
+    if authorize(inbound, &policy, decision, peer, &"tcp") == AuthzLabel::Deny {
         return;
     }
     let Ok(mut app) = TcpStream::connect(inbound.app).await else {
@@ -131,11 +133,11 @@ pub(super) async fn carry_tcp(inbound: &Inbound, peer: &Peer, mut tls: PeerTls) 
 /// A peer's request body on its way to the app: the same bytes, with any trailer an app could
 /// read as our identity header removed (chunked HTTP/1.1 and HTTP/2 both carry trailers, and
 /// frameworks merge trailers into the request's fields).
-pub(super) struct AppBody(Incoming);
+pub(super) struct AppBody(Metered<Incoming>);
 
 impl AppBody {
-    /// Wraps the body of an authorized request.
-    pub(super) fn new(body: Incoming) -> Self {
+    /// Wraps the (metered) body of an authorized request.
+    pub(super) fn new(body: Metered<Incoming>) -> Self {
         AppBody(body)
     }
 }

@@ -17,7 +17,7 @@ mod request;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::header::HeaderValue;
 use http::uri::Authority;
@@ -26,12 +26,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tether_net::Admission;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument as _;
 
 use crate::config::{AppProtocol, Inbound as InboundConfig, Limits, Mode};
 use crate::error::Dialect;
 use crate::forward::{self, Upgrade};
 use crate::identity::IdentityStore;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics, Series};
+use crate::observe::Log;
 use crate::policy::{PathParams, PolicyHandle};
 use crate::pool::{Held, OpenGuard};
 use crate::revocation::RevocationCache;
@@ -48,8 +50,8 @@ pub struct Inbound {
     /// HTTP server settings, built once from `limits`.
     http: forward::HttpServer,
     revocation: Arc<RevocationCache>,
-    /// `tether_request_duration_seconds{direction="inbound"}`, resolved once.
-    seconds: prometheus::Histogram,
+    /// The access log, if `[access_log]` is set.
+    log: Log,
     app: SocketAddr,
     app_authority: Authority,
     mode: Mode,
@@ -71,6 +73,7 @@ impl Inbound {
         metrics: Metrics,
         limits: Limits,
         revocation: Arc<RevocationCache>,
+        log: Log,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -83,11 +86,11 @@ impl Inbound {
         Arc::new(Inbound {
             identity,
             policy,
-            seconds: metrics.latency(Direction::Inbound),
             metrics,
             http: forward::HttpServer::new(&limits),
             limits,
             revocation,
+            log,
             app: config.app,
             app_authority,
             mode: config.mode,
@@ -103,9 +106,18 @@ impl Inbound {
 /// The verified caller of one connection.
 struct Peer {
     cert: PeerCert,
-    /// `tether_requests_total{direction="inbound",peer=<id>,code="200"}`, resolved once.
-    ok: prometheus::IntCounter,
+    /// Its metric handles, resolved at its first request (a connection that sends none adds
+    /// no series).
+    series: OnceLock<Series>,
     xfcc: HeaderValue,
+}
+
+impl Peer {
+    /// The caller's metric handles.
+    fn series(&self, metrics: &Metrics) -> &Series {
+        self.series
+            .get_or_init(|| metrics.series(Direction::Inbound, self.cert.id.as_str()))
+    }
 }
 
 /// What one HTTP connection from a peer keeps between its requests: the app connection it
@@ -163,6 +175,8 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
         return;
     };
     let (tls, peer) = peer;
+    // Every line this connection logs, its requests' too, names the caller.
+    tracing::Span::current().record("identity", peer.cert.id.as_str());
     // Closed the moment a newer CRL revokes this peer, not when it next idles out.
     let live = inbound.revocation.watch(peer.cert.serial.as_bytes());
     if inbound.mode == Mode::Tcp {
@@ -186,7 +200,9 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
         // Read before the request is forwarded; a refusal is counted by its HTTP status, then
         // spelled the way the caller's protocol reads it.
         let dialect = Dialect::of(req.headers());
-        async move { dialect.answer(request::handle(&inbound, &peer, &app_conn, req).await) }
+        let span = tracing::info_span!("request", request_id = tracing::field::Empty);
+        let serve = async move { request::handle(&inbound, &peer, &app_conn, dialect, req).await };
+        serve.instrument(span)
     };
     // An upgraded stream runs inside `serve`, under the same revocation watch.
     let serve = forward::serve_http(&inbound.http, tls, watcher, &upgrade, handle);
@@ -226,9 +242,7 @@ async fn handshake(inbound: &Inbound, tcp: TcpStream) -> Option<(PeerTls, Peer)>
     let Some(peer) = PeerCert::of(tls.get_ref().1.peer_certificates()).and_then(|cert| {
         let xfcc = format!("By={};Hash={};URI={}", creds.id, cert.fingerprint, cert.id);
         Some(Peer {
-            ok: inbound
-                .metrics
-                .requests_for(Direction::Inbound, cert.id.as_str(), "200"),
+            series: OnceLock::new(),
             xfcc: HeaderValue::from_str(&xfcc).ok()?,
             cert,
         })

@@ -1,52 +1,51 @@
 //! One request from a peer: the path normalized, the policy asked, the target and identity
-//! header rewritten to what was authorized, then handed to [`super::app`]; the result counted.
-
-use std::time::Instant;
+//! header rewritten to what was authorized, then handed to [`super::app`]; the result counted
+//! and logged ([`Exchange`]).
 
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::error::{Error, RespBody};
+use crate::error::{Dialect, Error, RespBody};
 use crate::forward::{self, XFCC};
 use crate::metrics::{AuthzLabel, Direction};
+use crate::observe::{Exchange, Metered, Observed};
 use crate::policy::{normalize_path_with, Decision, Mode as PolicyMode, Policy};
 
 use super::app::{self, AppBody};
 use super::{AppConn, Inbound, Peer};
 
-/// Serves one request; errors become responses here, and every response is counted.
+/// Serves one request; errors become responses here, in the caller's `dialect`, and every
+/// response is counted and, with the access log on, logged.
 pub(super) async fn handle(
     inbound: &Inbound,
     peer: &Peer,
     app_conn: &AppConn,
-    req: Request<Incoming>,
-) -> Response<RespBody> {
-    let started = Instant::now();
-    let resp = forward(inbound, peer, app_conn, req)
+    dialect: Dialect,
+    mut req: Request<Incoming>,
+) -> Response<Observed<RespBody>> {
+    let (mut ex, id) = Exchange::start(&inbound.log, Direction::Inbound, &mut req);
+    tracing::Span::current().record("request_id", id.to_str().unwrap_or_default());
+    if let Some(entry) = ex.entry() {
+        entry.peer = Some(peer.cert.id.to_string());
+    }
+    let resp = forward(inbound, peer, app_conn, &mut ex, req)
         .await
         .unwrap_or_else(Error::into_response);
-    // The common case uses handles resolved once per connection: no label hashing per request.
-    if resp.status() == StatusCode::OK {
-        peer.ok.inc();
-    } else {
-        inbound
-            .metrics
-            .requests_for(
-                Direction::Inbound,
-                peer.cert.id.as_str(),
-                resp.status().as_str(),
-            )
-            .inc();
-    }
-    inbound.seconds.observe(started.elapsed().as_secs_f64());
-    resp
+    let series = peer.series(&inbound.metrics);
+    ex.finish(
+        &inbound.metrics,
+        (series, peer.cert.id.as_str()),
+        dialect,
+        resp,
+    )
 }
 
 async fn forward(
     inbound: &Inbound,
     peer: &Peer,
     app_conn: &AppConn,
+    ex: &mut Exchange,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Error> {
     // One authority: `:authority` (h2) or the single Host header, and the app reads that one.
@@ -62,7 +61,15 @@ async fn forward(
     );
     // Formatted only if a deny is logged: nothing is allocated for it on the allow path.
     let line = RequestLine(req.method(), &path);
-    if !authorize(inbound, &policy, decision, peer, &line) {
+    let verdict = authorize(inbound, &policy, decision, peer, &line);
+    if let Some(entry) = ex.entry() {
+        entry.path.clone_from(&path);
+        entry.decision = Some(verdict);
+        if let Decision::Allow { rule } = decision {
+            entry.rule = Some(rule.to_owned());
+        }
+    }
+    if verdict == AuthzLabel::Deny {
         // Says nothing about which rules exist.
         return Err(Error::Forbidden);
     }
@@ -84,11 +91,17 @@ async fn forward(
     forward::strip_identity_fields(headers);
     headers.insert(XFCC, peer.xfcc.clone());
     // Nor can a trailer carry it: the body the app reads drops it from trailers too.
-    let req = req.map(AppBody::new);
-    if upgrade {
-        return app::forward_upgrade(inbound, &app_conn.upgrade, req).await;
+    let meter = ex.meter(peer.series(&inbound.metrics).bytes_in.clone());
+    let req = req.map(|body| AppBody::new(Metered::new(body, meter)));
+    let resp = if upgrade {
+        app::forward_upgrade(inbound, &app_conn.upgrade, req).await
+    } else {
+        app::forward(inbound, app_conn, req).await
+    }?;
+    if let Some(entry) = ex.entry() {
+        entry.upstream = Some(inbound.app);
     }
-    app::forward(inbound, app_conn, req).await
+    Ok(resp)
 }
 
 /// "METHOD /path" for logs, formatted only when printed.
@@ -100,32 +113,28 @@ impl std::fmt::Display for RequestLine<'_> {
     }
 }
 
-/// Counts and logs a decision on `what` (a request line, or "tcp"); returns whether the
-/// traffic may pass. Under an audit-mode policy a deny is logged and allowed.
+/// Counts and logs a decision on `what` (a request line, or "tcp"); returns what it came to,
+/// the traffic passing unless [`AuthzLabel::Deny`]. Under an audit-mode policy a deny is logged
+/// and allowed ([`AuthzLabel::AuditDeny`]).
 pub(super) fn authorize(
     inbound: &Inbound,
     policy: &Policy,
     decision: Decision<'_>,
     peer: &Peer,
     what: &dyn std::fmt::Display,
-) -> bool {
+) -> AuthzLabel {
     let caller = &peer.cert.id;
-    match decision {
-        Decision::Allow { rule } => {
-            inbound.metrics.count_authz(AuthzLabel::Allow, rule);
-            true
+    let (label, rule) = match (decision, policy.mode()) {
+        (Decision::Allow { rule }, _) => (AuthzLabel::Allow, rule),
+        (Decision::Deny, PolicyMode::Enforce) => {
+            tracing::info!("denied {caller} {what}: no rule matched");
+            (AuthzLabel::Deny, "")
         }
-        Decision::Deny => match policy.mode() {
-            PolicyMode::Enforce => {
-                inbound.metrics.count_authz(AuthzLabel::Deny, "");
-                tracing::info!("denied {caller} {what}: no rule matched");
-                false
-            }
-            PolicyMode::Audit => {
-                inbound.metrics.count_authz(AuthzLabel::AuditDeny, "");
-                tracing::warn!("audit: would deny {caller} {what}; allowed because mode = audit");
-                true
-            }
-        },
-    }
+        (Decision::Deny, PolicyMode::Audit) => {
+            tracing::warn!("audit: would deny {caller} {what}; allowed because mode = audit");
+            (AuthzLabel::AuditDeny, "")
+        }
+    };
+    inbound.metrics.count_authz(label, rule);
+    label
 }

@@ -219,6 +219,9 @@ pub(crate) fn reading(
         crl_stale: cache.is_stale(now),
         time_until_outage_seconds: time_until_outage(creds, cache, now)
             .map_or(0.0, |d| d.as_seconds_f64()),
+        crl_seconds_until_stale: cache
+            .stale_at()
+            .map_or(f64::INFINITY, |at| (at - now).as_seconds_f64()),
     }
 }
 

@@ -25,7 +25,7 @@ pub struct H1Tag {
 }
 
 /// A peer connection with what it was made for.
-pub type PeerConn = Conn<H1Tag>;
+pub type PeerConn = Conn<H1Tag, super::PeerBody>;
 
 /// The peer connections of one app connection.
 pub struct Affinity {

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -23,7 +22,7 @@ use crate::identity::{Alpn, Credentials};
 use crate::metrics::Direction;
 use crate::outbound::affinity::{give_back, Affinity, H1Tag, PeerConn};
 use crate::outbound::route::Route;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, PeerBody};
 use crate::pool::Conn;
 use crate::tls::{self, HandshakeResult, PeerCert, Refusal};
 
@@ -153,14 +152,14 @@ impl Outbound {
         &self,
         route: &Route,
         creds: &Arc<Credentials>,
-    ) -> Result<SendRequest<Incoming>, Error> {
+    ) -> Result<(SendRequest<PeerBody>, SocketAddr), Error> {
         let mut last = None;
         for i in route.order(route.turn()) {
             let up = &route.upstreams[i];
             let mut slot = up.h2.lock().await;
             if let Some((c, s)) = slot.as_ref() {
                 if Arc::ptr_eq(c, creds) && !s.is_closed() {
-                    return Ok(s.clone());
+                    return Ok((s.clone(), up.addr));
                 }
             }
             match self.connect_addr(route, up.addr, creds, Alpn::H2).await {
@@ -176,7 +175,7 @@ impl Outbound {
                         Ok((sender, conn)) => {
                             self.spawn_peer_connection(route, &serial, conn);
                             *slot = Some((creds.clone(), sender.clone()));
-                            return Ok(sender);
+                            return Ok((sender, up.addr));
                         }
                         Err(e) => {
                             last = Some(ConnectFailure::Handshake(Refusal {

@@ -3,11 +3,11 @@
 //! for an upgrade, on a dedicated HTTP/1.1 connection whose upgraded stream is spliced to the
 //! app's ([`forward_upgrade`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{Error, Hop, RespBody};
@@ -16,8 +16,11 @@ use crate::identity::{Alpn, Credentials};
 use crate::outbound::affinity::Affinity;
 use crate::outbound::connect::peer_serial;
 use crate::outbound::route::Route;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, PeerBody};
 use crate::pool;
+
+/// The response to a request forwarded to a peer, and the peer address that answered it.
+type Answered = Result<(Response<RespBody>, SocketAddr), Error>;
 
 /// Forwards an HTTP/1.x request on the peer connection this app connection holds, or on one
 /// from the idle pool, or on a new one ([`pool::send`]).
@@ -26,8 +29,8 @@ pub(super) async fn forward_h1(
     route: &Arc<Route>,
     affinity: &Affinity,
     creds: &Arc<Credentials>,
-    mut req: Request<Incoming>,
-) -> Result<Response<RespBody>, Error> {
+    mut req: Request<PeerBody>,
+) -> Answered {
     // HTTP/1.1 to the peer: origin-form target; `Host` (set by the caller) names the service.
     let pq = req
         .uri()
@@ -43,8 +46,9 @@ pub(super) async fn forward_h1(
     let open = || outbound.open_h1(route, creds, pick);
     let timeout = outbound.limits.request_timeout;
     let (resp, conn) = pool::send(Hop::Peer, kept, open, req, timeout).await?;
+    let addr = route.upstreams[conn.tag.upstream].addr;
     affinity.keep(conn);
-    Ok(forward::finish(resp))
+    Ok((forward::finish(resp), addr))
 }
 
 /// Forwards a request on the shared HTTP/2 connection to one of `route`'s addresses.
@@ -52,9 +56,9 @@ pub(super) async fn forward_h2(
     outbound: &Outbound,
     route: &Route,
     creds: &Arc<Credentials>,
-    mut req: Request<Incoming>,
-) -> Result<Response<RespBody>, Error> {
-    let mut sender = outbound.h2_session(route, creds).await?;
+    mut req: Request<PeerBody>,
+) -> Answered {
+    let (mut sender, addr) = outbound.h2_session(route, creds).await?;
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTPS);
     parts.authority = Some(route.authority.clone());
@@ -68,7 +72,8 @@ pub(super) async fn forward_h2(
     req.headers_mut().remove(http::header::HOST);
     *req.version_mut() = Version::HTTP_2;
     let timeout = outbound.limits.request_timeout;
-    forward::exchange(Hop::Peer, timeout, sender.send_request(req)).await
+    let resp = forward::exchange(Hop::Peer, timeout, sender.send_request(req)).await?;
+    Ok((resp, addr))
 }
 
 /// Upgrade requests ride a dedicated HTTP/1.1 mTLS connection (HTTP/2 cannot carry them here).
@@ -79,10 +84,10 @@ pub(super) async fn forward_upgrade(
     route: &Route,
     creds: &Credentials,
     upgrade: &Upgrade,
-    mut req: Request<Incoming>,
-) -> Result<Response<RespBody>, Error> {
+    mut req: Request<PeerBody>,
+) -> Answered {
     let downstream = hyper::upgrade::on(&mut req);
-    let (tls, _) = outbound
+    let (tls, upstream) = outbound
         .connect_route(route, creds, Alpn::Http1, route.turn())
         .await?;
     let live = outbound.revocation.watch(&peer_serial(&tls));
@@ -100,5 +105,6 @@ pub(super) async fn forward_upgrade(
     let timeout = outbound.limits.request_timeout;
     let until = async move { live.revoked().await };
     let send = sender.send_request(req);
-    forward::exchange_upgrade(Hop::Peer, timeout, downstream, upgrade, until, send).await
+    let resp = forward::exchange_upgrade(Hop::Peer, timeout, downstream, upgrade, until, send);
+    Ok((resp.await?, route.upstreams[upstream].addr))
 }

@@ -25,21 +25,23 @@ mod route;
 mod tcp;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ::http::header;
-use ::http::{Request, Response, StatusCode, Version};
+use ::http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tether_net::Admission;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 use crate::config::{Limits, Service};
 use crate::error::{Dialect, Error, RespBody};
 use crate::forward::{self, Upgrade};
 use crate::identity::{Credentials, IdentityStore};
 use crate::metrics::{Direction, Metrics};
+use crate::observe::{Exchange, Log, Metered, Observed};
 use crate::revocation::RevocationCache;
 use crate::tls::HandshakeResult;
 
@@ -48,6 +50,9 @@ pub use tcp::run_tcp;
 
 use affinity::Affinity;
 use route::Routes;
+
+/// A request body from the app on its way to a peer, its bytes counted.
+pub(crate) type PeerBody = Metered<Incoming>;
 
 /// The outbound side, shared by all its connections.
 pub struct Outbound {
@@ -58,8 +63,8 @@ pub struct Outbound {
     /// HTTP server settings, built once from `limits`.
     http: forward::HttpServer,
     revocation: Arc<RevocationCache>,
-    /// `tether_request_duration_seconds{direction="outbound"}`, resolved once.
-    seconds: prometheus::Histogram,
+    /// The access log, if `[access_log]` is set.
+    log: Log,
     /// HTTP app connections open on the outbound listener (for `peer_protocol = "auto"`).
     open_app_connections: Arc<AtomicUsize>,
 }
@@ -72,12 +77,13 @@ impl Outbound {
         metrics: Metrics,
         limits: Limits,
         revocation: Arc<RevocationCache>,
+        log: Log,
     ) -> Arc<Self> {
         Arc::new(Outbound {
-            routes: Routes::new(services, &metrics, &limits),
+            routes: Routes::new(services, &limits),
             revocation,
+            log,
             identity,
-            seconds: metrics.latency(Direction::Outbound),
             metrics,
             http: forward::HttpServer::new(&limits),
             limits,
@@ -141,7 +147,12 @@ pub async fn run(
                 let upgrade = app.upgrade.clone();
                 let handle = move |req| {
                     let (outbound, app) = (svc_out.clone(), app.clone());
-                    async move { request(&outbound, &app, req).await }
+                    let span = tracing::info_span!(
+                        "request",
+                        request_id = tracing::field::Empty,
+                        service = tracing::field::Empty,
+                    );
+                    async move { request(&outbound, &app, req).await }.instrument(span)
                 };
                 // An upgraded stream runs inside, still counted as this connection.
                 forward::serve_http(&outbound.http, tcp, watcher, &upgrade, handle).await;
@@ -159,45 +170,59 @@ struct AppConn {
     upgrade: Upgrade,
 }
 
-/// One request from the app: routed, forwarded, and counted; errors become responses here, in
-/// the request's dialect (counted by their HTTP status, whatever a gRPC client reads).
+/// One request from the app: routed, forwarded, counted and logged; errors become responses
+/// here, in the request's dialect (counted by their HTTP status, whatever a gRPC client reads).
 async fn request(
     outbound: &Outbound,
     app: &AppConn,
     mut req: Request<Incoming>,
-) -> Response<RespBody> {
-    let started = Instant::now();
+) -> Response<Observed<RespBody>> {
+    let (mut ex, id) = Exchange::start(&outbound.log, Direction::Outbound, &mut req);
+    let span = tracing::Span::current();
+    span.record("request_id", id.to_str().unwrap_or_default());
     // Read now: forwarding consumes the request, and a timeout comes after that.
     let dialect = Dialect::of(req.headers());
-    let (resp, route) = match outbound.routes.resolve(&mut req) {
-        Ok(route) => {
-            let result = forward(outbound, route, app, req).await;
-            (result.unwrap_or_else(Error::into_response), Some(route))
+    let route = match outbound.routes.resolve(&mut req) {
+        Ok(route) => route,
+        Err(e) => {
+            // No route, no peer: counted under none, with handles resolved for this one answer.
+            let series = outbound.metrics.series(Direction::Outbound, "");
+            let resp = e.into_response();
+            return ex.finish(&outbound.metrics, (&series, ""), dialect, resp);
         }
-        Err(e) => (e.into_response(), None),
     };
-    // The common case uses handles resolved once per route: no label hashing per request.
-    match route {
-        Some(r) if resp.status() == StatusCode::OK => r.ok.inc(),
-        _ => {
-            let peer = route.map(|r| r.identity.as_str()).unwrap_or("");
-            outbound
-                .metrics
-                .requests_for(Direction::Outbound, peer, resp.status().as_str())
-                .inc();
-        }
+    span.record("service", route.name.as_str());
+    if let Some(entry) = ex.entry() {
+        entry.peer = Some(route.identity.to_string());
+        entry.service = Some(route.name.clone());
     }
-    outbound.seconds.observe(started.elapsed().as_secs_f64());
-    dialect.answer(resp)
+    let series = route.series(&outbound.metrics);
+    let req = req.map(|body| Metered::new(body, ex.meter(series.bytes_in.clone())));
+    let resp = match forward(outbound, route, app, req).await {
+        Ok((resp, upstream)) => {
+            if let Some(entry) = ex.entry() {
+                entry.upstream = Some(upstream);
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    };
+    ex.finish(
+        &outbound.metrics,
+        (series, route.identity.as_str()),
+        dialect,
+        resp,
+    )
 }
 
-/// Forwards a request to `route`'s peer over the connection its protocol calls for.
+/// Forwards a request to `route`'s peer over the connection its protocol calls for; returns
+/// the response and the peer address that answered it.
 async fn forward(
     outbound: &Outbound,
     route: &Arc<Route>,
     app: &AppConn,
-    mut req: Request<Incoming>,
-) -> Result<Response<RespBody>, Error> {
+    mut req: Request<PeerBody>,
+) -> Result<(Response<RespBody>, SocketAddr), Error> {
     let affinity = &app.affinity;
     if route.upstreams.is_empty() {
         return Err(Error::NoAddress);

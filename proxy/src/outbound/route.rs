@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -13,11 +13,13 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 
+use super::PeerBody;
+
 use crate::config::{Limits, PeerProtocol, Service};
 use crate::error::Error;
 use crate::forward;
 use crate::identity::Credentials;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics, Series};
 use crate::pool::IdlePool;
 
 /// How long an address that failed to connect is skipped, so one dead replica does not add a
@@ -39,8 +41,9 @@ pub struct Route {
     pub authority: Authority,
     /// `name` as the Host header of requests to the peer, built once (cloning shares it).
     pub host: HeaderValue,
-    /// `tether_requests_total{direction="outbound",peer=<identity>,code="200"}`, resolved once.
-    pub ok: prometheus::IntCounter,
+    /// Its metric handles, resolved at its first request (a service never called adds no
+    /// series).
+    series: OnceLock<Series>,
     /// The exact SPIFFE ID the peer must present.
     pub identity: tether_certs::SpiffeId,
     /// The service's addresses.
@@ -57,19 +60,19 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// The shared HTTP/2 connection, tagged with the credentials it was made with: after a
     /// rotation the next request opens a new connection, and the old one finishes what it has.
-    pub h2: tokio::sync::Mutex<Option<(Arc<Credentials>, SendRequest<Incoming>)>>,
+    pub h2: tokio::sync::Mutex<Option<(Arc<Credentials>, SendRequest<PeerBody>)>>,
     /// HTTP/1.1 connections given back by app connections that closed, tagged with the
     /// credentials they were made with.
-    pub idle: IdlePool<Arc<Credentials>>,
+    pub idle: IdlePool<Arc<Credentials>, PeerBody>,
     down_until: Mutex<Option<Instant>>,
 }
 
 impl Routes {
     /// The routes for `services`.
-    pub fn new(services: &[Service], metrics: &Metrics, limits: &Limits) -> Self {
+    pub fn new(services: &[Service], limits: &Limits) -> Self {
         let routes = services
             .iter()
-            .map(|s| (s.name.clone(), Arc::new(Route::new(s, metrics, limits))))
+            .map(|s| (s.name.clone(), Arc::new(Route::new(s, limits))))
             .collect();
         Routes(routes)
     }
@@ -88,7 +91,7 @@ impl Routes {
 }
 
 impl Route {
-    fn new(s: &Service, metrics: &Metrics, limits: &Limits) -> Self {
+    fn new(s: &Service, limits: &Limits) -> Self {
         Route {
             name: s.name.clone(),
             // Config validation allows only host-name characters, so this parses.
@@ -96,7 +99,7 @@ impl Route {
                 .unwrap_or_else(|_| Authority::from_static("invalid.service")),
             host: HeaderValue::from_str(&s.name)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid.service")),
-            ok: metrics.requests_for(Direction::Outbound, s.identity.as_str(), "200"),
+            series: OnceLock::new(),
             identity: s.identity.clone(),
             upstreams: s
                 .addresses
@@ -106,6 +109,12 @@ impl Route {
             next: AtomicUsize::new(0),
             peer_protocol: s.peer_protocol,
         }
+    }
+
+    /// The service's metric handles, under its identity.
+    pub fn series(&self, metrics: &Metrics) -> &Series {
+        self.series
+            .get_or_init(|| metrics.series(Direction::Outbound, self.identity.as_str()))
     }
 
     /// Takes the next turn of the round robin: where this request's search for an address
@@ -173,8 +182,6 @@ pub(crate) mod tests {
 
     /// A route to a service with `addresses` loopback addresses (nothing listens there).
     pub(crate) fn route_with(addresses: usize, peer_protocol: PeerProtocol) -> Arc<Route> {
-        let registry = prometheus::Registry::new();
-        let metrics = Metrics::register(&registry).unwrap();
         let service = Service {
             name: "svc".into(),
             addresses: (0..addresses)
@@ -185,7 +192,7 @@ pub(crate) mod tests {
             listen: None,
             peer_protocol,
         };
-        Arc::new(Route::new(&service, &metrics, &Limits::default()))
+        Arc::new(Route::new(&service, &Limits::default()))
     }
 
     fn route(addresses: usize) -> Arc<Route> {

@@ -1,10 +1,12 @@
 //! Test harness for the sidecar: a real CA on a temp dir issuing real certificates, a real echo
 //! app, and real sidecars started in-process on 127.0.0.1:0, configured from TOML built by the
-//! `*_section` helpers. Metrics are read through `tether_testkit::metrics` and the accept-any
-//! client comes from `tether_testkit::tls`, shared with the other suites.
+//! `*_section` helpers; `ca_server.rs` serves that CA over HTTPS for sidecars in CA mode.
+//! Metrics are read through `tether_testkit::metrics` and the accept-any client comes from
+//! `tether_testkit::tls`, shared with the other suites.
 
-// Every test binary includes this module and uses a different subset of it.
-#![allow(dead_code)]
+// Every test binary includes this module and uses a different subset of it (re-exports of
+// the submodules included).
+#![allow(dead_code, unused_imports)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+mod ca_server;
+mod process;
+pub use ca_server::*;
+pub use process::*;
 
 pub const TD: &str = "demo.tether";
 /// The path of service-a's identity, the caller in most tests.
