@@ -1,7 +1,9 @@
 //! `tether-ca check`: the CA's own health, one line per problem, for cron jobs and alerting.
 //!
 //! Read-only: it re-signs nothing and changes nothing, so it is safe to run anywhere the state
-//! dir is readable, as often as wanted.
+//! dir is readable, as often as wanted. The CA certificates it watches ([`CaCertificate`]) are
+//! also what `tether_ca_certificate_expiry_timestamp_seconds` exports (see [`crate::metrics`]),
+//! so the alert and the command can never disagree about which certificates are in force.
 
 use std::time::Duration;
 
@@ -85,31 +87,91 @@ impl Window {
     }
 }
 
-/// Roots in the bundle, and the current intermediate, that expire within the window.
-fn expiring_cas(store: &Store, window: &Window) -> Result<Vec<String>, CaError> {
-    let mut problems = Vec::new();
+/// Which CA certificate a [`CaCertificate`] is: the `kind` label of
+/// `tether_ca_certificate_expiry_timestamp_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CaKind {
+    /// The issuing intermediate of the current generation (it signs every leaf and CRL).
+    Intermediate,
+    /// A root in the published bundle.
+    Root,
+}
+
+impl CaKind {
+    /// Its label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CaKind::Intermediate => "intermediate",
+            CaKind::Root => "root",
+        }
+    }
+}
+
+/// A CA certificate in force: what `check` watches for expiry, and what the CA's expiry gauge
+/// shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CaCertificate {
+    /// Root or intermediate.
+    pub(crate) kind: CaKind,
+    /// The generation it belongs to (`tether-ca root list`).
+    pub(crate) generation: u64,
+    /// SHA-256 of the root, lowercase hex (how operators name a root).
+    pub(crate) root_fingerprint: String,
+    /// Its notAfter, Unix seconds.
+    pub(crate) not_after: i64,
+}
+
+impl Authority {
+    /// The CA certificates in force, as `ca.db` records them now: every root still in the
+    /// bundle (two or more during a rotation), and the current intermediate.
+    pub(crate) fn ca_certificates(&self) -> Result<Vec<CaCertificate>, CaError> {
+        in_force(&self.store())
+    }
+}
+
+/// See [`Authority::ca_certificates`].
+fn in_force(store: &Store) -> Result<Vec<CaCertificate>, CaError> {
     let current = store.current_generation()?;
+    let mut certs = Vec::new();
     for g in store.generations()? {
         if g.retired_at.is_some() {
             continue;
         }
-        let fp = &g.root_fingerprint[..FINGERPRINT_SHOWN.min(g.root_fingerprint.len())];
-        if g.root_not_after <= window.horizon {
-            problems.push(format!(
-                "root {fp} (generation {}) {}; rotate with `tether-ca root rotate`",
-                g.generation,
-                window.expiry(g.root_not_after)
-            ));
-        }
-        if g.generation == current && g.intermediate_not_after <= window.horizon {
-            problems.push(format!(
-                "intermediate of generation {} {}; rotate with `tether-ca root rotate`",
-                g.generation,
-                window.expiry(g.intermediate_not_after)
-            ));
+        let cert = |kind, not_after| CaCertificate {
+            kind,
+            generation: g.generation,
+            root_fingerprint: g.root_fingerprint.clone(),
+            not_after,
+        };
+        certs.push(cert(CaKind::Root, g.root_not_after));
+        if g.generation == current {
+            certs.push(cert(CaKind::Intermediate, g.intermediate_not_after));
         }
     }
-    Ok(problems)
+    Ok(certs)
+}
+
+/// The CA certificates in force (see [`in_force`]) that expire within the window.
+fn expiring_cas(store: &Store, window: &Window) -> Result<Vec<String>, CaError> {
+    Ok(in_force(store)?
+        .into_iter()
+        .filter(|c| c.not_after <= window.horizon)
+        .map(|c| match c.kind {
+            CaKind::Root => {
+                let fp = &c.root_fingerprint[..FINGERPRINT_SHOWN.min(c.root_fingerprint.len())];
+                format!(
+                    "root {fp} (generation {}) {}; rotate with `tether-ca root rotate`",
+                    c.generation,
+                    window.expiry(c.not_after)
+                )
+            }
+            CaKind::Intermediate => format!(
+                "intermediate of generation {} {}; rotate with `tether-ca root rotate`",
+                c.generation,
+                window.expiry(c.not_after)
+            ),
+        })
+        .collect())
 }
 
 /// Sidecars seen within the fleet window whose certificate expires within the window with

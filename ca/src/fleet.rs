@@ -30,6 +30,20 @@ pub const ACK_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// so restarted sidecars leave their old rows behind).
 pub const FLEET_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How many sidecars seen within [`FLEET_WINDOW`] hold less than this CA publishes: what
+/// `tether_ca_fleet_behind{what}` exports. A sidecar whose certificate is revoked is not counted
+/// (it cannot poll again, so it can never catch up; `revoke --wait` skips it too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetLag {
+    /// Those holding a trust bundle older than the published version, or that never said which
+    /// they hold (as for `root retire`, a sidecar that has not shown it holds the current
+    /// bundle is not assumed to).
+    pub bundle: u64,
+    /// Those holding a CRL older than the newest published (each one for a moment after every
+    /// publish, until its long-poll brings the new list and its next poll acknowledges it).
+    pub crl: u64,
+}
+
 /// How `revoke --wait` ended.
 #[derive(Debug, Clone)]
 pub struct Acknowledgement {
@@ -135,6 +149,20 @@ impl Authority {
     /// How many sidecars were seen within [`FLEET_WINDOW`].
     pub fn fleet_size(&self) -> Result<u64, CaError> {
         Ok(self.store().fleet_size(seen_since(FLEET_WINDOW))?)
+    }
+
+    /// How many sidecars seen within [`FLEET_WINDOW`] are behind on the bundle or the CRL
+    /// ([`FleetLag`]), as `ca.db` says now.
+    pub fn fleet_lag(&self) -> Result<FleetLag, CaError> {
+        let since = seen_since(FLEET_WINDOW);
+        let store = self.store();
+        let (bundle, crl) = (store.bundle_version()?, store.latest_crl_number()?);
+        let mut lag = FleetLag::default();
+        for m in store.fleet(since)?.iter().filter(|m| !m.cert_revoked) {
+            lag.bundle += u64::from(m.bundle_version.is_none_or(|v| v < bundle));
+            lag.crl += u64::from(m.crl_number < crl);
+        }
+        Ok(lag)
     }
 
     /// Forgets sidecars not seen within [`FLEET_RETENTION`].

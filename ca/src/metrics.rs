@@ -2,11 +2,25 @@
 //! tests can run several CAs in one process and read each one's figures. Label values are typed
 //! ([`IssueMethod`], [`FailureReason`], the API's `Endpoint::label`), never string literals at
 //! the call sites.
+//!
+//! What `tether-ca check` watches is exported by [`Findings`], read from `ca.db` at every
+//! scrape (never on a timer that would lag it, and never a second copy of the rules: it calls
+//! the same [`Authority`] methods the command does). A scrape therefore touches the database,
+//! so `/metrics` is rendered on the blocking pool.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::authority::Authority;
+use crate::check::CaCertificate;
+use crate::fleet::FleetLag;
 
 /// The CA's metrics.
 #[derive(Clone)]
@@ -36,8 +50,12 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them on `registry`.
-    pub(crate) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    /// Creates the metrics and registers them on `registry`, with [`Findings`] reading
+    /// `authority`.
+    pub(crate) fn register(
+        registry: &Registry,
+        authority: Arc<Authority>,
+    ) -> Result<Self, prometheus::Error> {
         let m = Metrics {
             issued: IntCounterVec::new(
                 Opts::new(
@@ -101,6 +119,7 @@ impl Metrics {
         registry.register(Box::new(m.issuance_seconds.clone()))?;
         registry.register(Box::new(m.fleet_size.clone()))?;
         registry.register(Box::new(m.bundle_version.clone()))?;
+        registry.register(Box::new(Findings::new(authority)?))?;
         Ok(m)
     }
 
@@ -122,6 +141,97 @@ impl Metrics {
     pub(crate) fn count_issued(&self, method: IssueMethod, took: Duration) {
         self.issuance_seconds.observe(took.as_secs_f64());
         self.issued.with_label_values(&[method.as_str()]).inc();
+    }
+}
+
+/// The `check` findings as gauges, computed from `ca.db` whenever the registry is gathered:
+/// - `tether_ca_certificate_expiry_timestamp_seconds{kind,generation}`: notAfter of each CA
+///   certificate in force ([`Authority::ca_certificates`]): `kind="root"` for every root in the
+///   bundle (two or more only during a rotation, until `root retire`), `kind="intermediate"` for
+///   the current one. `generation` is the one `tether-ca root list` prints, so the labels stay
+///   as few as the roots in the bundle.
+/// - `tether_ca_fleet_behind{what}`: sidecars in the fleet window holding an older `bundle` or
+///   `crl` than this CA publishes ([`Authority::fleet_lag`]).
+///
+/// If the database cannot be read, neither is exported for that scrape (and a warning is
+/// logged): an absent series is something an alert can see, a stale value would not be.
+struct Findings {
+    /// The CA whose state is read.
+    authority: Arc<Authority>,
+    /// `tether_ca_certificate_expiry_timestamp_seconds`.
+    expiry: GaugeVec,
+    /// `tether_ca_fleet_behind`.
+    behind: IntGaugeVec,
+    /// Held from reset to collect, so that two scrapes at once cannot mix their readings.
+    collecting: Mutex<()>,
+}
+
+impl Findings {
+    fn new(authority: Arc<Authority>) -> Result<Self, prometheus::Error> {
+        Ok(Findings {
+            authority,
+            expiry: GaugeVec::new(
+                Opts::new(
+                    "tether_ca_certificate_expiry_timestamp_seconds",
+                    "notAfter of the CA certificates in force (roots in the bundle, the current \
+                     intermediate), Unix seconds.",
+                ),
+                &["kind", "generation"],
+            )?,
+            behind: IntGaugeVec::new(
+                Opts::new(
+                    "tether_ca_fleet_behind",
+                    "Sidecars seen in the last minute holding an older trust bundle or CRL than \
+                     this CA publishes.",
+                ),
+                &["what"],
+            )?,
+            collecting: Mutex::new(()),
+        })
+    }
+
+    /// What `ca.db` says now.
+    fn read(&self) -> Result<(Vec<CaCertificate>, FleetLag), crate::CaError> {
+        Ok((
+            self.authority.ca_certificates()?,
+            self.authority.fleet_lag()?,
+        ))
+    }
+}
+
+impl Collector for Findings {
+    fn desc(&self) -> Vec<&Desc> {
+        self.expiry
+            .desc()
+            .into_iter()
+            .chain(self.behind.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one_at_a_time = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        self.expiry.reset();
+        self.behind.reset();
+        match self.read() {
+            Ok((certs, lag)) => {
+                for c in certs {
+                    self.expiry
+                        .with_label_values(&[c.kind.as_str(), &c.generation.to_string()])
+                        .set(c.not_after as f64);
+                }
+                self.behind
+                    .with_label_values(&["bundle"])
+                    .set(lag.bundle as i64);
+                self.behind.with_label_values(&["crl"]).set(lag.crl as i64);
+            }
+            Err(e) => tracing::warn!(
+                "reading the CA's state for /metrics failed; the expiry and fleet gauges are left \
+                 out of this scrape: {e}"
+            ),
+        }
+        let mut families = self.expiry.collect();
+        families.extend(self.behind.collect());
+        families
     }
 }
 

@@ -191,7 +191,7 @@ async fn serve(
             Ok(resp)
         }
         Endpoint::Crl => revocation::crl(state, peer, parts).await,
-        Endpoint::Metrics => Ok(metrics_text(&state.registry)),
+        Endpoint::Metrics => Ok(metrics_text(&state.registry).await),
     }
 }
 
@@ -208,12 +208,16 @@ async fn issue(
 }
 
 /// `GET /metrics`: the registry in the Prometheus text format.
-pub(super) fn metrics_text(registry: &prometheus::Registry) -> Resp {
-    text(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        crate::metrics::render(registry),
-    )
+pub(super) async fn metrics_text(registry: &prometheus::Registry) -> Resp {
+    // Gathering reads `ca.db` (see `crate::metrics`), so it runs off the async workers.
+    let registry = registry.clone();
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&registry)).await {
+        Ok(body) => text(StatusCode::OK, "text/plain; version=0.0.4", body),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("rendering the metrics failed: {e}"),
+        ),
+    }
 }
 
 /// A header value from text the API made itself (digits, quotes, method names).

@@ -74,7 +74,7 @@ pub async fn run(
     registry: Registry,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
-    let metrics = Metrics::register(&registry)?;
+    let metrics = Metrics::register(&registry, authority.clone())?;
     let server_cert = Arc::new(ServerCert {
         current: RwLock::new(Arc::new(certified_key(&authority)?)),
         version: authority.bundle_version().into(),
@@ -156,11 +156,16 @@ pub async fn run_metrics(
             let registry = registry.clone();
             async move {
                 let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let resp = match Endpoint::from_path(req.uri().path()) {
-                        Some(Endpoint::Metrics) => routes::metrics_text(&registry),
-                        _ => routes::error(http::StatusCode::NOT_FOUND, "not found; try /metrics"),
-                    };
-                    async move { Ok::<_, Infallible>(resp) }
+                    let registry = registry.clone();
+                    async move {
+                        Ok::<_, Infallible>(match Endpoint::from_path(req.uri().path()) {
+                            Some(Endpoint::Metrics) => routes::metrics_text(&registry).await,
+                            _ => routes::error(
+                                http::StatusCode::NOT_FOUND,
+                                "not found; try /metrics",
+                            ),
+                        })
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
