@@ -9,10 +9,12 @@ TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 build:
 	$(CARGO) build --release --workspace --bins
 
-## test: the whole test suite (unit, integration, end to end with real sockets)
+## test: the whole test suite (unit, integration, end to end with real sockets), then the alert
+## rules and their unit tests with promtool (deploy/check.sh; it says SKIPPED without promtool)
 test:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	bash deploy/check.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:
