@@ -182,16 +182,22 @@ impl Error {
         }
     }
 
-    /// The response an HTTP client gets; upstream failures are logged here, once. The response
-    /// also carries what a gRPC client is to read instead, which [`Dialect::answer`] uses once
-    /// the request path has counted the refusal by its HTTP status.
-    pub fn into_response(self) -> Response<RespBody> {
-        match &self {
+    /// Logs the error of the request with id `request_id`: upstream failures at warn (an
+    /// operator acts on them), refusals at debug (the access log and metrics have them).
+    pub fn log(&self, request_id: &str) {
+        match self {
             Error::Connect(_) | Error::PeerRefused(_) | Error::Failed { .. } => {
-                tracing::warn!("{self}")
+                tracing::warn!(request_id, "{self}")
             }
-            _ => tracing::debug!("{self}"),
+            _ => tracing::debug!(request_id, "{self}"),
         }
+    }
+
+    /// The response an HTTP client gets. The response also carries what a gRPC client is to
+    /// read instead, which [`Dialect::answer`] uses once the request path has counted the
+    /// refusal by its HTTP status. The request path logs the error first
+    /// ([`crate::observe::Exchange::fail`]).
+    pub fn into_response(self) -> Response<RespBody> {
         let body = Bytes::from(self.body());
         let mut r = Response::new(Either::Right(Full::new(body.clone())));
         *r.status_mut() = self.status();

@@ -95,7 +95,10 @@ pub async fn serve_http<I, F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let svc = hyper::service::service_fn(move |req| {
-        let answer = handle(req);
+        // Boxed once here: a request's future is kilobytes (hyper's client and server states),
+        // and hyper moves the future it is given; moving a pointer instead of copying the
+        // future at each level was 9 % of the inbound's CPU in `perf` at 32 connections.
+        let answer = Box::pin(handle(req));
         async move { Ok::<_, std::convert::Infallible>(answer.await) }
     });
     let closing = linger::Closing::default();

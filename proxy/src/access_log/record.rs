@@ -2,12 +2,13 @@
 //! path as it learns each fact ([`crate::observe::Exchange`]) and turned into a JSON line on the
 //! writer thread, so the request path only moves it.
 //!
-//! Every line has every key, `null` where a key does not apply to its direction (`service` and
-//! `upstream`'s peer on the inbound, `decision` and `rule` on the outbound) or was never learnt
+//! Every line has every key, `null` where a key does not apply to its direction (`service` on
+//! the inbound, `decision` and `rule` on the outbound) or was never learnt
 //! (`decision` of a request refused before the policy was asked). The query string is never
 //! logged: it is where tokens and other secrets travel in URLs.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
@@ -32,10 +33,11 @@ pub struct Record {
     pub ts: SystemTime,
     /// Which listener served it.
     pub direction: Direction,
-    /// The caller's SPIFFE ID (inbound) or the callee's (outbound), once known.
-    pub peer: Option<String>,
+    /// The caller's SPIFFE ID (inbound) or the callee's (outbound), once known; shared with
+    /// the connection or route, so logging a request copies no string.
+    pub peer: Option<Arc<str>>,
     /// The outbound's service name, once the route is known.
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
     /// The request method.
     pub method: Method,
     /// The path as authorized (inbound: normalized) or as the app sent it (outbound); no query.
@@ -99,7 +101,7 @@ struct Line<'a> {
     request_id: &'a str,
     decision: Option<&'static str>,
     rule: Option<&'a str>,
-    upstream: Option<String>,
+    upstream: Option<SocketAddr>,
     grpc_status: Option<u32>,
 }
 
@@ -123,7 +125,8 @@ impl super::Entry for Record {
             request_id: self.request_id.to_str().unwrap_or("-"),
             decision: self.decision.map(AuthzLabel::as_str),
             rule: self.rule.as_deref(),
-            upstream: self.upstream.map(|a| a.to_string()),
+            // serde writes an address as its text, without an allocation.
+            upstream: self.upstream,
             grpc_status: self.grpc_status,
         };
         // Serializing plain strings and numbers into a Vec cannot fail.

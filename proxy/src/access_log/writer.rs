@@ -183,6 +183,12 @@ pub(super) fn spawn<E: Entry>(
         .map(drop)
 }
 
+/// How long the writer waits for more entries after the queue ran empty before it blocks:
+/// long enough that a busy sidecar's requests find it awake (no wake-up per line), short
+/// enough that a line is in the file within milliseconds; 10 ms of a busy sidecar's lines is a
+/// few hundred entries, far from the queue's capacity.
+const LINGER: Duration = Duration::from_millis(10);
+
 impl Writer {
     fn run<E: Entry>(mut self, rx: Receiver<Message<E>>) {
         loop {
@@ -190,11 +196,19 @@ impl Writer {
                 Ok(m) => m,
                 Err(TryRecvError::Empty) => {
                     // The queue ran empty: write what is batched now, so an idle log is
-                    // current within milliseconds, then sleep until the next message.
+                    // current within milliseconds. Then linger before blocking: under load the
+                    // next entries arrive while we sleep, so a request never has to wake a
+                    // blocked writer — a futex wake and a context switch per line, which in
+                    // `make bench` (ka32_log) cost more than writing the line.
                     self.flush();
-                    match rx.recv() {
+                    std::thread::sleep(LINGER);
+                    match rx.try_recv() {
                         Ok(m) => m,
-                        Err(mpsc::RecvError) => break,
+                        Err(TryRecvError::Empty) => match rx.recv() {
+                            Ok(m) => m,
+                            Err(mpsc::RecvError) => break,
+                        },
+                        Err(TryRecvError::Disconnected) => break,
                     }
                 }
                 Err(TryRecvError::Disconnected) => break,

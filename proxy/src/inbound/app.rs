@@ -74,7 +74,9 @@ async fn forward_held(
         .held
         .take()
         .and_then(|mut c| c.is_ready_now().then_some(c));
-    let connect = || connect_app(inbound);
+    // Boxed: a new connection's state would otherwise be part of (and copied with) every
+    // request's future, though most requests reuse the held one.
+    let connect = || Box::pin(connect_app(inbound));
     let timeout = inbound.limits.request_timeout;
     let (resp, conn) = pool::send(Hop::App, kept, connect, req, timeout).await?;
     app_conn.held.put(conn);
@@ -121,7 +123,7 @@ pub(super) async fn forward_upgrade(
 pub(super) async fn carry_tcp(inbound: &Inbound, peer: &Peer, mut tls: PeerTls) {
     let policy = inbound.policy.current();
     let decision = policy.decide(&peer.cert.id, None, None, time::OffsetDateTime::now_utc());
-    if authorize(inbound, &policy, decision, peer, &"tcp") == AuthzLabel::Deny {
+    if authorize(inbound, &policy, decision, peer, (&"tcp", "-")) == AuthzLabel::Deny {
         return;
     }
     let Ok(mut app) = TcpStream::connect(inbound.app).await else {

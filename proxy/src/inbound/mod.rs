@@ -33,7 +33,7 @@ use crate::error::Dialect;
 use crate::forward::{self, Upgrade};
 use crate::identity::IdentityStore;
 use crate::metrics::{Direction, Metrics, Series};
-use crate::observe::Log;
+use crate::observe::{self, Log};
 use crate::policy::{PathParams, PolicyHandle};
 use crate::pool::{Held, OpenGuard};
 use crate::revocation::RevocationCache;
@@ -106,6 +106,8 @@ impl Inbound {
 /// The verified caller of one connection.
 struct Peer {
     cert: PeerCert,
+    /// Its SPIFFE ID, shared by every access-log entry of the connection.
+    id: Arc<str>,
     /// Its metric handles, resolved at its first request (a connection that sends none adds
     /// no series).
     series: OnceLock<Series>,
@@ -195,13 +197,14 @@ async fn connection(inbound: Arc<Inbound>, tcp: TcpStream, watcher: tether_net::
         upgrade: Upgrade::default(),
     });
     let upgrade = app_conn.upgrade.clone();
-    let handle = move |req: http::Request<hyper::body::Incoming>| {
+    let handle = move |mut req: http::Request<hyper::body::Incoming>| {
         let (inbound, peer, app_conn) = (svc_inbound.clone(), peer.clone(), app_conn.clone());
         // Read before the request is forwarded; a refusal is counted by its HTTP status, then
         // spelled the way the caller's protocol reads it.
         let dialect = Dialect::of(req.headers());
-        let span = tracing::info_span!("request", request_id = tracing::field::Empty);
-        let serve = async move { request::handle(&inbound, &peer, &app_conn, dialect, req).await };
+        let (id, span) = observe::request_span(&mut req);
+        let serve =
+            async move { request::handle(&inbound, &peer, &app_conn, dialect, id, req).await };
         serve.instrument(span)
     };
     // An upgraded stream runs inside `serve`, under the same revocation watch.
@@ -242,6 +245,7 @@ async fn handshake(inbound: &Inbound, tcp: TcpStream) -> Option<(PeerTls, Peer)>
     let Some(peer) = PeerCert::of(tls.get_ref().1.peer_certificates()).and_then(|cert| {
         let xfcc = format!("By={};Hash={};URI={}", creds.id, cert.fingerprint, cert.id);
         Some(Peer {
+            id: Arc::from(cert.id.as_str()),
             series: OnceLock::new(),
             xfcc: HeaderValue::from_str(&xfcc).ok()?,
             cert,

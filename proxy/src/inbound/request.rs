@@ -22,16 +22,17 @@ pub(super) async fn handle(
     peer: &Peer,
     app_conn: &AppConn,
     dialect: Dialect,
-    mut req: Request<Incoming>,
+    id: http::HeaderValue,
+    req: Request<Incoming>,
 ) -> Response<Observed<RespBody>> {
-    let (mut ex, id) = Exchange::start(&inbound.log, Direction::Inbound, &mut req);
-    tracing::Span::current().record("request_id", id.to_str().unwrap_or_default());
+    let mut ex = Exchange::start(&inbound.log, Direction::Inbound, &req, id);
     if let Some(entry) = ex.entry() {
-        entry.peer = Some(peer.cert.id.to_string());
+        entry.peer = Some(peer.id.clone());
     }
-    let resp = forward(inbound, peer, app_conn, &mut ex, req)
-        .await
-        .unwrap_or_else(Error::into_response);
+    let resp = match forward(inbound, peer, app_conn, &mut ex, req).await {
+        Ok(resp) => resp,
+        Err(e) => ex.fail(e),
+    };
     let series = peer.series(&inbound.metrics);
     ex.finish(
         &inbound.metrics,
@@ -61,7 +62,7 @@ async fn forward(
     );
     // Formatted only if a deny is logged: nothing is allocated for it on the allow path.
     let line = RequestLine(req.method(), &path);
-    let verdict = authorize(inbound, &policy, decision, peer, &line);
+    let verdict = authorize(inbound, &policy, decision, peer, (&line, ex.id()));
     if let Some(entry) = ex.entry() {
         entry.path.clone_from(&path);
         entry.decision = Some(verdict);
@@ -94,7 +95,8 @@ async fn forward(
     let meter = ex.meter(peer.series(&inbound.metrics).bytes_in.clone());
     let req = req.map(|body| AppBody::new(Metered::new(body, meter)));
     let resp = if upgrade {
-        app::forward_upgrade(inbound, &app_conn.upgrade, req).await
+        // Boxed: the rare upgrade's state would otherwise be part of every request's future.
+        Box::pin(app::forward_upgrade(inbound, &app_conn.upgrade, req)).await
     } else {
         app::forward(inbound, app_conn, req).await
     }?;
@@ -113,7 +115,8 @@ impl std::fmt::Display for RequestLine<'_> {
     }
 }
 
-/// Counts and logs a decision on `what` (a request line, or "tcp"); returns what it came to,
+/// Counts and logs a decision on `what` (a request line, or "tcp") of the request with id
+/// `request_id` ("-" for a TCP connection); returns what it came to,
 /// the traffic passing unless [`AuthzLabel::Deny`]. Under an audit-mode policy a deny is logged
 /// and allowed ([`AuthzLabel::AuditDeny`]).
 pub(super) fn authorize(
@@ -121,17 +124,20 @@ pub(super) fn authorize(
     policy: &Policy,
     decision: Decision<'_>,
     peer: &Peer,
-    what: &dyn std::fmt::Display,
+    (what, request_id): (&dyn std::fmt::Display, &str),
 ) -> AuthzLabel {
     let caller = &peer.cert.id;
     let (label, rule) = match (decision, policy.mode()) {
         (Decision::Allow { rule }, _) => (AuthzLabel::Allow, rule),
         (Decision::Deny, PolicyMode::Enforce) => {
-            tracing::info!("denied {caller} {what}: no rule matched");
+            tracing::info!(request_id, "denied {caller} {what}: no rule matched");
             (AuthzLabel::Deny, "")
         }
         (Decision::Deny, PolicyMode::Audit) => {
-            tracing::warn!("audit: would deny {caller} {what}; allowed because mode = audit");
+            tracing::warn!(
+                request_id,
+                "audit: would deny {caller} {what}; allowed because mode = audit"
+            );
             (AuthzLabel::AuditDeny, "")
         }
     };

@@ -162,34 +162,42 @@ impl Outbound {
                     return Ok((s.clone(), up.addr));
                 }
             }
-            match self.connect_addr(route, up.addr, creds, Alpn::H2).await {
-                Ok(tls) => {
-                    let serial = peer_serial(&tls);
-                    let mut builder =
-                        hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-                    builder
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(self.limits.idle_timeout / 2)
-                        .keep_alive_while_idle(false);
-                    match builder.handshake(TokioIo::new(tls)).await {
-                        Ok((sender, conn)) => {
-                            self.spawn_peer_connection(route, &serial, conn);
-                            *slot = Some((creds.clone(), sender.clone()));
-                            return Ok((sender, up.addr));
-                        }
-                        Err(e) => {
-                            last = Some(ConnectFailure::Handshake(Refusal {
-                                result: HandshakeResult::Protocol,
-                                detail: e.to_string(),
-                            }))
-                        }
-                    }
+            // Boxed: the handshakes' state is kilobytes, and inline it would be copied with
+            // every request's future, though almost every request finds the session open.
+            match Box::pin(self.open_h2(route, up.addr, creds)).await {
+                Ok(sender) => {
+                    *slot = Some((creds.clone(), sender.clone()));
+                    return Ok((sender, up.addr));
                 }
                 Err(e) => last = Some(e),
             }
             up.mark_down();
         }
         Err(connect_error(route, last))
+    }
+
+    /// A new HTTP/2 mTLS connection to `addr` of `route`, its connection task spawned.
+    async fn open_h2(
+        &self,
+        route: &Route,
+        addr: SocketAddr,
+        creds: &Credentials,
+    ) -> Result<SendRequest<PeerBody>, ConnectFailure> {
+        let tls = self.connect_addr(route, addr, creds, Alpn::H2).await?;
+        let serial = peer_serial(&tls);
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.limits.idle_timeout / 2)
+            .keep_alive_while_idle(false);
+        let (sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(|e| {
+            ConnectFailure::Handshake(Refusal {
+                result: HandshakeResult::Protocol,
+                detail: e.to_string(),
+            })
+        })?;
+        self.spawn_peer_connection(route, &serial, conn);
+        Ok(sender)
     }
 
     /// Runs a client connection to a peer until it ends, or until a CRL revokes the peer's

@@ -43,7 +43,9 @@ pub(super) async fn forward_h1(
     // Balanced per request, as over HTTP/2: the next healthy address in turn.
     let pick = route.pick();
     let kept = Outbound::checkout_h1(route, affinity, creds, pick);
-    let open = || outbound.open_h1(route, creds, pick);
+    // Boxed: a new connection's handshakes are kilobytes of state that every request's future
+    // would otherwise carry (and copy), though most requests reuse a connection.
+    let open = || Box::pin(outbound.open_h1(route, creds, pick));
     let timeout = outbound.limits.request_timeout;
     let (resp, conn) = pool::send(Hop::Peer, kept, open, req, timeout).await?;
     let addr = route.upstreams[conn.tag.upstream].addr;

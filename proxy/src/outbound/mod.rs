@@ -41,7 +41,7 @@ use crate::error::{Dialect, Error, RespBody};
 use crate::forward::{self, Upgrade};
 use crate::identity::{Credentials, IdentityStore};
 use crate::metrics::{Direction, Metrics};
-use crate::observe::{Exchange, Log, Metered, Observed};
+use crate::observe::{self, Exchange, Log, Metered, Observed};
 use crate::revocation::RevocationCache;
 use crate::tls::HandshakeResult;
 
@@ -145,14 +145,10 @@ pub async fn run(
                     upgrade: Upgrade::default(),
                 });
                 let upgrade = app.upgrade.clone();
-                let handle = move |req| {
+                let handle = move |mut req| {
                     let (outbound, app) = (svc_out.clone(), app.clone());
-                    let span = tracing::info_span!(
-                        "request",
-                        request_id = tracing::field::Empty,
-                        service = tracing::field::Empty,
-                    );
-                    async move { request(&outbound, &app, req).await }.instrument(span)
+                    let (id, span) = observe::request_span(&mut req);
+                    async move { request(&outbound, &app, id, req).await }.instrument(span)
                 };
                 // An upgraded stream runs inside, still counted as this connection.
                 forward::serve_http(&outbound.http, tcp, watcher, &upgrade, handle).await;
@@ -175,11 +171,10 @@ struct AppConn {
 async fn request(
     outbound: &Outbound,
     app: &AppConn,
+    id: ::http::HeaderValue,
     mut req: Request<Incoming>,
 ) -> Response<Observed<RespBody>> {
-    let (mut ex, id) = Exchange::start(&outbound.log, Direction::Outbound, &mut req);
-    let span = tracing::Span::current();
-    span.record("request_id", id.to_str().unwrap_or_default());
+    let mut ex = Exchange::start(&outbound.log, Direction::Outbound, &req, id);
     // Read now: forwarding consumes the request, and a timeout comes after that.
     let dialect = Dialect::of(req.headers());
     let route = match outbound.routes.resolve(&mut req) {
@@ -187,14 +182,14 @@ async fn request(
         Err(e) => {
             // No route, no peer: counted under none, with handles resolved for this one answer.
             let series = outbound.metrics.series(Direction::Outbound, "");
-            let resp = e.into_response();
+            let resp = ex.fail(e);
             return ex.finish(&outbound.metrics, (&series, ""), dialect, resp);
         }
     };
-    span.record("service", route.name.as_str());
+    tracing::Span::current().record("service", route.name.as_str());
     if let Some(entry) = ex.entry() {
-        entry.peer = Some(route.identity.to_string());
-        entry.service = Some(route.name.clone());
+        entry.peer = Some(route.log_names.1.clone());
+        entry.service = Some(route.log_names.0.clone());
     }
     let series = route.series(&outbound.metrics);
     let req = req.map(|body| Metered::new(body, ex.meter(series.bytes_in.clone())));
@@ -205,7 +200,7 @@ async fn request(
             }
             resp
         }
-        Err(e) => e.into_response(),
+        Err(e) => ex.fail(e),
     };
     ex.finish(
         &outbound.metrics,
@@ -233,7 +228,16 @@ async fn forward(
     forward::strip_hop_by_hop(req.headers_mut(), upgrade);
     let creds = outbound.usable_identity().ok_or(Error::NoIdentity)?;
     if upgrade {
-        return http::forward_upgrade(outbound, route, &creds, &app.upgrade, req).await;
+        // Boxed, as every rare path with a connection to make: its state would otherwise be
+        // part of (and copied with) every request's future.
+        return Box::pin(http::forward_upgrade(
+            outbound,
+            route,
+            &creds,
+            &app.upgrade,
+            req,
+        ))
+        .await;
     }
     if req.version() <= Version::HTTP_11 {
         if affinity.dedicated(route) {

@@ -46,6 +46,8 @@ pub struct Route {
     series: OnceLock<Series>,
     /// The exact SPIFFE ID the peer must present.
     pub identity: tether_certs::SpiffeId,
+    /// The name and the identity as every access-log entry of the route shares them.
+    pub log_names: (Arc<str>, Arc<str>),
     /// The service's addresses.
     pub upstreams: Vec<Upstream>,
     /// Round-robin position.
@@ -101,6 +103,7 @@ impl Route {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid.service")),
             series: OnceLock::new(),
             identity: s.identity.clone(),
+            log_names: (Arc::from(s.name.as_str()), Arc::from(s.identity.as_str())),
             upstreams: s
                 .addresses
                 .iter()
