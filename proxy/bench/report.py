@@ -31,7 +31,7 @@ notes = (out / "notes.txt").read_text().strip() if (out / "notes.txt").exists() 
 loadavg = (out / "loadavg.txt").read_text().strip() if (out / "loadavg.txt").exists() else ""
 
 PEERS = [p for p in ("nginx", "haproxy") if any(k[1] == p for k in rows)]
-OURS = [t for t in ("tether", "tether-http1", "tether-h2") if t == "tether" or any(k[1] == t for k in rows)]
+OURS = [t for t in ("tether", "tether-http1", "tether-h2", "baseline") if t == "tether" or any(k[1] == t for k in rows)]
 PROXIES = OURS + PEERS
 TARGETS = ["direct"] + PROXIES
 
@@ -149,7 +149,8 @@ table = [
     (f"RSS holding {hold} connections, MiB (outbound: HTTP keep-alive clients / inbound: mTLS)", lambda t: rss_cell("hold", t)),
 ]
 NAMES = {"direct": "direct", "tether": "Tether pair (default, `auto`)",
-         "tether-http1": "Tether, `http1` ²", "tether-h2": "Tether, `h2` ²"}
+         "tether-http1": "Tether, `http1` ²", "tether-h2": "Tether, `h2` ²",
+         "baseline": "baseline build (`BASELINE`)"}
 say("| workload | " + " | ".join(NAMES.get(t, f"{t} pair") for t in TARGETS) + " |")
 say("|---|" + "---|" * len(TARGETS))
 for name, f in table:
@@ -221,6 +222,12 @@ p99 = ratio_to_best("ka1", "tether", "p99_ms", False)
 ok1 = None if r1 is None or p99 is None else (r1 >= 1.3 and p99 <= 1.0)
 target_line("keep-alive 1 connection ≥ 1.3× the best peer, p99 no worse", ok1,
             f"{x(r1)} {best_name('ka1', 'rps')} req/s; p99 {x(p99)} of the best peer's ({best_name('ka1', 'p99_ms', False)})")
+if any(k[1] == "baseline" for k in rows):
+    for w, name in (("ka32", "keep-alive 32 connections"), ("ka1", "keep-alive 1 connection")):
+        rb = per_round_ratio(w, "tether", "rps", "baseline")
+        cpu = [per_round_ratio(w, "tether", m, "baseline") for m in ("cpu_out_us", "cpu_in_us")]
+        say(f"- {name}, this build ÷ the baseline build (BASELINE, same run): {x(rb)} req/s; "
+            f"CPU per request {x(cpu[0])} outbound, {x(cpu[1])} inbound")
 rl = per_round_ratio("ka32_log", "tether-log", "rps", "tether")
 target_line("access log on at both sidecars costs ≤ 10 % at 32 connections (ka32_log)",
             None if rl is None else rl >= 0.9,

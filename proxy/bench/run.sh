@@ -14,7 +14,10 @@
 # the reference configs used 18000),
 # SKIP_BUILD=1 (use the binaries already built: target/dist for Tether, target/release for the
 # bench clients), WORKLOADS (all of: ka32 ka32_log ka1 newconn_pair newconn_inbound
-# handshake_inbound hold ca; a subset is for quick iteration).
+# handshake_inbound hold ca; a subset is for quick iteration),
+# BASELINE=PATH (optional: another tether-proxy binary, e.g. the previous commit's build, run as
+# one more pair, "baseline", in the keep-alive workloads, so a change is judged by its ratio to
+# the build before it in the same run).
 #
 # What runs (all on 127.0.0.1, every process started here is stopped by PID on every exit path):
 #   upstream   nginx `return 200 "ok"` (proxy/bench/peers/nginx-upstream.conf), or, without
@@ -62,6 +65,8 @@ P_NGINX_OUT=$((BASE + 1)) P_NGINX_FULLHS=$((BASE + 11)) P_NGINX_RESUME=$((BASE +
 P_HAPROXY_OUT=$((BASE + 2)) P_HAPROXY_FULLHS=$((BASE + 12)) P_HAPROXY_RESUME=$((BASE + 22)) P_HAPROXY_IN=$((BASE + 444))
 P_TETHER_OUT=$((BASE + 3)) P_TETHER_H2_OUT=$((BASE + 4)) P_TETHER_H1_OUT=$((BASE + 5)) P_TETHER_IN=$((BASE + 445))
 P_TETHER_LOG_OUT=$((BASE + 6)) P_TETHER_LOG_IN=$((BASE + 446))
+P_BASELINE_OUT=$((BASE + 7)) P_BASELINE_IN=$((BASE + 447))
+BASELINE=${BASELINE:-}
 
 ID_A="spiffe://demo.local/ns/default/sa/service-a"
 ID_B="spiffe://demo.local/ns/default/sa/service-b"
@@ -225,7 +230,7 @@ fi
 
 for p in $P_UPSTREAM $P_NGINX_OUT $P_NGINX_FULLHS $P_NGINX_RESUME $P_NGINX_IN $P_HAPROXY_OUT \
     $P_HAPROXY_FULLHS $P_HAPROXY_RESUME $P_HAPROXY_IN $P_TETHER_OUT $P_TETHER_H2_OUT $P_TETHER_H1_OUT $P_TETHER_IN \
-    $P_TETHER_LOG_OUT $P_TETHER_LOG_IN; do
+    $P_TETHER_LOG_OUT $P_TETHER_LOG_IN $P_BASELINE_OUT $P_BASELINE_IN; do
     if port_open "$p"; then
         log "port $p on 127.0.0.1 is already in use; stop what uses it or set BENCH_PORT_BASE"
         exit 1
@@ -345,6 +350,21 @@ start tether-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound.toml"
 start tether-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound.toml"
 start tether-h2-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-h2.toml"
 start tether-http1-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-http1.toml"
+# The baseline pair: the default pair's configs on ports of their own, run by $BASELINE.
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || {
+        log "BASELINE=$BASELINE is not an executable"
+        exit 1
+    }
+    for side in inbound outbound; do
+        sed -e "s/@TETHER_IN@/$P_BASELINE_IN/g" -e "s/@TETHER_OUT@/$P_BASELINE_OUT/g" \
+            "$BENCH_DIR/tether-$side.toml" >"$WORK/tether/$side-baseline.tmpl"
+        fill "$WORK/tether/$side-baseline.tmpl" "$WORK/tether/$side-baseline.toml"
+    done
+    start baseline-in "$BASELINE" run --config "$WORK/tether/inbound-baseline.toml"
+    start baseline-out "$BASELINE" run --config "$WORK/tether/outbound-baseline.toml"
+    wait_port "$P_BASELINE_IN" baseline-in && wait_port "$P_BASELINE_OUT" baseline-out || exit 1
+fi
 start tether-log-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound-log.toml"
 start tether-log-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-log.toml"
 wait_port "$P_TETHER_IN" tether-in || exit 1
@@ -377,17 +397,18 @@ done
 
 # Targets and how to reach them.
 TARGETS=(direct tether tether-http1 tether-h2)
+[ -n "$BASELINE" ] && TARGETS+=(baseline)
 PEERS=()
 [ "$HAVE_NGINX_PAIR" = 1 ] && TARGETS+=(nginx) && PEERS+=(nginx)
 [ "$HAVE_HAPROXY_PAIR" = 1 ] && TARGETS+=(haproxy) && PEERS+=(haproxy)
 declare -A OUT_PORT IN_PORT FULLHS_PORT
-OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_OUT [tether-http1]=$P_TETHER_H1_OUT [tether-log]=$P_TETHER_LOG_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
+OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_OUT [tether-http1]=$P_TETHER_H1_OUT [tether-log]=$P_TETHER_LOG_OUT [baseline]=$P_BASELINE_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
 IN_PORT=([tether]=$P_TETHER_IN [nginx]=$P_NGINX_IN [haproxy]=$P_HAPROXY_IN)
 FULLHS_PORT=([nginx]=$P_NGINX_FULLHS [haproxy]=$P_HAPROXY_FULLHS)
-out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-log) echo "${PID_OF[tether-log-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
+out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-log) echo "${PID_OF[tether-log-out]}" ;; baseline) echo "${PID_OF[baseline-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
 # The Tether variants share the default pair's inbound: its handshakes are measured once.
-own_inbound() { case $1 in direct | tether-h2 | tether-http1) return 1 ;; *) return 0 ;; esac; }
-in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; tether-log) echo "${PID_OF[tether-log-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
+own_inbound() { case $1 in direct | tether-h2 | tether-http1 | baseline) return 1 ;; *) return 0 ;; esac; }
+in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; tether-log) echo "${PID_OF[tether-log-in]}" ;; baseline) echo "${PID_OF[baseline-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
 # The certificate each target's own outbound presents, for the handshake client.
 client_cert() { case $1 in tether) echo "$PKI/service-a/chain.pem $PKI/service-a/key.pem" ;; *) echo "$PKI/client.crt $PKI/client.key" ;; esac; }
 
