@@ -25,6 +25,11 @@ paths = ["/data", "/data/*"]
 name = "a-grpc"
 from = ["spiffe://demo.tether/ns/default/sa/service-a"]
 paths = ["/grpc/*"]
+
+[[rule]]
+name = "a-slow"
+from = ["spiffe://demo.tether/ns/default/sa/service-a"]
+paths = ["/slow"]
 "#;
 
 /// An `[access_log]` section writing to `path`.
@@ -201,14 +206,15 @@ async fn a_usable_incoming_id_is_kept_and_a_forged_or_conflicting_one_replaced()
     let replaced_long = seen(&body);
     assert!(is_fresh(&replaced_long), "{replaced_long}");
     // Two conflicting fields: one new id; the app sees exactly one.
-    let head = "GET /data/3 HTTP/1.1\r\nhost: service-b\r\nx-request-id: one\r\nx-request-id: two\r\nconnection: close\r\n\r\n";
+    let head =
+        "GET /data/3 HTTP/1.1\r\nhost: service-b\r\nx-request-id: one\r\nx-request-id: two\r\n";
     let (status, body) = raw_to_outbound(&a, head, "").await;
     assert_eq!(status, 200, "{body}");
     let body = &body[body.find('{').unwrap()..];
     let replaced_two = seen(body);
     assert!(is_fresh(&replaced_two), "{replaced_two}");
     // Straight at the inbound, a non-ASCII id is replaced there.
-    let head = "GET /data/4 HTTP/1.1\r\nhost: service-b\r\nx-request-id: caf\u{e9}\r\nconnection: close\r\n\r\n";
+    let head = "GET /data/4 HTTP/1.1\r\nhost: service-b\r\nx-request-id: caf\u{e9}\r\n";
     let (status, body) = raw_to_inbound(&pki, &b, head, "").await;
     assert_eq!(status, 200, "{body}");
     let replaced_at_inbound = seen(&body[body.find('{').unwrap()..]);
@@ -339,4 +345,30 @@ async fn metrics_slice_by_peer_and_status_class_and_count_body_bytes_per_directi
         a_text.contains("tether_access_log_dropped_total 0"),
         "{a_text}"
     );
+}
+
+#[tokio::test]
+async fn a_request_whose_client_goes_away_is_logged_as_499_at_both_hops() {
+    use tokio::io::AsyncWriteExt;
+    let logs = tempfile::tempdir().unwrap();
+    let (_pki, _b, a, a_log, b_log) = logged_pair(logs.path()).await;
+    // The echo app answers /slow after 2 s; the client hangs up after 300 ms.
+    let mut tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
+        .await
+        .unwrap();
+    let head = "GET /slow HTTP/1.1\r\nhost: service-b\r\nx-request-id: gone-1\r\n\r\n";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(tcp);
+    for log in [&a_log, &b_log] {
+        let got = lines(log, 1).await;
+        let line = line_of(&got, "gone-1");
+        assert_eq!(line["status"], 499, "{line}");
+        assert!(line["upstream"].is_null(), "nothing answered: {line}");
+        let ms = line["duration_ms"].as_f64().unwrap();
+        assert!(
+            (250.0..2000.0).contains(&ms),
+            "logged when the client left: {line}"
+        );
+    }
 }

@@ -71,7 +71,9 @@ async fn json_process_logs_and_an_access_log_that_follows_logrotate() {
             .replace("127.0.0.1:0", &format!("127.0.0.1:{b_port}")),
         a_log.display().to_string()
     );
-    let b = spawn(&d, "b", &b_cfg, &["--log-format", "json"], &[]);
+    // b logs its requests' debug lines too: each inside the request's span.
+    let b_env = [("TETHER_LOG", "info,tether_proxy=debug")];
+    let b = spawn(&d, "b", &b_cfg, &["--log-format", "json"], &b_env);
     let a = spawn(&d, "a", &a_cfg, &[], &[("TETHER_LOG_FORMAT", "json")]);
     wait_for_port(b_port);
     wait_for_port(a_port);
@@ -97,6 +99,18 @@ async fn json_process_logs_and_an_access_log_that_follows_logrotate() {
     let text = std::fs::read_to_string(&b_err).unwrap();
     let deny = text.lines().find(|l| l.contains("denied")).unwrap();
     let deny: Value = serde_json::from_str(deny).unwrap();
+    // At debug, a request's lines run inside its span, which carries its id.
+    let in_span = text.lines().any(|l| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let spans = v["spans"].as_array().cloned().unwrap_or_default();
+        spans
+            .iter()
+            .any(|s| s["name"] == "request" && s["request_id"] == "denied-one")
+    });
+    assert!(
+        in_span,
+        "no line inside the request span of \"denied-one\": {text}"
+    );
     // The request's id is a field of the line; the connection's span names the caller.
     assert_eq!(deny["request_id"], "denied-one", "{deny}");
     let spans = deny["spans"].to_string();
