@@ -338,12 +338,20 @@ fill "$BENCH_DIR/tether-outbound.toml" "$WORK/tether/outbound.toml"
 fill "$BENCH_DIR/tether-outbound-h2.toml" "$WORK/tether/outbound-h2.toml"
 fill "$BENCH_DIR/tether-outbound-http1.toml" "$WORK/tether/outbound-http1.toml"
 cp "$BENCH_DIR/policy.toml" "$WORK/tether/policy.toml"
-# The access-log pair: the default pair's configs on ports of their own, each sidecar logging
-# every request to a file, as an operator who turns the access log on would run it.
+# pair_configs NAME IN_PORT OUT_PORT: the default pair's two configs on ports of their own, as
+# $WORK/tether/inbound-NAME.toml and outbound-NAME.toml.
+pair_configs() {
+    local side
+    for side in inbound outbound; do
+        sed -e "s/@TETHER_IN@/$2/g" -e "s/@TETHER_OUT@/$3/g" "$BENCH_DIR/tether-$side.toml" \
+            >"$WORK/tether/$side-$1.tmpl"
+        fill "$WORK/tether/$side-$1.tmpl" "$WORK/tether/$side-$1.toml"
+    done
+}
+# The access-log pair: each sidecar logging every request to a file, as an operator who turns
+# the access log on would run it.
+pair_configs log "$P_TETHER_LOG_IN" "$P_TETHER_LOG_OUT"
 for side in inbound outbound; do
-    sed -e "s/@TETHER_IN@/$P_TETHER_LOG_IN/g" -e "s/@TETHER_OUT@/$P_TETHER_LOG_OUT/g" \
-        "$BENCH_DIR/tether-$side.toml" >"$WORK/tether/$side-log.tmpl"
-    fill "$WORK/tether/$side-log.tmpl" "$WORK/tether/$side-log.toml"
     printf '\n[access_log]\npath = "%s"\n' "$WORK/tether/access-$side.log" >>"$WORK/tether/$side-log.toml"
 done
 start tether-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound.toml"
@@ -356,11 +364,7 @@ if [ -n "$BASELINE" ]; then
         log "BASELINE=$BASELINE is not an executable"
         exit 1
     }
-    for side in inbound outbound; do
-        sed -e "s/@TETHER_IN@/$P_BASELINE_IN/g" -e "s/@TETHER_OUT@/$P_BASELINE_OUT/g" \
-            "$BENCH_DIR/tether-$side.toml" >"$WORK/tether/$side-baseline.tmpl"
-        fill "$WORK/tether/$side-baseline.tmpl" "$WORK/tether/$side-baseline.toml"
-    done
+    pair_configs baseline "$P_BASELINE_IN" "$P_BASELINE_OUT"
     start baseline-in "$BASELINE" run --config "$WORK/tether/inbound-baseline.toml"
     start baseline-out "$BASELINE" run --config "$WORK/tether/outbound-baseline.toml"
     wait_port "$P_BASELINE_IN" baseline-in && wait_port "$P_BASELINE_OUT" baseline-out || exit 1

@@ -197,7 +197,6 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     background.abort_all();
-    drop(out);
     if let Some(log) = &core.log {
         // Every request has ended: what they logged is written before we return.
         log.close().await;

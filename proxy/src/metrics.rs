@@ -187,15 +187,17 @@ impl Metrics {
     }
 
     /// Counts one answered request of (direction, peer) that took `seconds` to its response
-    /// head: through `series`'s handles for a `200`, by label lookup otherwise.
+    /// head: through `series`'s handles for a `200`, by label lookup otherwise. `series` is
+    /// `None` for a request with no peer (the outbound found no route): it is never a `200`,
+    /// and resolving handles for it would export an empty `2xx` histogram.
     pub fn count_request(
         &self,
-        series: &Series,
+        series: Option<&Series>,
         (direction, peer): (Direction, &str),
         status: http::StatusCode,
         seconds: f64,
     ) {
-        if status == http::StatusCode::OK {
+        if let (Some(series), http::StatusCode::OK) = (series, status) {
             series.ok.inc();
             return series.ok_seconds.observe(seconds);
         }
@@ -203,9 +205,9 @@ impl Metrics {
         self.requests
             .with_label_values(&[d, peer, status.as_str()])
             .inc();
-        let histogram = match status_class(status) {
-            "2xx" => series.ok_seconds.clone(),
-            class => self.request_seconds.with_label_values(&[d, peer, class]),
+        let histogram = match (series, status_class(status)) {
+            (Some(series), "2xx") => series.ok_seconds.clone(),
+            (_, class) => self.request_seconds.with_label_values(&[d, peer, class]),
         };
         histogram.observe(seconds);
     }

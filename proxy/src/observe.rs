@@ -4,7 +4,8 @@
 //!
 //! Bodies are counted by wrapping them ([`Metered`] for the request's, [`Observed`] for the
 //! response's), so the bytes are the ones that really crossed the sidecar, however the body was
-//! framed. With the access log off nothing is allocated per request beyond the two wrappers.
+//! framed. With the access log off the exchange allocates nothing: the entry, its byte totals
+//! and its place in the writer's queue exist only while logging.
 //!
 //! # Layout
 //! - this file: [`Exchange`], one request from its head to its end.
@@ -14,8 +15,6 @@
 mod body;
 mod request_id;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
@@ -64,10 +63,9 @@ pub struct Exchange {
     /// The request's id.
     id: HeaderValue,
     direction: Direction,
-    /// The entry being filled in and where it goes, when the access log is on.
-    entry: Option<(Box<Record>, AccessLog<Record>)>,
-    /// Request body bytes, shared with the request body's [`Meter`], when logging.
-    bytes_in: Option<Arc<AtomicU64>>,
+    /// Its access-log side, when the log is on; written when dropped, so an exchange dropped
+    /// before any response is logged too.
+    end: Option<Box<body::End>>,
 }
 
 impl Exchange {
@@ -75,18 +73,17 @@ impl Exchange {
     /// ([`settle_request_id`], before it made the request's span), and opens its access-log
     /// entry if `log` is on.
     pub fn start<B>(log: &Log, direction: Direction, req: &Request<B>, id: HeaderValue) -> Self {
-        let entry = log.as_ref().map(|log| {
+        let started = Instant::now();
+        let end = log.as_ref().map(|log| {
             let (method, path) = (req.method().clone(), req.uri().path());
             let record = Record::new(direction, method, path, id.clone());
-            (Box::new(record), log.clone())
+            body::End::new(record, log.clone(), started)
         });
-        let bytes_in = entry.as_ref().map(|_| Arc::default());
         Exchange {
-            started: Instant::now(),
+            started,
             id,
             direction,
-            entry,
-            bytes_in,
+            end,
         }
     }
 
@@ -104,22 +101,23 @@ impl Exchange {
     /// The entry being filled in, if the access log is on: the request path adds what it
     /// learns (peer, decision, normalized path) only then.
     pub fn entry(&mut self) -> Option<&mut Record> {
-        self.entry.as_mut().map(|(r, _)| &mut **r)
+        self.end.as_mut().and_then(|end| end.record())
     }
 
     /// The meter of the request body: counts into `bytes` and, when logging, into the entry.
     pub fn meter(&self, bytes: IntCounter) -> Meter {
-        Meter::new(bytes, self.bytes_in.clone())
+        Meter::new(bytes, self.end.as_ref().map(|end| end.bytes_in()))
     }
 
-    /// Counts the answered request under `series` (resolved once for its peer) and `peer`,
+    /// Counts the answered request under `series` (resolved once for its peer; `None` without
+    /// a peer, [`Metrics::count_request`]) and `peer`,
     /// spells `resp` in the client's `dialect`, and wraps its body so its bytes are counted and,
     /// when it has gone, the entry is written. A sidecar refusal is counted and logged by its
     /// HTTP status, whatever a gRPC client reads (that is in the entry's `grpc_status`).
     pub fn finish(
         mut self,
         metrics: &Metrics,
-        (series, peer): (&Series, &str),
+        (series, peer): (Option<&Series>, &str),
         dialect: Dialect,
         resp: Response<RespBody>,
     ) -> Response<Observed<RespBody>> {
@@ -127,24 +125,17 @@ impl Exchange {
         let seconds = self.started.elapsed().as_secs_f64();
         metrics.count_request(series, (self.direction, peer), status, seconds);
         let resp = dialect.answer(resp);
-        let end = self.entry.take().map(|(mut record, log)| {
+        if let Some(record) = self.entry() {
             record.status = status.as_u16();
             record.grpc_status = grpc_status_of(resp.headers());
-            let bytes_in = self.bytes_in.take().unwrap_or_default();
-            body::End::new(record, log, self.started, bytes_in)
-        });
-        let bytes_out = series.bytes_out.clone();
-        resp.map(|b| Observed::new(b, bytes_out, end))
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        // Not finished: the request's future was dropped before any response.
-        if let Some((mut record, log)) = self.entry.take() {
-            record.duration = self.started.elapsed();
-            record.bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.load(Relaxed));
-            log.push(*record);
         }
+        let end = self.end.take();
+        let bytes_out = match series {
+            Some(series) => series.bytes_out.clone(),
+            None => metrics
+                .response_bytes
+                .with_label_values(&[self.direction.as_str(), peer]),
+        };
+        resp.map(|b| Observed::new(b, bytes_out, end))
     }
 }

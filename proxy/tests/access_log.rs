@@ -29,7 +29,7 @@ paths = ["/grpc/*"]
 [[rule]]
 name = "a-slow"
 from = ["spiffe://demo.tether/ns/default/sa/service-a"]
-paths = ["/slow"]
+paths = ["/slow", "/ws"]
 "#;
 
 /// An `[access_log]` section writing to `path`.
@@ -314,6 +314,9 @@ async fn metrics_slice_by_peer_and_status_class_and_count_body_bytes_per_directi
     send(out, "service-b", "POST", "/data/x", &[], &"z".repeat(300)).await;
     let (status, _) = get(out, "service-b", "/admin", &[]).await;
     assert_eq!(status, 403);
+    // No route, no peer: counted under an empty peer, with no empty 2xx series beside it.
+    let (status, _) = get(out, "nope", "/x", &[]).await;
+    assert_eq!(status, 502);
     let (callee, caller) = (id_of(SERVICE_B), id_of(SERVICE_A));
     for (side, dir, peer) in [(&a, "outbound", &callee), (&b, "inbound", &caller)] {
         let labels = |code| [("direction", dir), ("peer", peer.as_str()), ("code", code)];
@@ -345,6 +348,19 @@ async fn metrics_slice_by_peer_and_status_class_and_count_body_bytes_per_directi
         a_text.contains("tether_access_log_dropped_total 0"),
         "{a_text}"
     );
+    let unrouted = [("direction", "outbound"), ("peer", ""), ("code", "502")];
+    assert_eq!(a.metric("tether_requests_total", &unrouted), 1.0);
+    // The text spells labels in this order, so the absence below is not vacuous.
+    assert!(a_text.contains(r#"code="502",direction="outbound",peer="""#));
+    for empty in [
+        r#"code="2xx",direction="outbound",peer="""#,
+        r#"code="200",direction="outbound",peer="""#,
+    ] {
+        assert!(
+            !a_text.contains(empty),
+            "an empty series for no peer: {a_text}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -371,4 +387,41 @@ async fn a_request_whose_client_goes_away_is_logged_as_499_at_both_hops() {
             "logged when the client left: {line}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_upgrade_is_logged_once_its_101_has_gone_while_the_stream_still_runs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let logs = tempfile::tempdir().unwrap();
+    let (_pki, _b, a, a_log, b_log) = logged_pair(logs.path()).await;
+    let mut tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
+        .await
+        .unwrap();
+    let head = "GET /ws HTTP/1.1\r\nhost: service-b\r\nconnection: upgrade\r\n\
+                upgrade: websocket\r\nx-request-id: ws-1\r\n\r\n";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    for log in [&a_log, &b_log] {
+        let got = lines(log, 1).await;
+        let line = line_of(&got, "ws-1");
+        assert_eq!(
+            (&line["status"], &line["bytes_out"]),
+            (&101.into(), &0.into()),
+            "{line}"
+        );
+    }
+    // The upgraded stream carries on after its line was written (the app echoes bytes).
+    tcp.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
 }

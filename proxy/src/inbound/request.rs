@@ -36,7 +36,7 @@ pub(super) async fn handle(
     let series = peer.series(&inbound.metrics);
     ex.finish(
         &inbound.metrics,
-        (series, peer.cert.id.as_str()),
+        (Some(series), peer.cert.id.as_str()),
         dialect,
         resp,
     )

@@ -73,30 +73,40 @@ impl<B: Body + Unpin> Body for Metered<B> {
 }
 
 /// The end of an exchange that is being logged: the entry, where it goes, and the totals.
+/// The access-log side of one exchange, from its head to its end: the entry being filled in,
+/// where it goes, and the byte totals. Dropping it writes the entry — wherever the exchange
+/// ended: with its response body ([`Observed`]), or before any response (status
+/// [`crate::access_log::CLIENT_CLOSED`]).
 pub(super) struct End {
     /// Always `Some` until the drop takes it.
-    record: Option<Box<Record>>,
+    record: Option<Record>,
     log: AccessLog<Record>,
     started: Instant,
+    /// Request body bytes, shared with the request body's [`Meter`].
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
 }
 
 impl End {
     /// The end of the exchange that started at `started`, logging `record` to `log`.
-    pub(super) fn new(
-        record: Box<Record>,
-        log: AccessLog<Record>,
-        started: Instant,
-        bytes_in: Arc<AtomicU64>,
-    ) -> Box<Self> {
+    pub(super) fn new(record: Record, log: AccessLog<Record>, started: Instant) -> Box<Self> {
         Box::new(End {
             record: Some(record),
             log,
             started,
-            bytes_in,
+            bytes_in: Arc::default(),
             bytes_out: 0,
         })
+    }
+
+    /// The entry, to fill in.
+    pub(super) fn record(&mut self) -> Option<&mut Record> {
+        self.record.as_mut()
+    }
+
+    /// The request body's byte total, for its [`Meter`].
+    pub(super) fn bytes_in(&self) -> Arc<AtomicU64> {
+        self.bytes_in.clone()
     }
 }
 
@@ -106,7 +116,7 @@ impl Drop for End {
             r.duration = self.started.elapsed();
             r.bytes_in = self.bytes_in.load(Relaxed);
             r.bytes_out = self.bytes_out;
-            self.log.push(*r);
+            self.log.push(r);
         }
     }
 }

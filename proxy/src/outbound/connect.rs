@@ -231,7 +231,7 @@ pub fn peer_serial(tls: &PeerTls) -> Vec<u8> {
 
 fn connect_error(route: &Route, last: Option<ConnectFailure>) -> Error {
     Error::Connect(ConnectError {
-        service: route.name.clone(),
+        service: route.name.to_string(),
         identity: route.identity.to_string(),
         // The route has at least one address (checked when it was resolved), so an attempt was
         // made; the fallback only keeps this total.

@@ -180,16 +180,15 @@ async fn request(
     let route = match outbound.routes.resolve(&mut req) {
         Ok(route) => route,
         Err(e) => {
-            // No route, no peer: counted under none, with handles resolved for this one answer.
-            let series = outbound.metrics.series(Direction::Outbound, "");
+            // No route, no peer: counted under none, by label lookup.
             let resp = ex.fail(e);
-            return ex.finish(&outbound.metrics, (&series, ""), dialect, resp);
+            return ex.finish(&outbound.metrics, (None, ""), dialect, resp);
         }
     };
-    tracing::Span::current().record("service", route.name.as_str());
+    tracing::Span::current().record("service", &*route.name);
     if let Some(entry) = ex.entry() {
-        entry.peer = Some(route.log_names.1.clone());
-        entry.service = Some(route.log_names.0.clone());
+        entry.peer = Some(route.identity_text.clone());
+        entry.service = Some(route.name.clone());
     }
     let series = route.series(&outbound.metrics);
     let req = req.map(|body| Metered::new(body, ex.meter(series.bytes_in.clone())));
@@ -204,7 +203,7 @@ async fn request(
     };
     ex.finish(
         &outbound.metrics,
-        (series, route.identity.as_str()),
+        (Some(series), route.identity.as_str()),
         dialect,
         resp,
     )

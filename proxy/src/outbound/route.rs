@@ -36,7 +36,7 @@ pub struct Routes(HashMap<String, Arc<Route>>);
 /// One peer service.
 pub struct Route {
     /// The service name, as the app writes it in `Host`.
-    pub name: String,
+    pub name: Arc<str>,
     /// `name` as the :authority of requests to the peer, parsed once.
     pub authority: Authority,
     /// `name` as the Host header of requests to the peer, built once (cloning shares it).
@@ -46,8 +46,8 @@ pub struct Route {
     series: OnceLock<Series>,
     /// The exact SPIFFE ID the peer must present.
     pub identity: tether_certs::SpiffeId,
-    /// The name and the identity as every access-log entry of the route shares them.
-    pub log_names: (Arc<str>, Arc<str>),
+    /// `identity` as text, shared by every access-log entry of the route.
+    pub identity_text: Arc<str>,
     /// The service's addresses.
     pub upstreams: Vec<Upstream>,
     /// Round-robin position.
@@ -95,7 +95,7 @@ impl Routes {
 impl Route {
     fn new(s: &Service, limits: &Limits) -> Self {
         Route {
-            name: s.name.clone(),
+            name: Arc::from(s.name.as_str()),
             // Config validation allows only host-name characters, so this parses.
             authority: Authority::try_from(s.name.as_str())
                 .unwrap_or_else(|_| Authority::from_static("invalid.service")),
@@ -103,7 +103,7 @@ impl Route {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid.service")),
             series: OnceLock::new(),
             identity: s.identity.clone(),
-            log_names: (Arc::from(s.name.as_str()), Arc::from(s.identity.as_str())),
+            identity_text: Arc::from(s.identity.as_str()),
             upstreams: s
                 .addresses
                 .iter()
