@@ -51,7 +51,7 @@ use tether_certs::{Serial, SpiffeId, TrustBundle, TrustDomain};
 use crate::error::CaError;
 use crate::settings::{InitOptions, Settings, ADMIN_PATH};
 use crate::state::{self, generation_dir, Keys};
-use crate::store::{Store, StoreError};
+use crate::store::{Location, Store, StoreError};
 
 mod issuance;
 mod revocation;
@@ -106,34 +106,25 @@ impl Authority {
     /// Opens the CA in `dir`, upgrading a state dir from before root rotation in place, and
     /// brings the published files (`bundle.pem`, `server/`, `admin/`) in line with `ca.db`.
     pub fn open(dir: &Path) -> Result<Self, CaError> {
-        let db = dir.join("ca.db");
-        if !db.exists() {
-            return Err(CaError::State(format!(
-                "{} is not a tether-ca state dir (no ca.db); run `tether-ca init` first",
-                dir.display()
-            )));
+        let location = state::database_location(dir)?;
+        if let Location::Sqlite(db) = &location {
+            if !db.exists() {
+                return Err(CaError::State(format!(
+                    "{} is not a tether-ca state dir (no ca.db); run `tether-ca init` first",
+                    dir.display()
+                )));
+            }
         }
-        let mut store = Store::open(&db)?;
-        let meta = |k: &str| -> Result<String, CaError> {
-            store
-                .meta(k)?
-                .ok_or_else(|| CaError::State(format!("ca.db has no setting {k}")))
-        };
-        let secs = |k: &str| -> Result<Duration, CaError> {
-            meta(k)?
-                .parse::<u64>()
-                .map(Duration::from_secs)
-                .map_err(|_| CaError::State(format!("ca.db setting {k} is not a number")))
-        };
-        let trust_domain = TrustDomain::new(&meta("trust_domain")?)
-            .map_err(|e| CaError::State(format!("ca.db trust_domain: {e}")))?;
+        let mut store = Store::open_at(&location)?;
+        let trust_domain = TrustDomain::new(&setting(&mut store, "trust_domain")?)
+            .map_err(|e| CaError::State(format!("database trust_domain: {e}")))?;
         let settings = Settings {
-            default_ttl: secs("default_ttl")?,
-            max_ttl: secs("max_ttl")?,
-            crl_validity: secs("crl_validity")?,
+            default_ttl: seconds(&mut store, "default_ttl")?,
+            max_ttl: seconds(&mut store, "max_ttl")?,
+            crl_validity: seconds(&mut store, "crl_validity")?,
         };
         state::adopt_first_generation(dir, &mut store)?;
-        let keys = state::load_keys(dir, &store)?;
+        let keys = state::load_keys(dir, &mut store)?;
         if let Err(e) = state::publish_files(dir, &keys) {
             // The database is right and every reader of these copies tolerates a stale one for
             // a while; the next open or rotation tries again.
@@ -218,7 +209,7 @@ impl Authority {
 
     /// Reloads the signer and bundle from `ca.db` and the state directory, unconditionally.
     pub(crate) fn load(&self) -> Result<(), CaError> {
-        let keys = state::load_keys(&self.dir, &self.store())?;
+        let keys = state::load_keys(&self.dir, &mut self.store())?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         Ok(())
     }
@@ -315,4 +306,19 @@ pub(crate) fn not_ours(serial: &Serial) -> CaError {
     CaError::Forbidden(format!(
         "client certificate {serial} was not issued by this CA"
     ))
+}
+
+/// A setting the database must hold.
+fn setting(store: &mut Store, key: &str) -> Result<String, CaError> {
+    store
+        .meta(key)?
+        .ok_or_else(|| CaError::State(format!("the database has no setting {key}")))
+}
+
+/// A setting that is a number of seconds.
+fn seconds(store: &mut Store, key: &str) -> Result<Duration, CaError> {
+    setting(store, key)?
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| CaError::State(format!("the database setting {key} is not a number")))
 }

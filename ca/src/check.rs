@@ -34,8 +34,8 @@ impl Authority {
             horizon: add_secs(now, warn_within),
             shown: short_duration(warn_within),
         };
-        let store = self.store();
-        let mut problems = expiring_cas(&store, &window)?;
+        let mut store = self.store();
+        let mut problems = expiring_cas(&mut store, &window)?;
         match store.latest_crl()? {
             None => problems.push("no CRL has been published".into()),
             Some(crl) if crl.next_update < now => problems.push(format!(
@@ -57,7 +57,7 @@ impl Authority {
                 unix_rfc3339(issuer_not_after)
             ));
         }
-        problems.extend(unrenewed_sidecars(&store, &window)?);
+        problems.extend(unrenewed_sidecars(&mut store, &window)?);
         Ok(problems)
     }
 }
@@ -125,12 +125,12 @@ impl Authority {
     /// The CA certificates in force, as `ca.db` records them now: every root still in the
     /// bundle (two or more during a rotation), and the current intermediate.
     pub(crate) fn ca_certificates(&self) -> Result<Vec<CaCertificate>, CaError> {
-        in_force(&self.store())
+        in_force(&mut self.store())
     }
 }
 
 /// See [`Authority::ca_certificates`].
-fn in_force(store: &Store) -> Result<Vec<CaCertificate>, CaError> {
+fn in_force(store: &mut Store) -> Result<Vec<CaCertificate>, CaError> {
     let current = store.current_generation()?;
     let mut certs = Vec::new();
     for g in store.generations()? {
@@ -152,7 +152,7 @@ fn in_force(store: &Store) -> Result<Vec<CaCertificate>, CaError> {
 }
 
 /// The CA certificates in force (see [`in_force`]) that expire within the window.
-fn expiring_cas(store: &Store, window: &Window) -> Result<Vec<String>, CaError> {
+fn expiring_cas(store: &mut Store, window: &Window) -> Result<Vec<String>, CaError> {
     Ok(in_force(store)?
         .into_iter()
         .filter(|c| c.not_after <= window.horizon)
@@ -176,7 +176,7 @@ fn expiring_cas(store: &Store, window: &Window) -> Result<Vec<String>, CaError> 
 
 /// Sidecars seen within the fleet window whose certificate expires within the window with
 /// less than a quarter of its lifetime left (see [`Authority::check`]).
-fn unrenewed_sidecars(store: &Store, window: &Window) -> Result<Vec<String>, CaError> {
+fn unrenewed_sidecars(store: &mut Store, window: &Window) -> Result<Vec<String>, CaError> {
     let mut problems = Vec::new();
     let since = window.now - FLEET_WINDOW.as_secs() as i64;
     for member in store.fleet(since)? {

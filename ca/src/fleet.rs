@@ -155,7 +155,7 @@ impl Authority {
     /// ([`FleetLag`]), as `ca.db` says now.
     pub fn fleet_lag(&self) -> Result<FleetLag, CaError> {
         let since = seen_since(FLEET_WINDOW);
-        let store = self.store();
+        let mut store = self.store();
         let (bundle, crl) = (store.bundle_version()?, store.latest_crl_number()?);
         let mut lag = FleetLag::default();
         for m in store.fleet(since)?.iter().filter(|m| !m.cert_revoked) {
@@ -167,7 +167,7 @@ impl Authority {
 
     /// Forgets sidecars not seen within [`FLEET_RETENTION`].
     pub fn prune_fleet(&self) -> Result<usize, CaError> {
-        Ok(self.store().prune_fleet(seen_since(FLEET_RETENTION))?)
+        Ok(self.store().prune_fleet(seen_since(FLEET_RETENTION))? as usize)
     }
 
     /// Waits until every sidecar seen within [`FLEET_WINDOW`] (as of now) has acknowledged CRL

@@ -138,7 +138,7 @@ impl Authority {
         bundle
             .push(pair.root.cert().clone())
             .map_err(|e| CaError::Sign(e.to_string()))?;
-        let sans = state::server_sans(&self.store())?;
+        let sans = state::server_sans(&mut self.store())?;
         let spec = CredentialSpec {
             td: self.trust_domain(),
             sans: &sans,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tether_certs::TrustDomain;
 
+use crate::store::DatabaseUrl;
+
 /// The admin identity's path under the trust domain: only it may call `POST /v1/revoke`.
 pub const ADMIN_PATH: &str = "/tether/admin";
 
@@ -34,6 +36,8 @@ pub struct InitOptions {
     pub extra_sans: Vec<String>,
     /// Stored settings.
     pub settings: Settings,
+    /// The shared PostgreSQL database; `None`: an SQLite file in the state dir.
+    pub database: Option<DatabaseUrl>,
 }
 
 impl InitOptions {
@@ -48,6 +52,7 @@ impl InitOptions {
             root_ttl: 365 * DAY,
             intermediate_ttl: 30 * DAY,
             extra_sans: Vec::new(),
+            database: None,
             settings: Settings {
                 default_ttl: HOUR,
                 max_ttl: DAY,

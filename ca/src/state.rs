@@ -21,12 +21,14 @@ use tether_certs::{TrustBundle, TrustDomain};
 
 use crate::error::CaError;
 use crate::settings::InitOptions;
-use crate::store::{NewGeneration, Store, StoredCrl};
+use crate::store::{Location, NewGeneration, Store, StoredCrl};
 
 mod credentials;
+mod database;
 
 use credentials::default_sans;
 pub(crate) use credentials::{issue_credentials, server_sans, CredentialSpec};
+pub(crate) use database::{database_location, remember_location};
 
 /// The CA material currently in use: loaded at open, replaced whole on reload.
 pub(crate) struct Keys {
@@ -204,8 +206,15 @@ pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError>
     let bundle_pem = pair.root.cert_pem();
     write_file(&tmp.join("bundle.pem"), bundle_pem.as_bytes(), PUBLIC_MODE)?;
 
-    let mut store = Store::open(&tmp.join("ca.db"))?;
-    store.set_meta("trust_domain", td.as_str())?;
+    let location = match &opts.database {
+        Some(url) => Location::Postgres(url.clone()),
+        None => Location::Sqlite(tmp.join("ca.db")),
+    };
+    let mut store = Store::open_at(&location)?;
+    refuse_used_database(&mut store, &location)?;
+    if let Location::Postgres(_) = &location {
+        remember_location(tmp, &location)?;
+    }
     let settings = &opts.settings;
     store.set_meta("default_ttl", &settings.default_ttl.as_secs().to_string())?;
     store.set_meta("max_ttl", &settings.max_ttl.as_secs().to_string())?;
@@ -230,6 +239,25 @@ pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError>
     store.publish_crl(now, 1, |number, entries| -> Result<StoredCrl, CaError> {
         sign_crl(&pair.intermediate, 1, number, entries, now, validity)
     })?;
+    // Last: a shared database counts as holding a CA only once everything above is in it.
+    store.set_meta("trust_domain", td.as_str())?;
+    Ok(())
+}
+
+/// Refuses to `init` into a database that already holds a CA, whole or half-made (a shared
+/// PostgreSQL database is not removed with a failed init's temporary directory).
+fn refuse_used_database(store: &mut Store, location: &Location) -> Result<(), CaError> {
+    if let Some(existing) = store.meta("trust_domain")? {
+        return Err(CaError::State(format!(
+            "the database {location} already holds the CA for trust domain {existing}; to run \
+             another replica of it, use `tether-ca replica add` from an existing state dir"
+        )));
+    }
+    if !store.generations()?.is_empty() {
+        return Err(CaError::State(format!(
+            "the database {location} holds what an interrupted init left; drop and recreate it"
+        )));
+    }
     Ok(())
 }
 
@@ -288,7 +316,7 @@ fn load_signer(dir: &Path, generation: u64) -> Result<Signer, CaError> {
 
 /// Loads the current generation's signer and the bundle of every unretired root, as `ca.db`
 /// says they are.
-pub(crate) fn load_keys(dir: &Path, store: &Store) -> Result<Keys, CaError> {
+pub(crate) fn load_keys(dir: &Path, store: &mut Store) -> Result<Keys, CaError> {
     let (generation, bundle_version, generations) = store.trust_state()?;
     let current = generations
         .iter()

@@ -2,45 +2,77 @@
 //! generations (root + intermediate pairs, see [`crate::authority`]) and the fleet of sidecars
 //! that poll for CRLs.
 //!
-//! SQLite (bundled) in WAL mode with `synchronous=NORMAL`: a transaction is durable once
-//! `COMMIT` returns as far as a process crash or kill is concerned (the WAL is written before
-//! the commit returns), which is the guarantee the CA gives — an issued certificate or a
-//! revocation is acknowledged only after its transaction committed. A power loss can still lose
-//! the last transactions; `synchronous=FULL` would trade issuance throughput for that.
+//! Two backends behind one API ([`db`] is the SQL both speak): SQLite (bundled, the embedded
+//! default: `ca.db` in the state dir, which replicas on one host may share) and PostgreSQL (for
+//! replicas across hosts; the state dir remembers its URL in `database.url`). A transaction is
+//! durable once its `COMMIT` returns — an issued certificate or a revocation is acknowledged
+//! only after that — and [`sqlite`] and [`postgres`] say what each backend adds.
 //!
 //! Every write that must be atomic with a signature (consume a token + record the leaf, record a
-//! revocation + publish the CRL that lists it) runs inside one `BEGIN IMMEDIATE` transaction, so
-//! a CA killed at any moment either did all of it or none of it. The CLI and the server open the
-//! same file; SQLite's locking (with a busy timeout) serializes them.
+//! revocation + publish the CRL that lists it) runs inside one write transaction, so a CA killed
+//! at any moment either did all of it or none of it. The CLI, the server and every replica open
+//! the same database; SQLite's lock, or PostgreSQL's cluster-wide advisory write lock,
+//! serializes them, so replicas agree on tokens, serials, CRL numbers and the current
+//! generation.
 //!
 //! Every signing transaction also checks that the generation it signs with is still the current
 //! one (`meta.generation`), so a server that has not yet noticed a `root rotate` made by the CLI
 //! can never record a leaf or a CRL from a superseded intermediate: it gets
 //! [`StoreError::StaleGeneration`], reloads and tries again.
 //!
-//! Older databases are upgraded in place when opened (new columns default to generation 1).
+//! Older databases are upgraded in place when opened ([`schema`]). Every CRL published (a
+//! revocation, a rotation, a retirement, a re-signing) is announced on [`CHANGES_CHANNEL`] when
+//! its transaction commits, so other replicas wake their long-polls at once ([`listen`]).
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 use time::OffsetDateTime;
 
 use tether_certs::Serial;
 
+pub(crate) mod db;
 mod fleet;
 mod generations;
+mod listen;
+mod pgpass;
+mod postgres;
 mod retirement;
 mod revocation;
 mod schema;
+mod sqlite;
 mod tokens;
 
+use db::{args, Exec, Row, ToParam};
 pub use fleet::{FleetMember, PollRecord, Unpublished};
 pub use generations::{Generation, NewGeneration, Rotation};
+pub use listen::Changes;
+pub use postgres::DatabaseUrl;
 pub use retirement::{RetireBlockers, RetireOutcome};
 use revocation::publish_in;
 pub use revocation::{IdentityRevocation, RevokeOutcome, ServedCrl, StoredCrl};
 pub use tokens::TokenRecord;
+
+/// The PostgreSQL channel every CRL publication is announced on (see [`listen`]).
+pub const CHANGES_CHANNEL: &str = "tether_ca_changes";
+
+/// Where a CA's database is.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// An SQLite file (the embedded default, `ca.db` in the state dir).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by replicas.
+    Postgres(DatabaseUrl),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(u) => f.write_str(u.as_str()),
+        }
+    }
+}
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +80,16 @@ pub enum StoreError {
     /// SQLite reported an error (locked past the busy timeout, disk full, corrupt file …).
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused a statement (a constraint, a permission, a schema problem).
+    #[error("database: {0}")]
+    Postgres(String),
+    /// The database cannot be reached or is overloaded now (connection lost or refused, a
+    /// timeout, a shutdown): retryable, and answered 503. Nothing was written.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A database URL that cannot be used (the message never repeats a password).
+    #[error("database URL: {0}")]
+    BadUrl(String),
     /// A stored row does not parse (the file was edited or is from another version).
     #[error("database row is corrupt: {0}")]
     Corrupt(String),
@@ -98,69 +140,160 @@ pub enum RenewalGate {
 
 /// An open database.
 pub struct Store {
-    conn: Connection,
+    db: Backend,
+}
+
+/// The connection behind a [`Store`].
+enum Backend {
+    Sqlite(rusqlite::Connection),
+    Postgres(postgres::Pg),
+}
+
+/// A transaction of either backend; dropped without [`Tx::commit`], it rolls back.
+pub(crate) enum Tx<'a> {
+    Sqlite(rusqlite::Transaction<'a>),
+    Postgres(postgres::PgTx<'a>),
+}
+
+impl Exec for Backend {
+    fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
+        match self {
+            Backend::Sqlite(c) => c.execute(sql, args),
+            Backend::Postgres(p) => p.execute(sql, args),
+        }
+    }
+
+    fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Backend::Sqlite(c) => Exec::query(c, sql, args),
+            Backend::Postgres(p) => p.query(sql, args),
+        }
+    }
+}
+
+impl Exec for Tx<'_> {
+    fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
+        match self {
+            Tx::Sqlite(t) => Exec::execute(t, sql, args),
+            Tx::Postgres(t) => t.execute(sql, args),
+        }
+    }
+
+    fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
+        match self {
+            Tx::Sqlite(t) => Exec::query(t, sql, args),
+            Tx::Postgres(t) => t.query(sql, args),
+        }
+    }
+}
+
+impl Tx<'_> {
+    /// Commits: everything the transaction did is durable, or (on error) none of it.
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t) => Ok(t.commit()?),
+            Tx::Postgres(t) => t.commit(),
+        }
+    }
+
+    /// Announces a new CRL to other replicas when this transaction commits. SQLite replicas
+    /// share one host and see it at their next look at the file (every 100 ms).
+    pub(crate) fn announce(&mut self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(_) => Ok(()),
+            Tx::Postgres(t) => t.notify(CHANGES_CHANNEL),
+        }
+    }
 }
 
 impl Store {
-    /// Starts a `BEGIN IMMEDIATE` transaction: it takes the write lock at once, so a read
-    /// inside it cannot be overtaken by another writer before the write that depends on it.
-    fn immediate(&mut self) -> Result<Transaction<'_>, StoreError> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    /// Starts a write transaction: it takes the write lock at once (`BEGIN IMMEDIATE`, or the
+    /// advisory lock), so a read inside it cannot be overtaken by another writer before the
+    /// write that depends on it.
+    fn immediate(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(match &mut self.db {
+            Backend::Sqlite(c) => {
+                Tx::Sqlite(c.transaction_with_behavior(TransactionBehavior::Immediate)?)
+            }
+            Backend::Postgres(p) => Tx::Postgres(p.write_tx()?),
+        })
     }
 
-    /// Opens (creating if needed) the database at `path` and applies the schema.
+    /// Starts a read transaction that sees one consistent state throughout.
+    fn snapshot(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(match &mut self.db {
+            Backend::Sqlite(c) => Tx::Sqlite(c.transaction()?),
+            Backend::Postgres(p) => Tx::Postgres(p.snapshot_tx()?),
+        })
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path` and applies the schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        // Concurrent CLI and server writers wait for each other instead of failing at once.
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        schema::apply(&conn)?;
-        Ok(Store { conn })
+        Self::open_at(&Location::Sqlite(path.to_path_buf()))
+    }
+
+    /// Opens the database at `location`, creating or upgrading its schema.
+    pub fn open_at(location: &Location) -> Result<Self, StoreError> {
+        let mut store = match location {
+            Location::Sqlite(path) => Store {
+                db: Backend::Sqlite(sqlite::open(path)?),
+            },
+            Location::Postgres(url) => Store {
+                db: Backend::Postgres(postgres::Pg::connect(url)?),
+            },
+        };
+        match &mut store.db {
+            Backend::Sqlite(c) => schema::apply_sqlite(c)?,
+            Backend::Postgres(p) => schema::apply_postgres(p)?,
+        }
+        Ok(store)
+    }
+
+    /// Where this store's database is.
+    pub fn location(&self) -> Option<&DatabaseUrl> {
+        match &self.db {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p.url()),
+        }
     }
 
     /// The current CA generation (`meta.generation`; 1 for databases from before rotation).
-    pub fn current_generation(&self) -> Result<u64, StoreError> {
-        current_generation(&self.conn)
+    pub fn current_generation(&mut self) -> Result<u64, StoreError> {
+        current_generation(&mut self.db)
     }
 
     /// The published bundle's version (`meta.bundle_version`; 1 until the first rotation).
-    pub fn bundle_version(&self) -> Result<u64, StoreError> {
-        meta_u64(&self.conn, "bundle_version")
+    pub fn bundle_version(&mut self) -> Result<u64, StoreError> {
+        meta_u64(&mut self.db, "bundle_version")
     }
 
     /// A setting from the `meta` table.
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?)
+    pub fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        self.db
+            .query_opt("SELECT value FROM meta WHERE key = ?1", args![key])?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
     /// Writes a setting.
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.db.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [key, value],
+            args![key, value],
         )?;
         Ok(())
     }
 
     /// Records an issued certificate (its own transaction).
     pub fn record(&mut self, cert: &NewCert) -> Result<(), StoreError> {
-        let tx = self.immediate()?;
-        insert_cert(&tx, cert, None)?;
-        tx.commit()?;
-        Ok(())
+        let mut tx = self.immediate()?;
+        insert_cert(&mut tx, cert, None)?;
+        tx.commit()
     }
 
     /// Records a renewed leaf only if the certificate the caller presented (`presented`) is still
-    /// unrevoked — the check and the insert are one immediate transaction, so a revocation that
+    /// unrevoked — the check and the insert are one write transaction, so a revocation that
     /// commits while the new leaf is being signed either lands before (the renewal is refused) or
     /// after (the CRL lists the old serial and the new leaf is the caller's to keep, exactly as if
     /// the renewal had come a moment earlier); it can never slip in between.
@@ -169,72 +302,63 @@ impl Store {
         presented: &Serial,
         cert: &NewCert,
     ) -> Result<RenewalGate, StoreError> {
-        let tx = self.immediate()?;
-        match revocation_state(&tx, presented)? {
+        let mut tx = self.immediate()?;
+        match revocation_state(&mut tx, presented)? {
             None => return Ok(RenewalGate::Unknown),
             Some(Some(_)) => return Ok(RenewalGate::Revoked),
             Some(None) => {}
         }
-        let lineage = lineage_of(&tx, &presented.to_string())?;
-        insert_cert(&tx, cert, lineage.as_deref())?;
+        let lineage = lineage_of(&mut tx, &presented.to_string())?;
+        insert_cert(&mut tx, cert, lineage.as_deref())?;
         tx.commit()?;
         Ok(RenewalGate::Recorded)
     }
 
     /// The record for `serial`, if this CA issued it.
-    pub fn certificate(&self, serial: &Serial) -> Result<Option<IssuedRecord>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
+    pub fn certificate(&mut self, serial: &Serial) -> Result<Option<IssuedRecord>, StoreError> {
+        self.db
+            .query_opt(
                 &format!("{SELECT_CERT} WHERE serial = ?1"),
-                [serial.to_string()],
-                row_to_record,
-            )
-            .optional()?)
+                args![serial.to_string()],
+            )?
+            .map(|r| row_to_record(&r))
+            .transpose()
     }
 
     /// The newest certificate issued with `method` (`server`, `admin`, …).
-    pub fn newest_of_method(&self, method: &str) -> Result<Option<IssuedRecord>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
+    pub fn newest_of_method(&mut self, method: &str) -> Result<Option<IssuedRecord>, StoreError> {
+        self.db
+            .query_opt(
                 &format!(
                     "{SELECT_CERT} WHERE method = ?1 ORDER BY issued_at DESC, rowid DESC LIMIT 1"
                 ),
-                [method],
-                row_to_record,
-            )
-            .optional()?)
+                args![method],
+            )?
+            .map(|r| row_to_record(&r))
+            .transpose()
     }
 
     /// Issued certificates, newest first. `expiring_before` keeps only unrevoked ones whose
     /// notAfter is before that Unix time (and still in the future at `now`).
     pub fn list(
-        &self,
+        &mut self,
         now: i64,
         expiring_before: Option<i64>,
     ) -> Result<Vec<IssuedRecord>, StoreError> {
-        let mut out = Vec::new();
-        match expiring_before {
-            Some(limit) => {
-                let mut stmt = self.conn.prepare(&format!(
+        let rows = match expiring_before {
+            Some(limit) => self.db.query(
+                &format!(
                     "{SELECT_CERT} WHERE revoked_at IS NULL AND not_after > ?1 AND not_after <= ?2
                      ORDER BY not_after"
-                ))?;
-                for r in stmt.query_map(params![now, limit], row_to_record)? {
-                    out.push(r?);
-                }
-            }
-            None => {
-                let mut stmt = self
-                    .conn
-                    .prepare(&format!("{SELECT_CERT} ORDER BY issued_at DESC, serial"))?;
-                for r in stmt.query_map([], row_to_record)? {
-                    out.push(r?);
-                }
-            }
-        }
-        Ok(out)
+                ),
+                args![now, limit],
+            )?,
+            None => self.db.query(
+                &format!("{SELECT_CERT} ORDER BY issued_at DESC, serial"),
+                args![],
+            )?,
+        };
+        rows.iter().map(row_to_record).collect()
     }
 }
 
@@ -262,7 +386,7 @@ pub struct NewCert {
 const SELECT_CERT: &str = "SELECT serial, spiffe_id, not_before, not_after, issued_at, method,
     revoked_at, reason, generation FROM certificates";
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
+fn row_to_record(r: &Row) -> Result<IssuedRecord, StoreError> {
     Ok(IssuedRecord {
         serial: r.get(0)?,
         spiffe_id: r.get(1)?,
@@ -272,15 +396,15 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<IssuedRecord> {
         method: r.get(5)?,
         revoked_at: r.get(6)?,
         reason: r.get(7)?,
-        generation: r.get::<_, i64>(8)? as u64,
+        generation: r.get(8)?,
     })
 }
 
-fn meta_u64(conn: &Connection, key: &str) -> Result<u64, StoreError> {
-    let value: Option<String> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?;
+fn meta_u64(db: &mut dyn Exec, key: &str) -> Result<u64, StoreError> {
+    let value: Option<String> = db
+        .query_opt("SELECT value FROM meta WHERE key = ?1", args![key])?
+        .map(|r| r.get(0))
+        .transpose()?;
     match value {
         // Databases from before rotation have neither key: generation 1, bundle version 1.
         None => Ok(1),
@@ -290,13 +414,13 @@ fn meta_u64(conn: &Connection, key: &str) -> Result<u64, StoreError> {
     }
 }
 
-fn current_generation(conn: &Connection) -> Result<u64, StoreError> {
-    meta_u64(conn, "generation")
+fn current_generation(db: &mut dyn Exec) -> Result<u64, StoreError> {
+    meta_u64(db, "generation")
 }
 
 /// Fails with [`StoreError::StaleGeneration`] unless `generation` is the current one.
-fn ensure_current(conn: &Connection, generation: u64) -> Result<(), StoreError> {
-    let current = current_generation(conn)?;
+fn ensure_current(db: &mut dyn Exec, generation: u64) -> Result<(), StoreError> {
+    let current = current_generation(db)?;
     if current != generation {
         return Err(StoreError::StaleGeneration {
             used: generation,
@@ -309,47 +433,47 @@ fn ensure_current(conn: &Connection, generation: u64) -> Result<(), StoreError> 
 /// The lineage of `serial` (lowercase hex): the serial of the enrolled or issued certificate it
 /// was renewed from, itself for such a certificate (and for rows from before lineages were
 /// recorded); `None` when this CA did not issue it.
-fn lineage_of(conn: &Connection, serial: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT coalesce(lineage, serial) FROM certificates WHERE serial = ?1")?
-        .query_row([serial], |r| r.get(0))
-        .optional()?)
+fn lineage_of(db: &mut dyn Exec, serial: &str) -> Result<Option<String>, StoreError> {
+    db.query_opt(
+        "SELECT coalesce(lineage, serial) FROM certificates WHERE serial = ?1",
+        args![serial],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 /// Whether this CA issued `serial` (`None`: it did not) and when it was revoked, if it was.
-fn revocation_state(conn: &Connection, serial: &Serial) -> Result<Option<Option<i64>>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT revoked_at FROM certificates WHERE serial = ?1")?
-        .query_row([serial.to_string()], |r| r.get(0))
-        .optional()?)
+fn revocation_state(db: &mut dyn Exec, serial: &Serial) -> Result<Option<Option<i64>>, StoreError> {
+    db.query_opt(
+        "SELECT revoked_at FROM certificates WHERE serial = ?1",
+        args![serial.to_string()],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 /// Records `c`, renewed from a certificate of `lineage` (`None`: it starts its own lineage).
-fn insert_cert(
-    tx: &rusqlite::Transaction<'_>,
-    c: &NewCert,
-    lineage: Option<&str>,
-) -> Result<(), StoreError> {
-    ensure_current(tx, c.generation)?;
+fn insert_cert(db: &mut dyn Exec, c: &NewCert, lineage: Option<&str>) -> Result<(), StoreError> {
+    ensure_current(db, c.generation)?;
     let serial = c.serial.to_string();
     // The serial is the primary key: a (astronomically unlikely) collision fails the insert and
-    // so the whole issuance, rather than ever reusing a serial.
-    tx.prepare_cached(
+    // so the whole issuance, rather than ever reusing a serial — on every replica alike.
+    db.execute(
         "INSERT INTO certificates
              (serial, spiffe_id, not_before, not_after, issued_at, method, der, generation,
               lineage)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        serial,
-        c.spiffe_id,
-        c.not_before.unix_timestamp(),
-        c.not_after.unix_timestamp(),
-        c.issued_at.unix_timestamp(),
-        c.method,
-        c.der,
-        c.generation as i64,
-        lineage.unwrap_or(&serial),
-    ])?;
+        args![
+            serial,
+            c.spiffe_id,
+            c.not_before.unix_timestamp(),
+            c.not_after.unix_timestamp(),
+            c.issued_at.unix_timestamp(),
+            c.method,
+            c.der,
+            c.generation as i64,
+            lineage.unwrap_or(&serial),
+        ],
+    )?;
     Ok(())
 }

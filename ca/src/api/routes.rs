@@ -19,6 +19,7 @@ use super::revocation;
 use super::server::{blocking, State};
 use crate::error::CaError;
 use crate::metrics::{FailureReason, IssueMethod};
+use crate::store::StoreError;
 
 /// An answer.
 pub(super) type Resp = Response<Full<Bytes>>;
@@ -233,8 +234,14 @@ pub(super) fn fail(e: CaError) -> Fail {
         CaError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         CaError::Forbidden(_) => StatusCode::FORBIDDEN,
         CaError::NotFound(_) => StatusCode::NOT_FOUND,
+        // Retryable: the sidecar tries the next replica, then again after its backoff.
+        CaError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        tracing::warn!("answering 503: {e}");
+        return (status, "the CA's database is unavailable; retry".into());
+    }
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!("internal error: {e}");
         return (status, "internal error; see the CA's log".into());

@@ -13,6 +13,7 @@ use tether_certs::crl::Reason;
 use tether_certs::{Serial, SpiffeId, TrustDomain};
 
 use crate::settings::{InitOptions, Settings};
+use crate::store::DatabaseUrl;
 use crate::timefmt::parse_rfc3339;
 
 /// Tether's certificate authority: issues short-lived SPIFFE X509-SVIDs, records them in SQLite,
@@ -166,6 +167,13 @@ pub struct InitArgs {
     /// CRL validity (nextUpdate − thisUpdate); the server re-signs at half of it.
     #[arg(long, env = "TETHER_CA_CRL_VALIDITY", default_value = "24h", value_parser = parse_duration)]
     pub crl_validity: Duration,
+    /// A PostgreSQL database shared by replicas across hosts,
+    /// `postgres://USER@HOST[:PORT]/DB` (no password: PGPASSWORD or ~/.pgpass supply it).
+    /// Without it the CA keeps an embedded SQLite file, ca.db, in the state dir.
+    // Checked in `options`, not by clap: clap's errors repeat the value, which may hold a
+    // password by mistake.
+    #[arg(long, env = "TETHER_CA_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 impl InitArgs {
@@ -180,6 +188,12 @@ impl InitArgs {
             root_ttl: self.root_ttl,
             intermediate_ttl: self.intermediate_ttl.min(self.root_ttl),
             extra_sans: self.sans.clone(),
+            database: self
+                .database
+                .as_deref()
+                .map(DatabaseUrl::parse)
+                .transpose()
+                .map_err(|e| format!("--database: {e}"))?,
             settings: Settings {
                 default_ttl: self.default_ttl,
                 max_ttl: self.max_ttl,

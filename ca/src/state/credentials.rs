@@ -118,7 +118,7 @@ fn server_label(sans: &[String]) -> String {
 }
 
 /// The names of the newest API server certificate, from its label.
-pub(crate) fn server_sans(store: &Store) -> Result<Vec<String>, CaError> {
+pub(crate) fn server_sans(store: &mut Store) -> Result<Vec<String>, CaError> {
     let label = store
         .newest_of_method(IssueMethod::Server.as_str())?
         .map(|r| r.spiffe_id);

@@ -9,8 +9,8 @@
 //! (see [`super::schema`]) that created it — the instance id is the sidecar's own choice, so
 //! without that any member could write under another's id.
 
-use rusqlite::{params, Connection, OptionalExtension};
-
+use super::db::{args, Exec, Row};
+use super::revocation::newest_crl_number;
 use super::{lineage_of, meta_u64, Store, StoreError};
 
 /// One sidecar process, as of its latest CRL poll.
@@ -72,48 +72,46 @@ const SELECT_MEMBER: &str = "SELECT f.instance, f.spiffe_id, f.serial, f.cert_no
     FROM fleet f LEFT JOIN certificates c ON c.serial = f.serial";
 
 /// A `fleet` row (joined with its certificate's revocation, see [`SELECT_MEMBER`]).
-pub(super) fn row_to_member(r: &rusqlite::Row<'_>) -> rusqlite::Result<FleetMember> {
+pub(super) fn row_to_member(r: &Row) -> Result<FleetMember, StoreError> {
     Ok(FleetMember {
         instance: r.get(0)?,
         spiffe_id: r.get(1)?,
         serial: r.get(2)?,
         cert_not_after: r.get(3)?,
-        crl_number: r.get::<_, i64>(4)? as u64,
-        bundle_version: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        crl_number: r.get(4)?,
+        bundle_version: r.get(5)?,
         last_seen: r.get(6)?,
         cert_revoked: r.get(7)?,
     })
 }
 
 /// Members seen at or after `since`, by identity then instance.
-pub(super) fn members_since(
-    conn: &rusqlite::Connection,
-    since: i64,
-) -> Result<Vec<FleetMember>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "{SELECT_MEMBER} WHERE f.last_seen >= ?1 ORDER BY f.spiffe_id, f.instance"
-    ))?;
-    let rows = stmt.query_map([since], row_to_member)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub(super) fn members_since(db: &mut dyn Exec, since: i64) -> Result<Vec<FleetMember>, StoreError> {
+    db.query(
+        &format!("{SELECT_MEMBER} WHERE f.last_seen >= ?1 ORDER BY f.spiffe_id, f.instance"),
+        args![since],
+    )?
+    .iter()
+    .map(row_to_member)
+    .collect()
 }
 
 /// What `crl_number` and `bundle_version` claim beyond what this CA published, if anything.
 /// CRL numbers are handed out in sequence from 1 and never deleted, so every number up to the
 /// newest exists; 0 means "none yet".
 fn unpublished_in(
-    conn: &Connection,
+    db: &mut dyn Exec,
     crl_number: u64,
     bundle_version: Option<u64>,
 ) -> Result<Option<Unpublished>, StoreError> {
-    let newest: Option<i64> = conn.query_row("SELECT max(number) FROM crls", [], |r| r.get(0))?;
-    let newest = newest.unwrap_or(0) as u64;
+    let newest = newest_crl_number(db)?;
     if crl_number > newest {
         return Ok(Some(Unpublished::Crl {
             claimed: crl_number,
             newest,
         }));
     }
-    let current = meta_u64(conn, "bundle_version")?;
+    let current = meta_u64(db, "bundle_version")?;
     Ok(bundle_version
         .filter(|v| *v > current)
         .map(|claimed| Unpublished::Bundle {
@@ -128,26 +126,28 @@ fn unpublished_in(
 /// `now`, or unknown here) — the same sidecar enrolling afresh after its renewal was refused.
 /// Another identity never may: the row expires by retention instead.
 fn may_write(
-    conn: &Connection,
+    db: &mut dyn Exec,
     member: &FleetMember,
     lineage: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let owner: Option<RowOwner> = conn
-        .prepare_cached(
+    let owner = db
+        .query_opt(
             "SELECT f.spiffe_id, f.lineage, f.cert_not_after > ?2 AND c.serial IS NOT NULL
                     AND c.revoked_at IS NULL
              FROM fleet f LEFT JOIN certificates c ON c.serial = f.serial
              WHERE f.instance = ?1",
+            args![member.instance, now],
         )?
-        .query_row(params![member.instance, now], |r| {
+        .map(|r| -> Result<RowOwner, StoreError> {
             Ok(RowOwner {
                 spiffe_id: r.get(0)?,
                 lineage: r.get(1)?,
-                can_poll: r.get(2)?,
+                // NULL when no certificate matched: that row's owner cannot poll.
+                can_poll: r.get::<Option<bool>>(2)?.unwrap_or(false),
             })
         })
-        .optional()?;
+        .transpose()?;
     Ok(match owner {
         None => true,
         Some(o) if o.spiffe_id != member.spiffe_id => false,
@@ -179,14 +179,14 @@ impl Store {
         member: &FleetMember,
         now: i64,
     ) -> Result<PollRecord, StoreError> {
-        let tx = self.immediate()?;
-        if let Some(u) = unpublished_in(&tx, member.crl_number, member.bundle_version)? {
+        let mut tx = self.immediate()?;
+        if let Some(u) = unpublished_in(&mut tx, member.crl_number, member.bundle_version)? {
             return Ok(PollRecord::Unpublished(u));
         }
-        let lineage = lineage_of(&tx, &member.serial)?.ok_or_else(|| {
+        let lineage = lineage_of(&mut tx, &member.serial)?.ok_or_else(|| {
             StoreError::Corrupt(format!("no certificate {} for a fleet row", member.serial))
         })?;
-        if !may_write(&tx, member, &lineage, now)? {
+        if !may_write(&mut tx, member, &lineage, now)? {
             return Ok(PollRecord::Taken);
         }
         tx.execute(
@@ -198,7 +198,7 @@ impl Store {
                  cert_not_after = excluded.cert_not_after, crl_number = excluded.crl_number,
                  bundle_version = excluded.bundle_version, last_seen = excluded.last_seen,
                  lineage = excluded.lineage",
-            params![
+            args![
                 member.instance,
                 member.spiffe_id,
                 member.serial,
@@ -218,32 +218,31 @@ impl Store {
     /// CA published, if anything (the check [`Store::record_poll`] makes, for polls it does not
     /// record).
     pub fn unpublished(
-        &self,
+        &mut self,
         crl_number: u64,
         bundle_version: Option<u64>,
     ) -> Result<Option<Unpublished>, StoreError> {
-        unpublished_in(&self.conn, crl_number, bundle_version)
+        unpublished_in(&mut self.db, crl_number, bundle_version)
     }
 
     /// Sidecars seen at or after `since` (Unix seconds), by identity then instance.
-    pub fn fleet(&self, since: i64) -> Result<Vec<FleetMember>, StoreError> {
-        members_since(&self.conn, since)
+    pub fn fleet(&mut self, since: i64) -> Result<Vec<FleetMember>, StoreError> {
+        members_since(&mut self.db, since)
     }
 
     /// How many sidecars were seen at or after `since`.
-    pub fn fleet_size(&self, since: i64) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT count(*) FROM fleet WHERE last_seen >= ?1",
-            [since],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+    pub fn fleet_size(&mut self, since: i64) -> Result<u64, StoreError> {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM fleet WHERE last_seen >= ?1",
+                args![since],
+            )?
+            .get(0)
     }
 
-    /// Forgets sidecars not seen since `before`; returns how many.
-    pub fn prune_fleet(&self, before: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM fleet WHERE last_seen < ?1", [before])?)
+    /// Deletes fleet rows last seen before `before` (Unix seconds); how many.
+    pub fn prune_fleet(&mut self, before: i64) -> Result<u64, StoreError> {
+        self.db
+            .execute("DELETE FROM fleet WHERE last_seen < ?1", args![before])
     }
 }

@@ -7,11 +7,11 @@
 //! per retire). Each row remembers the bundle version that first included its root, which is
 //! what a sidecar must have reported before the previous root may be retired.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use tether_certs::crl::CrlEntry;
 
+use super::db::{args, Exec, Row};
 use super::{
     current_generation, insert_cert, meta_u64, publish_in, row_to_record, IssuedRecord, NewCert,
     Store, StoreError, StoredCrl,
@@ -85,9 +85,9 @@ const SELECT_GENERATION: &str = "SELECT generation, root_fingerprint, root_der, 
     intermediate_fingerprint, intermediate_der, intermediate_not_after, created_at,
     bundle_version, retired_at, cross_der, cross_generation FROM generations";
 
-fn row_to_generation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Generation> {
+fn row_to_generation(r: &Row) -> Result<Generation, StoreError> {
     Ok(Generation {
-        generation: r.get::<_, i64>(0)? as u64,
+        generation: r.get(0)?,
         root_fingerprint: r.get(1)?,
         root_der: r.get(2)?,
         root_not_after: r.get(3)?,
@@ -95,15 +95,15 @@ fn row_to_generation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Generation> {
         intermediate_der: r.get(5)?,
         intermediate_not_after: r.get(6)?,
         created_at: r.get(7)?,
-        bundle_version: r.get::<_, i64>(8)? as u64,
+        bundle_version: r.get(8)?,
         retired_at: r.get(9)?,
         cross_der: r.get(10)?,
-        cross_generation: r.get::<_, Option<i64>>(11)?.map(|g| g as u64),
+        cross_generation: r.get(11)?,
     })
 }
 
 fn insert_generation(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut dyn Exec,
     generation: u64,
     g: &NewGeneration,
     bundle_version: u64,
@@ -113,7 +113,7 @@ fn insert_generation(
              intermediate_fingerprint, intermediate_der, intermediate_not_after, created_at,
              bundle_version, cross_der, cross_generation)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
+        args![
             generation as i64,
             tether_certs::bundle::fingerprint(&g.root_der),
             g.root_der,
@@ -131,15 +131,11 @@ fn insert_generation(
 }
 
 /// Writes a numeric setting inside `tx`.
-pub(super) fn set_meta(
-    tx: &rusqlite::Transaction<'_>,
-    key: &str,
-    value: u64,
-) -> Result<(), StoreError> {
+pub(super) fn set_meta(tx: &mut dyn Exec, key: &str, value: u64) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value.to_string()],
+        args![key, value.to_string()],
     )?;
     Ok(())
 }
@@ -149,39 +145,38 @@ impl Store {
     /// with that intermediate's notAfter (the CA never issues one; `check` looks anyway, since a
     /// database restored from elsewhere or edited by hand could hold one).
     pub fn leaves_outliving_issuer(
-        &self,
+        &mut self,
         now: i64,
     ) -> Result<Vec<(IssuedRecord, i64)>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT c.serial, c.spiffe_id, c.not_before, c.not_after, c.issued_at, c.method,
-                    c.revoked_at, c.reason, c.generation, g.intermediate_not_after
-             FROM certificates c JOIN generations g ON g.generation = c.generation
-             WHERE c.revoked_at IS NULL AND c.not_after > ?1
-               AND c.not_after > g.intermediate_not_after
-             ORDER BY c.not_after",
-        )?;
-        let rows = stmt.query_map([now], |r| Ok((row_to_record(r)?, r.get(9)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db
+            .query(
+                "SELECT c.serial, c.spiffe_id, c.not_before, c.not_after, c.issued_at, c.method,
+                        c.revoked_at, c.reason, c.generation, g.intermediate_not_after
+                 FROM certificates c JOIN generations g ON g.generation = c.generation
+                 WHERE c.revoked_at IS NULL AND c.not_after > ?1
+                   AND c.not_after > g.intermediate_not_after
+                 ORDER BY c.not_after",
+                args![now],
+            )?
+            .iter()
+            .map(|r| Ok((row_to_record(r)?, r.get(9)?)))
+            .collect()
     }
 
     /// Every generation, oldest first.
-    pub fn generations(&self) -> Result<Vec<Generation>, StoreError> {
-        all_generations(&self.conn)
+    pub fn generations(&mut self) -> Result<Vec<Generation>, StoreError> {
+        all_generations(&mut self.db)
     }
 
     /// A consistent snapshot of (current generation, bundle version, every generation) — what a
     /// reload needs, read in one transaction so a rotation committing meanwhile is seen whole
     /// or not at all.
-    pub fn trust_state(&self) -> Result<(u64, u64, Vec<Generation>), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
-        let generation = current_generation(&tx)?;
-        let version = meta_u64(&tx, "bundle_version")?;
-        let all = {
-            let mut stmt = tx.prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))?;
-            let rows = stmt.query_map([], row_to_generation)?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
-        tx.finish()?;
+    pub fn trust_state(&mut self) -> Result<(u64, u64, Vec<Generation>), StoreError> {
+        let mut tx = self.snapshot()?;
+        let generation = current_generation(&mut tx)?;
+        let version = meta_u64(&mut tx, "bundle_version")?;
+        let all = all_generations(&mut tx)?;
+        tx.commit()?;
         Ok((generation, version, all))
     }
 
@@ -189,22 +184,17 @@ impl Store {
     /// before root rotation is opened). Sets `meta.generation` and `meta.bundle_version` to 1 if
     /// they are missing.
     pub fn ensure_first_generation(&mut self, first: &NewGeneration) -> Result<(), StoreError> {
-        let tx = self.immediate()?;
-        let any: Option<i64> = tx
-            .query_row("SELECT generation FROM generations LIMIT 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let mut tx = self.immediate()?;
+        let any = tx.query_opt("SELECT generation FROM generations LIMIT 1", args![])?;
         if any.is_none() {
-            insert_generation(&tx, 1, first, 1)?;
+            insert_generation(&mut tx, 1, first, 1)?;
         }
         tx.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '1'),
-                                                            ('bundle_version', '1')",
-            [],
+            "INSERT INTO meta (key, value) VALUES ('generation', '1'), ('bundle_version', '1')
+             ON CONFLICT(key) DO NOTHING",
+            args![],
         )?;
-        tx.commit()?;
-        Ok(())
+        tx.commit()
     }
 
     /// Makes `new` the current generation in one transaction: records it with the next
@@ -221,43 +211,41 @@ impl Store {
         place: impl FnOnce(u64) -> Result<(), E>,
         sign: impl FnOnce(u64, u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<Rotation, E> {
-        let tx = self.immediate()?;
-        let last: Option<i64> = tx
-            .query_row("SELECT max(generation) FROM generations", [], |r| r.get(0))
-            .map_err(StoreError::from)?;
-        let generation = last.unwrap_or(0) as u64 + 1;
+        let mut tx = self.immediate()?;
+        let last: Option<u64> = tx
+            .query_one("SELECT max(generation) FROM generations", args![])?
+            .get(0)?;
+        let generation = last.unwrap_or(0) + 1;
         place(generation)?;
-        let bundle_version = meta_u64(&tx, "bundle_version")? + 1;
-        insert_generation(&tx, generation, new, bundle_version)?;
-        set_meta(&tx, "generation", generation)?;
-        set_meta(&tx, "bundle_version", bundle_version)?;
-        let superseded: Vec<String> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT serial FROM certificates
-                     WHERE method IN ('server', 'admin') AND revoked_at IS NULL",
-                )
-                .map_err(StoreError::from)?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(StoreError::from)?;
-            rows.collect::<Result<_, _>>().map_err(StoreError::from)?
-        };
+        let bundle_version = meta_u64(&mut tx, "bundle_version")? + 1;
+        insert_generation(&mut tx, generation, new, bundle_version)?;
+        set_meta(&mut tx, "generation", generation)?;
+        set_meta(&mut tx, "bundle_version", bundle_version)?;
+        let superseded = tx
+            .query(
+                "SELECT serial FROM certificates
+                 WHERE method IN ('server', 'admin') AND revoked_at IS NULL",
+                args![],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<Result<Vec<String>, StoreError>>()?;
         for serial in &superseded {
             tx.execute(
                 "UPDATE certificates SET revoked_at = ?1, reason = 'superseded'
                  WHERE serial = ?2",
-                params![now.unix_timestamp(), serial],
-            )
-            .map_err(StoreError::from)?;
+                args![now.unix_timestamp(), serial],
+            )?;
         }
         for cert in credentials {
             let cert = NewCert {
                 generation,
                 ..cert.clone()
             };
-            insert_cert(&tx, &cert, None)?;
+            insert_cert(&mut tx, &cert, None)?;
         }
-        let crl = publish_in(&tx, now, generation, |n, e| sign(generation, n, e))?;
-        tx.commit().map_err(StoreError::from)?;
+        let crl = publish_in(&mut tx, now, generation, |n, e| sign(generation, n, e))?;
+        tx.commit()?;
         Ok(Rotation {
             generation,
             bundle_version,
@@ -268,8 +256,9 @@ impl Store {
 }
 
 /// Every generation, oldest first.
-pub(super) fn all_generations(conn: &Connection) -> Result<Vec<Generation>, StoreError> {
-    let mut stmt = conn.prepare(&format!("{SELECT_GENERATION} ORDER BY generation"))?;
-    let rows = stmt.query_map([], row_to_generation)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub(super) fn all_generations(db: &mut dyn Exec) -> Result<Vec<Generation>, StoreError> {
+    db.query(&format!("{SELECT_GENERATION} ORDER BY generation"), args![])?
+        .iter()
+        .map(row_to_generation)
+        .collect()
 }

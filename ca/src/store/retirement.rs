@@ -2,11 +2,11 @@
 //! it (no unexpired, unrevoked leaf it issued; no recently seen sidecar on a bundle without the
 //! current root), in one transaction with the CRL that announces the new bundle version.
 
-use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 
 use tether_certs::crl::CrlEntry;
 
+use super::db::{args, Exec};
 use super::fleet::{members_since, FleetMember};
 use super::generations::{all_generations, set_meta, Generation};
 use super::{
@@ -65,9 +65,9 @@ impl Store {
         signing_generation: u64,
         sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<RetireOutcome, E> {
-        let tx = self.immediate()?;
-        let current = current_generation(&tx)?;
-        let all = all_generations(&tx)?;
+        let mut tx = self.immediate()?;
+        let current = current_generation(&mut tx)?;
+        let all = all_generations(&mut tx)?;
         if let Some(why) = refusal(&all, generation, current) {
             return Ok(RetireOutcome::NotRetirable(why));
         }
@@ -77,8 +77,8 @@ impl Store {
             .map(|g| g.bundle_version)
             .ok_or_else(|| StoreError::Corrupt(format!("current generation {current} missing")))?;
         let blockers = RetireBlockers {
-            leaves: live_leaves_of(&tx, generation, now)?,
-            fleet: members_since(&tx, fleet_since)?
+            leaves: live_leaves_of(&mut tx, generation, now)?,
+            fleet: members_since(&mut tx, fleet_since)?
                 .into_iter()
                 .filter(|m| m.bundle_version.is_none_or(|v| v < required_bundle_version))
                 .collect(),
@@ -87,15 +87,14 @@ impl Store {
         if !blockers.is_empty() && !force {
             return Ok(RetireOutcome::Blocked(blockers));
         }
-        let bundle_version = meta_u64(&tx, "bundle_version")? + 1;
+        let bundle_version = meta_u64(&mut tx, "bundle_version")? + 1;
         tx.execute(
             "UPDATE generations SET retired_at = ?1 WHERE generation = ?2",
-            params![now.unix_timestamp(), generation as i64],
-        )
-        .map_err(StoreError::from)?;
-        set_meta(&tx, "bundle_version", bundle_version)?;
-        let crl = publish_in(&tx, now, signing_generation, sign)?;
-        tx.commit().map_err(StoreError::from)?;
+            args![now.unix_timestamp(), generation as i64],
+        )?;
+        set_meta(&mut tx, "bundle_version", bundle_version)?;
+        let crl = publish_in(&mut tx, now, signing_generation, sign)?;
+        tx.commit()?;
         Ok(RetireOutcome::Retired {
             bundle_version,
             crl_number: crl.number,
@@ -130,17 +129,18 @@ fn refusal(all: &[Generation], generation: u64, current: u64) -> Option<String> 
 /// Unexpired, unrevoked certificates issued by `generation`'s intermediate, soonest to expire
 /// first.
 fn live_leaves_of(
-    conn: &Connection,
+    db: &mut dyn Exec,
     generation: u64,
     now: OffsetDateTime,
 ) -> Result<Vec<IssuedRecord>, StoreError> {
-    let mut stmt = conn.prepare(&format!(
-        "{SELECT_CERT} WHERE generation = ?1 AND revoked_at IS NULL
-         AND not_after > ?2 ORDER BY not_after"
-    ))?;
-    let rows = stmt.query_map(
-        params![generation as i64, now.unix_timestamp()],
-        row_to_record,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    db.query(
+        &format!(
+            "{SELECT_CERT} WHERE generation = ?1 AND revoked_at IS NULL
+             AND not_after > ?2 ORDER BY not_after"
+        ),
+        args![generation as i64, now.unix_timestamp()],
+    )?
+    .iter()
+    .map(row_to_record)
+    .collect()
 }

@@ -1,13 +1,13 @@
 //! CRLs and revocations: revoke a serial or an identity and publish the CRL that lists it in the
 //! same transaction; re-publish; read CRLs back.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use tether_certs::crl::{CrlEntry, Reason};
 use tether_certs::Serial;
 
-use super::{ensure_current, revocation_state, Store, StoreError};
+use super::db::{args, Exec, Row};
+use super::{ensure_current, revocation_state, Store, StoreError, Tx};
 
 /// A stored, signed CRL.
 #[derive(Debug, Clone)]
@@ -59,50 +59,45 @@ pub struct IdentityRevocation {
 
 impl Store {
     /// The newest CRL, if any was published.
-    pub fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
+    pub fn latest_crl(&mut self) -> Result<Option<StoredCrl>, StoreError> {
+        self.db
+            .query_opt(
                 "SELECT number, this_update, next_update, der, generation FROM crls
                  ORDER BY number DESC LIMIT 1",
-                [],
-                row_to_crl,
-            )
-            .optional()?)
+                args![],
+            )?
+            .map(|r| row_to_crl(&r))
+            .transpose()
     }
 
     /// CRL `number` with the certificates that vouch for its signer (what `GET /v1/crl` serves):
     /// the intermediate that signed it, then — while the root that certified it is still in the
     /// bundle — that intermediate's cross-certificate from the previous root.
-    pub fn crl_with_issuer(&self, number: u64) -> Result<Option<ServedCrl>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
+    pub fn crl_with_issuer(&mut self, number: u64) -> Result<Option<ServedCrl>, StoreError> {
+        self.db
+            .query_opt(
                 "SELECT c.number, c.this_update, c.next_update, c.der, c.generation,
                         g.intermediate_der,
                         CASE WHEN x.retired_at IS NULL THEN g.cross_der END
                  FROM crls c JOIN generations g ON g.generation = c.generation
                  LEFT JOIN generations x ON x.generation = g.cross_generation
                  WHERE c.number = ?1",
-                [number as i64],
-                |r| {
-                    let mut issuers = vec![r.get::<_, Vec<u8>>(5)?];
-                    issuers.extend(r.get::<_, Option<Vec<u8>>>(6)?);
-                    Ok(ServedCrl {
-                        crl: row_to_crl(r)?,
-                        issuers,
-                    })
-                },
-            )
-            .optional()?)
+                args![number as i64],
+            )?
+            .map(|r| {
+                let mut issuers = vec![r.get::<Vec<u8>>(5)?];
+                issuers.extend(r.get::<Option<Vec<u8>>>(6)?);
+                Ok(ServedCrl {
+                    crl: row_to_crl(&r)?,
+                    issuers,
+                })
+            })
+            .transpose()
     }
 
     /// The newest CRL number (0 when none was published): a cheap query for change polling.
-    pub fn latest_crl_number(&self) -> Result<u64, StoreError> {
-        let n: Option<i64> = self
-            .conn
-            .query_row("SELECT max(number) FROM crls", [], |r| r.get(0))?;
-        Ok(n.unwrap_or(0) as u64)
+    pub fn latest_crl_number(&mut self) -> Result<u64, StoreError> {
+        newest_crl_number(&mut self.db)
     }
 
     /// Revokes `serial` (if it is not already) and publishes a new CRL in the same transaction.
@@ -117,15 +112,15 @@ impl Store {
         generation: u64,
         sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<RevokeOutcome, E> {
-        let tx = self.immediate()?;
-        match revocation_state(&tx, serial)? {
+        let mut tx = self.immediate()?;
+        match revocation_state(&mut tx, serial)? {
             None => return Ok(RevokeOutcome::Unknown),
             Some(Some(at)) => return Ok(RevokeOutcome::AlreadyRevoked(at)),
             Some(None) => {}
         }
-        mark_revoked(&tx, &serial.to_string(), reason, now)?;
-        let crl = publish_in(&tx, now, generation, sign)?;
-        tx.commit().map_err(StoreError::from)?;
+        mark_revoked(&mut tx, &serial.to_string(), reason, now)?;
+        let crl = publish_in(&mut tx, now, generation, sign)?;
+        tx.commit()?;
         Ok(RevokeOutcome::Revoked {
             crl_number: crl.number,
         })
@@ -146,25 +141,19 @@ impl Store {
         generation: u64,
         sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<IdentityRevocation, E> {
-        let tx = self.immediate()?;
+        let mut tx = self.immediate()?;
         let live_after = (now - tether_certs::issue::CLOCK_SKEW).unix_timestamp();
-        let serials: Vec<String> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT serial FROM certificates
-                     WHERE spiffe_id = ?1 AND revoked_at IS NULL AND not_after > ?2
-                       AND issued_at < ?3
-                     ORDER BY issued_at, serial",
-                )
-                .map_err(StoreError::from)?;
-            let rows = stmt
-                .query_map(
-                    params![spiffe_id, live_after, before.unwrap_or(i64::MAX)],
-                    |r| r.get(0),
-                )
-                .map_err(StoreError::from)?;
-            rows.collect::<Result<_, _>>().map_err(StoreError::from)?
-        };
+        let serials = tx
+            .query(
+                "SELECT serial FROM certificates
+                 WHERE spiffe_id = ?1 AND revoked_at IS NULL AND not_after > ?2
+                   AND issued_at < ?3
+                 ORDER BY issued_at, serial",
+                args![spiffe_id, live_after, before.unwrap_or(i64::MAX)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<Result<Vec<String>, StoreError>>()?;
         if serials.is_empty() {
             return Ok(IdentityRevocation {
                 serials,
@@ -172,10 +161,10 @@ impl Store {
             });
         }
         for serial in &serials {
-            mark_revoked(&tx, serial, reason, now)?;
+            mark_revoked(&mut tx, serial, reason, now)?;
         }
-        let crl = publish_in(&tx, now, generation, sign)?;
-        tx.commit().map_err(StoreError::from)?;
+        let crl = publish_in(&mut tx, now, generation, sign)?;
+        tx.commit()?;
         Ok(IdentityRevocation {
             serials,
             crl_number: Some(crl.number),
@@ -190,74 +179,68 @@ impl Store {
         generation: u64,
         sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<StoredCrl, E> {
-        let tx = self.immediate()?;
-        let crl = publish_in(&tx, now, generation, sign)?;
-        tx.commit().map_err(StoreError::from)?;
+        let mut tx = self.immediate()?;
+        let crl = publish_in(&mut tx, now, generation, sign)?;
+        tx.commit()?;
         Ok(crl)
     }
 }
 
+/// The newest CRL number, 0 before the first.
+pub(super) fn newest_crl_number(db: &mut dyn Exec) -> Result<u64, StoreError> {
+    let n: Option<u64> = db
+        .query_one("SELECT max(number) FROM crls", args![])?
+        .get(0)?;
+    Ok(n.unwrap_or(0))
+}
+
 /// Records `serial` (lowercase hex) as revoked at `now` for `reason`.
 fn mark_revoked(
-    conn: &Connection,
+    db: &mut dyn Exec,
     serial: &str,
     reason: Option<Reason>,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3")?
-        .execute(params![
-            now.unix_timestamp(),
-            reason.map(|r| r.as_str()),
-            serial
-        ])?;
+    db.execute(
+        "UPDATE certificates SET revoked_at = ?1, reason = ?2 WHERE serial = ?3",
+        args![now.unix_timestamp(), reason.map(|r| r.as_str()), serial],
+    )?;
     Ok(())
 }
 
 /// A `crls` row.
-pub(super) fn row_to_crl(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCrl> {
+pub(super) fn row_to_crl(r: &Row) -> Result<StoredCrl, StoreError> {
     Ok(StoredCrl {
-        number: r.get::<_, i64>(0)? as u64,
+        number: r.get(0)?,
         this_update: r.get(1)?,
         next_update: r.get(2)?,
         der: r.get(3)?,
-        generation: r.get::<_, i64>(4)? as u64,
+        generation: r.get(4)?,
     })
 }
 
 /// Publishes the next CRL inside `tx`: every revoked, unexpired entry, signed by `sign` (with
-/// `generation`, which must be current).
+/// `generation`, which must be current), announced to other replicas on commit.
 pub(super) fn publish_in<E: From<StoreError>>(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut Tx<'_>,
     now: OffsetDateTime,
     generation: u64,
     sign: impl FnOnce(u64, &[CrlEntry]) -> Result<StoredCrl, E>,
 ) -> Result<StoredCrl, E> {
     ensure_current(tx, generation)?;
-    let last: Option<i64> = tx
-        .query_row("SELECT max(number) FROM crls", [], |r| r.get(0))
-        .map_err(StoreError::from)?;
-    let number = last.unwrap_or(0) as u64 + 1;
+    let number = newest_crl_number(tx)? + 1;
     // Entries stay listed until their certificate has expired (with the issuance clock-skew
     // margin): after that every verifier rejects the certificate on its own.
     let keep_after = (now - tether_certs::issue::CLOCK_SKEW).unix_timestamp();
-    let mut stmt = tx
-        .prepare(
-            "SELECT serial, revoked_at, reason FROM certificates
-             WHERE revoked_at IS NOT NULL AND not_after > ?1 ORDER BY revoked_at",
-        )
-        .map_err(StoreError::from)?;
-    let rows = stmt
-        .query_map([keep_after], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<String>>(2)?,
-            ))
-        })
-        .map_err(StoreError::from)?;
+    let rows = tx.query(
+        "SELECT serial, revoked_at, reason FROM certificates
+         WHERE revoked_at IS NOT NULL AND not_after > ?1 ORDER BY revoked_at",
+        args![keep_after],
+    )?;
     let mut entries = Vec::new();
     for row in rows {
-        let (serial, at, reason) = row.map_err(StoreError::from)?;
+        let (serial, at, reason): (String, i64, Option<String>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?);
         let corrupt = |what: &str| StoreError::Corrupt(format!("revoked {serial}: {what}"));
         entries.push(CrlEntry {
             serial: serial.parse().map_err(|_| corrupt("bad serial"))?,
@@ -265,19 +248,18 @@ pub(super) fn publish_in<E: From<StoreError>>(
             reason: reason.and_then(|r| r.parse().ok()),
         });
     }
-    drop(stmt);
     let crl = sign(number, &entries)?;
     tx.execute(
         "INSERT INTO crls (number, this_update, next_update, der, generation)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
+        args![
             crl.number as i64,
             crl.this_update,
             crl.next_update,
             crl.der,
             generation as i64
         ],
-    )
-    .map_err(StoreError::from)?;
+    )?;
+    tx.announce()?;
     Ok(crl)
 }

@@ -1,10 +1,20 @@
-//! The database's schema: the tables and indexes `Store::open` creates, and the in-place
-//! upgrade of databases written by older versions (columns added since: generations default to
-//! 1, and a certificate or fleet row without a lineage is read as described on
-//! [`ADDED_COLUMNS`]).
+//! The database's schema: the tables and indexes `Store::open` creates, for each backend.
+//!
+//! - **SQLite** keeps the upgrade it has always had: [`SCHEMA`] creates what is missing and
+//!   databases written by older versions get the columns added since (generations default to
+//!   1, and a certificate or fleet row without a lineage is read as described on
+//!   [`ADDED_COLUMNS`]).
+//! - **PostgreSQL** databases are new, so they get versioned migrations instead
+//!   ([`PG_MIGRATIONS`]): applied in order on open, under the write lock, each recorded in
+//!   `meta.schema_version`, so replicas of different versions opening one database at once
+//!   agree on what ran. The same tables, with `BIGINT` for integers, `BYTEA` for DER, and a
+//!   `rowid` sequence on `certificates` (SQLite's implicit insertion order, which "newest"
+//!   queries break ties with).
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::db::{args, Exec};
+use super::postgres::Pg;
 use super::StoreError;
 
 const SCHEMA: &str = "
@@ -63,7 +73,95 @@ CREATE TABLE IF NOT EXISTS fleet (
     lineage TEXT
 );
 CREATE INDEX IF NOT EXISTS fleet_by_last_seen ON fleet (last_seen);
+CREATE TABLE IF NOT EXISTS sealed_keys (
+    generation INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (generation, kind)
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY,
+    sans TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    removed_at INTEGER
+);
 ";
+
+/// PostgreSQL's migrations, oldest first: (version, statements). Append only; a release never
+/// changes an entry an older one shipped.
+pub(super) const PG_MIGRATIONS: [(u64, &str); 1] = [(
+    1,
+    "
+CREATE TABLE certificates (
+    rowid BIGSERIAL NOT NULL,
+    serial TEXT PRIMARY KEY,
+    spiffe_id TEXT NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    method TEXT NOT NULL,
+    der BYTEA NOT NULL,
+    revoked_at BIGINT,
+    reason TEXT,
+    generation BIGINT NOT NULL DEFAULT 1,
+    lineage TEXT
+);
+CREATE INDEX certificates_by_id ON certificates (spiffe_id);
+CREATE INDEX certificates_by_not_after ON certificates (not_after);
+CREATE INDEX certificates_by_generation ON certificates (generation, not_after);
+CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY,
+    spiffe_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT
+);
+CREATE TABLE crls (
+    number BIGINT PRIMARY KEY,
+    this_update BIGINT NOT NULL,
+    next_update BIGINT NOT NULL,
+    der BYTEA NOT NULL,
+    generation BIGINT NOT NULL DEFAULT 1
+);
+CREATE TABLE generations (
+    generation BIGINT PRIMARY KEY,
+    root_fingerprint TEXT NOT NULL UNIQUE,
+    root_der BYTEA NOT NULL,
+    root_not_after BIGINT NOT NULL,
+    intermediate_fingerprint TEXT NOT NULL,
+    intermediate_der BYTEA NOT NULL,
+    intermediate_not_after BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    bundle_version BIGINT NOT NULL,
+    retired_at BIGINT,
+    cross_der BYTEA,
+    cross_generation BIGINT
+);
+CREATE TABLE fleet (
+    instance TEXT PRIMARY KEY,
+    spiffe_id TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    cert_not_after BIGINT NOT NULL,
+    crl_number BIGINT NOT NULL,
+    bundle_version BIGINT,
+    last_seen BIGINT NOT NULL,
+    lineage TEXT
+);
+CREATE INDEX fleet_by_last_seen ON fleet (last_seen);
+CREATE TABLE sealed_keys (
+    generation BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    sealed BYTEA NOT NULL,
+    PRIMARY KEY (generation, kind)
+);
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    sans TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    removed_at BIGINT
+);
+",
+)];
 
 /// Indexes on columns that databases from before generations lack until [`upgrade`] adds them.
 const INDEXES: &str = "
@@ -86,8 +184,45 @@ const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
     ("fleet", "lineage", "TEXT"),
 ];
 
-/// Creates what is missing and upgrades an older database in place.
-pub(super) fn apply(conn: &Connection) -> Result<(), StoreError> {
+/// Applies the migrations `pg` has not run yet, in order, in one transaction under the write
+/// lock (a replica that loses the race finds them done and runs nothing).
+pub(super) fn apply_postgres(pg: &mut Pg) -> Result<(), StoreError> {
+    let newest = PG_MIGRATIONS.last().map_or(0, |m| m.0);
+    let mut tx = pg.write_tx()?;
+    // `meta` comes first, outside the migrations: it holds the version they are counted by.
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        args![],
+    )?;
+    let version: u64 = match tx.query_opt(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        args![],
+    )? {
+        Some(r) => r
+            .get::<String>(0)?
+            .parse()
+            .map_err(|_| StoreError::Corrupt("meta schema_version is not a number".into()))?,
+        None => 0,
+    };
+    if version > newest {
+        return Err(StoreError::Corrupt(format!(
+            "the database is at schema version {version}, newer than this tether-ca knows \
+             ({newest}): upgrade this replica"
+        )));
+    }
+    for (v, statements) in PG_MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+        tx.batch(statements)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            args![v.to_string()],
+        )?;
+    }
+    tx.commit()
+}
+
+/// Creates what is missing and upgrades an older SQLite database in place.
+pub(super) fn apply_sqlite(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
     upgrade(conn)?;
     conn.execute_batch(INDEXES)?;

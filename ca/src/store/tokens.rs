@@ -1,10 +1,9 @@
 //! One-time enrollment tokens: stored by their SHA-256 only, looked up, and consumed in the
 //! transaction that records the certificate they enrolled.
 
-use rusqlite::{params, OptionalExtension};
-
 use tether_certs::SpiffeId;
 
+use super::db::{args, Exec};
 use super::{insert_cert, NewCert, Store, StoreError};
 
 /// A token row looked up for enrollment.
@@ -21,56 +20,58 @@ pub struct TokenRecord {
 impl Store {
     /// Stores an enrollment token by its hash.
     pub fn insert_token(
-        &self,
+        &mut self,
         hash: &str,
         id: &SpiffeId,
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.db.execute(
             "INSERT INTO tokens (hash, spiffe_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, id.as_str(), now, expires_at],
+            args![hash, id.as_str(), now, expires_at],
         )?;
         Ok(())
     }
 
     /// The token row for `hash`, if any (a plain read: [`Store::record_enrollment`] decides
     /// atomically whether the token is still usable).
-    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT spiffe_id, expires_at, used_at FROM tokens WHERE hash = ?1")?
-            .query_row([hash], |r| {
+    pub fn token(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.db
+            .query_opt(
+                "SELECT spiffe_id, expires_at, used_at FROM tokens WHERE hash = ?1",
+                args![hash],
+            )?
+            .map(|r| {
                 Ok(TokenRecord {
                     spiffe_id: r.get(0)?,
                     expires_at: r.get(1)?,
                     used_at: r.get(2)?,
                 })
             })
-            .optional()?)
+            .transpose()
     }
 
-    /// Marks the token `hash` used and records `cert`, in one immediate transaction, only if the
+    /// Marks the token `hash` used and records `cert`, in one write transaction, only if the
     /// token is still unused and unexpired at `now`; returns whether it was. The caller signs
     /// `cert` before, outside the store lock, so concurrent enrollments sign in parallel; two
-    /// enrollments racing for one token both sign, and exactly one is recorded and answered.
+    /// enrollments racing for one token — at one replica or at two — both sign, and exactly one
+    /// is recorded and answered: the conditional update runs under the write lock.
     pub fn record_enrollment(
         &mut self,
         hash: &str,
         now: i64,
         cert: &NewCert,
     ) -> Result<bool, StoreError> {
-        let tx = self.immediate()?;
-        let consumed = tx
-            .prepare_cached(
-                "UPDATE tokens SET used_at = ?1
-                 WHERE hash = ?2 AND used_at IS NULL AND expires_at > ?1",
-            )?
-            .execute(params![now, hash])?;
+        let mut tx = self.immediate()?;
+        let consumed = tx.execute(
+            "UPDATE tokens SET used_at = ?1
+             WHERE hash = ?2 AND used_at IS NULL AND expires_at > ?1",
+            args![now, hash],
+        )?;
         if consumed != 1 {
             return Ok(false);
         }
-        insert_cert(&tx, cert, None)?;
+        insert_cert(&mut tx, cert, None)?;
         tx.commit()?;
         Ok(true)
     }

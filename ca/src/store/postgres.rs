@@ -1,0 +1,392 @@
+//! The shared backend: a PostgreSQL database that CA replicas on several hosts use at once (as
+//! SPIRE servers share one SQL datastore). The client is `postgres`, the blocking face of
+//! `tokio-postgres`: the authority runs every store call on a blocking thread (as it does for
+//! SQLite), so a blocking client keeps one store API for both backends.
+//!
+//! - **Writers serialize** on one transaction-scoped advisory lock ([`WRITE_LOCK`]), taken first
+//!   in every write transaction: the same guarantee as SQLite's `BEGIN IMMEDIATE`, cluster-wide.
+//!   That is what keeps a token single-use, CRL numbers one strictly increasing sequence and a
+//!   generation switch atomic across replicas.
+//! - **Never a hang.** The connection carries a connect timeout, TCP keepalives and
+//!   `TCP_USER_TIMEOUT` on both ends, a statement, lock and idle-in-transaction timeout, so a
+//!   database (or a replica) that vanishes mid-call costs an error within a few seconds, and a
+//!   replica cut off inside a transaction cannot hold the write lock for longer than that.
+//! - **Reconnects by itself.** A lost connection is reopened at the next call; while the
+//!   database is unreachable, calls fail at once for [`RETRY_AFTER`] instead of each waiting out
+//!   a connect timeout ([`StoreError::Unavailable`], answered 503 by the API).
+//! - **Passwords** never come from the URL (it is stored in the state dir and shown in errors):
+//!   they come from `PGPASSWORD` or the passfile, as libpq reads them ([`super::pgpass`]).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use postgres::types::{IsNull, ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+
+use super::db::{numbered_dollars, Cell, Exec, Param, Row, ToParam};
+use super::StoreError;
+
+/// The advisory lock every write transaction takes first ("teth" in ASCII).
+const WRITE_LOCK: i64 = 0x7465_7468;
+
+/// How long calls fail fast after the database could not be reached.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Server-side limits, so no statement, lock wait or half-done transaction outlives a few
+/// seconds, and the server notices a vanished client as fast as the client notices it.
+const SESSION_OPTIONS: &str = "-c statement_timeout=5000 -c lock_timeout=5000 \
+    -c idle_in_transaction_session_timeout=5000 -c tcp_keepalives_idle=2 \
+    -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=3000";
+
+/// A database URL as given to `init --database`: checked, password-free, printable.
+#[derive(Debug, Clone)]
+pub struct DatabaseUrl {
+    url: String,
+    config: postgres::Config,
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+    }
+}
+
+impl Eq for DatabaseUrl {}
+
+impl DatabaseUrl {
+    /// Parses `postgres://USER@HOST[:PORT]/DB`. A password in the URL is refused (the URL is
+    /// written to the state dir and appears in messages); the error never repeats it.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let bad = |why: &str| StoreError::BadUrl(why.to_string());
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad("a database URL starts with postgres://"));
+        }
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|_| bad("not a valid postgres://USER@HOST[:PORT]/DB URL"))?;
+        if config.get_password().is_some() {
+            return Err(bad(
+                "the URL holds a password; put it in PGPASSWORD or a passfile (~/.pgpass) \
+                 instead, so it is never stored or shown",
+            ));
+        }
+        if config.get_user().is_none() || config.get_hosts().is_empty() {
+            return Err(bad(
+                "the URL needs a user and a host: postgres://USER@HOST/DB",
+            ));
+        }
+        Ok(DatabaseUrl {
+            url: url.to_string(),
+            config,
+        })
+    }
+
+    /// The URL as given (it holds no password).
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// The client configuration: the URL, the password from the environment, the timeouts.
+    fn client_config(&self) -> postgres::Config {
+        let mut c = self.config.clone();
+        if let Some(pw) = super::pgpass::password(&c) {
+            c.password(pw);
+        }
+        c.application_name("tether-ca")
+            .connect_timeout(Duration::from_secs(2))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(2))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(2)
+            .tcp_user_timeout(Duration::from_secs(3))
+            .options(SESSION_OPTIONS);
+        c
+    }
+}
+
+/// One replica's connection to the shared database, reopened when lost.
+pub(crate) struct Pg {
+    url: DatabaseUrl,
+    client: Option<Client>,
+    /// Prepared statements of `client`, by their SQLite-dialect text.
+    statements: HashMap<String, Statement>,
+    /// While set and in the future, calls fail at once: the last connect failed.
+    down_until: Option<(Instant, String)>,
+}
+
+impl Pg {
+    /// Connects to `url` (failing if the database cannot be reached now).
+    pub(crate) fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let mut pg = Pg {
+            url: url.clone(),
+            client: None,
+            statements: HashMap::new(),
+            down_until: None,
+        };
+        pg.client()?;
+        Ok(pg)
+    }
+
+    /// The URL this connection uses.
+    pub(crate) fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// The open client, reconnecting if the last one was lost.
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+            self.statements.clear();
+        }
+        if self.client.is_none() {
+            if let Some((until, why)) = &self.down_until {
+                if Instant::now() < *until {
+                    return Err(StoreError::Unavailable(why.clone()));
+                }
+            }
+            match self.url.client_config().connect(NoTls) {
+                Ok(c) => {
+                    self.client = Some(c);
+                    self.down_until = None;
+                }
+                Err(e) => {
+                    let why = format!("database {} unreachable: {e}", self.url.as_str());
+                    self.down_until = Some((Instant::now() + RETRY_AFTER, why.clone()));
+                    return Err(StoreError::Unavailable(why));
+                }
+            }
+        }
+        Ok(self.client.as_mut().expect("connected just above"))
+    }
+
+    /// Starts a write transaction holding the cluster-wide write lock.
+    pub(crate) fn write_tx(&mut self) -> Result<PgTx<'_>, StoreError> {
+        self.client()?;
+        let Pg {
+            client, statements, ..
+        } = self;
+        let client = client.as_mut().expect("connected by client()");
+        let mut tx = client.transaction().map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .map_err(pg_error)?;
+        Ok(PgTx { tx, statements })
+    }
+
+    /// Starts a read-only transaction that sees one snapshot throughout.
+    pub(crate) fn snapshot_tx(&mut self) -> Result<PgTx<'_>, StoreError> {
+        self.client()?;
+        let Pg {
+            client, statements, ..
+        } = self;
+        let client = client.as_mut().expect("connected by client()");
+        let tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(pg_error)?;
+        Ok(PgTx { tx, statements })
+    }
+}
+
+/// A transaction on [`Pg`]; dropped without [`PgTx::commit`], it rolls back.
+pub(crate) struct PgTx<'a> {
+    tx: postgres::Transaction<'a>,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+impl PgTx<'_> {
+    /// Commits; an error means it may or may not have committed only if the connection was lost
+    /// during the commit itself, and either way it is all or nothing.
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().map_err(pg_error)
+    }
+
+    /// Runs `batch` (several statements, no parameters): schema migrations.
+    pub(crate) fn batch(&mut self, batch: &str) -> Result<(), StoreError> {
+        self.tx.batch_execute(batch).map_err(pg_error)
+    }
+
+    /// Queues a notification on `channel`, delivered to listeners when (and only if) this
+    /// transaction commits.
+    pub(crate) fn notify(&mut self, channel: &str) -> Result<(), StoreError> {
+        self.tx
+            .execute("SELECT pg_notify($1, '')", &[&channel])
+            .map(drop)
+            .map_err(pg_error)
+    }
+}
+
+/// The prepared form of `sql` on this connection, prepared on first use.
+fn prepared<'s>(
+    statements: &'s mut HashMap<String, Statement>,
+    prepare: impl FnOnce(&str) -> Result<Statement, postgres::Error>,
+    sql: &str,
+) -> Result<&'s Statement, StoreError> {
+    if !statements.contains_key(sql) {
+        let stmt = prepare(&numbered_dollars(sql)).map_err(pg_error)?;
+        statements.insert(sql.to_string(), stmt);
+    }
+    Ok(&statements[sql])
+}
+
+impl Exec for Pg {
+    fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
+        let (client, stmt) = self.statement(sql)?;
+        let params = bind(args);
+        client.execute(&stmt, &refs(&params)).map_err(pg_error)
+    }
+
+    fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
+        let (client, stmt) = self.statement(sql)?;
+        let params = bind(args);
+        let rows = client.query(&stmt, &refs(&params)).map_err(pg_error)?;
+        rows.iter().map(row).collect()
+    }
+}
+
+impl Pg {
+    /// The client and the prepared form of `sql` on it.
+    fn statement(&mut self, sql: &str) -> Result<(&mut Client, Statement), StoreError> {
+        self.client()?;
+        let Pg {
+            client, statements, ..
+        } = self;
+        let client = client.as_mut().expect("connected by client()");
+        let stmt = prepared(statements, |s| client.prepare(s), sql)?.clone();
+        Ok((client, stmt))
+    }
+}
+
+impl Exec for PgTx<'_> {
+    fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
+        let tx = &mut self.tx;
+        let stmt = prepared(self.statements, |s| tx.prepare(s), sql)?.clone();
+        let params = bind(args);
+        tx.execute(&stmt, &refs(&params)).map_err(pg_error)
+    }
+
+    fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
+        let tx = &mut self.tx;
+        let stmt = prepared(self.statements, |s| tx.prepare(s), sql)?.clone();
+        let params = bind(args);
+        let rows = tx.query(&stmt, &refs(&params)).map_err(pg_error)?;
+        rows.iter().map(row).collect()
+    }
+}
+
+fn bind<'a>(args: &'a [&'a dyn ToParam]) -> Vec<Param<'a>> {
+    args.iter().map(|a| a.param()).collect()
+}
+
+fn refs<'a>(params: &'a [Param<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match *self {
+            Param::Int(v) if *ty == Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
+            Param::Int(v) if *ty == Type::BOOL => (v != 0).to_sql(ty, out),
+            Param::Int(v) => v.to_sql(ty, out),
+            Param::Text(s) => s.to_sql(ty, out),
+            Param::Blob(b) => b.to_sql(ty, out),
+            Param::Null => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        [
+            Type::INT8,
+            Type::INT4,
+            Type::BOOL,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::BYTEA,
+        ]
+        .contains(ty)
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// A PostgreSQL row as the store's [`Row`]: integers, booleans (as 0/1), text and bytes.
+fn row(r: &postgres::Row) -> Result<Row, StoreError> {
+    let get = |i: usize, ty: &Type| -> Result<Cell, postgres::Error> {
+        Ok(match *ty {
+            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
+            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(|v| Cell::Int(v.into())),
+            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(|v| Cell::Int(v.into())),
+            Type::BOOL => r
+                .try_get::<_, Option<bool>>(i)?
+                .map(|v| Cell::Int(v.into())),
+            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Blob),
+            _ => r.try_get::<_, Option<String>>(i)?.map(Cell::Text),
+        }
+        .unwrap_or(Cell::Null))
+    };
+    r.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| get(i, c.type_()).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Row)
+}
+
+/// A PostgreSQL error as a [`StoreError`]: what means "the database is not available now"
+/// (connection lost, timeouts, shutdown, too many clients, lock or serialization conflicts) is
+/// [`StoreError::Unavailable`] — retryable, answered 503 — and the rest a database error.
+fn pg_error(e: postgres::Error) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        return StoreError::Unavailable(format!("database connection: {e}"));
+    };
+    let code = db.code().code();
+    let transient = ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c))
+        || code == "55P03"
+        || code == "25006";
+    let message = format!("{} (SQLSTATE {code})", db.message());
+    if transient {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Postgres(message)
+    }
+}
+
+/// Opens a dedicated connection for `LISTEN` (see [`super::listen`]).
+pub(crate) fn listener_client(url: &DatabaseUrl) -> Result<Client, StoreError> {
+    url.client_config()
+        .connect(NoTls)
+        .map_err(|e| StoreError::Unavailable(format!("database {}: {e}", url.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_repeating_it() {
+        let e = DatabaseUrl::parse("postgres://ca:hunter2@db.example:5432/tether").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("PGPASSWORD"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn urls_need_the_postgres_scheme_a_user_and_a_host() {
+        for bad in [
+            "mysql://a@b/c",
+            "postgres://",
+            "postgres:///db",
+            "not a url",
+        ] {
+            assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
+        }
+        let ok = DatabaseUrl::parse("postgres://ca@db.example:5433/tether").unwrap();
+        assert_eq!(ok.as_str(), "postgres://ca@db.example:5433/tether");
+    }
+}
