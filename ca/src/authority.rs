@@ -183,6 +183,11 @@ impl Authority {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The shared PostgreSQL database, if this CA uses one (`None`: SQLite).
+    pub fn database_url(&self) -> Option<crate::store::DatabaseUrl> {
+        self.store().location().cloned()
+    }
+
     /// The database, locked for this thread.
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll

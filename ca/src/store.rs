@@ -47,7 +47,7 @@ use db::{args, Exec, Row, ToParam};
 pub use fleet::{FleetMember, PollRecord, Unpublished};
 pub use generations::{Generation, NewGeneration, Rotation};
 pub use listen::Changes;
-pub use postgres::DatabaseUrl;
+pub use postgres::{DatabaseUrl, RETRY_AFTER};
 pub use retirement::{RetireBlockers, RetireOutcome};
 use revocation::publish_in;
 pub use revocation::{IdentityRevocation, RevokeOutcome, ServedCrl, StoredCrl};

@@ -192,15 +192,20 @@ pub(super) async fn crl(
             }
         }
     }
-    let served = blocking(&state.authority, move |a| a.crl_with_issuer(current))
-        .await
-        .map_err(fail)?
-        .ok_or_else(|| {
-            (
+    let served = match blocking(&state.authority, move |a| a.crl_with_issuer(current)).await {
+        Ok(Some(served)) => state.remember_crl(served),
+        Ok(None) => {
+            return Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no CRL published yet".to_string(),
-            )
-        })?;
+            ))
+        }
+        // The database is down (or failing): the last CRL this server read is still signed and
+        // valid, and serving it keeps sidecars that lost theirs (a restart) enforcing it.
+        Err(e) => state
+            .cached_crl(poll.after.unwrap_or(0))
+            .ok_or_else(|| fail(e))?,
+    };
     let etag = format!("\"{}\"", served.crl.number);
     if poll.after.is_none()
         && parts

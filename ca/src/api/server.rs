@@ -23,6 +23,7 @@ use super::{watcher, ApiError, HANDSHAKE_TIMEOUT};
 use crate::authority::Authority;
 use crate::error::CaError;
 use crate::metrics::Metrics;
+use crate::store::ServedCrl;
 
 /// Connections the API serves at once. Every sidecar holds one (its CRL long-poll) and opens a
 /// second only for a renewal, so this covers a fleet of a few thousand sidecars; beyond it new
@@ -64,6 +65,29 @@ pub(super) struct State {
     pub(super) crl_tx: watch::Sender<u64>,
     /// The API's TLS certificate, swapped after a rotation.
     pub(super) server_cert: Arc<ServerCert>,
+    /// The newest CRL this server has read from the database, served while it is unreachable.
+    pub(super) last_crl: RwLock<Option<Arc<ServedCrl>>>,
+}
+
+impl State {
+    /// Keeps `served` as the CRL to fall back on if it is the newest read so far.
+    pub(super) fn remember_crl(&self, served: ServedCrl) -> Arc<ServedCrl> {
+        let served = Arc::new(served);
+        let mut last = self.last_crl.write().unwrap_or_else(|p| p.into_inner());
+        if last
+            .as_ref()
+            .is_none_or(|l| l.crl.number <= served.crl.number)
+        {
+            *last = Some(served.clone());
+        }
+        served
+    }
+
+    /// The remembered CRL, if it is newer than `after` (what the poller holds).
+    pub(super) fn cached_crl(&self, after: u64) -> Option<Arc<ServedCrl>> {
+        let last = self.last_crl.read().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().filter(|l| l.crl.number > after).cloned()
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves. Also keeps the CRL fresh: re-signs it
@@ -94,6 +118,7 @@ pub async fn run(
         crl_number,
         crl_tx,
         server_cert,
+        last_crl: RwLock::new(None),
     });
     let publisher = tokio::spawn(watcher::watch_database(state.clone(), refresh));
     tether_net::serve(

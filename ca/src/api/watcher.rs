@@ -1,9 +1,15 @@
-//! The API's watch over the database, every [`CRL_POLL_INTERVAL`]: what other processes changed
-//! (a root rotation or retirement by the CLI → reload, swap the TLS certificate; a CRL published
-//! by the CLI → wake the long-polls) and the housekeeping (re-sign the CRL at half its validity,
+//! The API's watch over the database: what other processes changed (a root rotation or
+//! retirement by the CLI or another replica → reload, swap the TLS certificate; a CRL published
+//! elsewhere → wake the long-polls) and the housekeeping (re-sign the CRL at half its validity,
 //! count and prune the fleet). Failure semantics: a failed reload keeps the old signer, bundle
 //! and certificate serving and is retried every poll; a failed refresh keeps the last CRL
 //! published.
+//!
+//! When it looks: on SQLite every [`CRL_POLL_INTERVAL`] (replicas share one host and one file,
+//! and a look reads local pages); on PostgreSQL when the database says something was published
+//! (`LISTEN`, see [`crate::store::Changes`]) — milliseconds after the commit — and otherwise
+//! every [`SAFETY_POLL`], for housekeeping and in case a notification was lost with a
+//! connection (the feed also wakes on reconnect).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +17,23 @@ use std::time::{Duration, Instant};
 use super::server::{blocking, State};
 use super::tls::certified_key;
 use super::{CRL_POLL_INTERVAL, FLEET_COUNT_INTERVAL, HOUSEKEEPING_INTERVAL};
+use crate::store::Changes;
+
+/// How often a replica on PostgreSQL looks without being told to.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until it is time to look at the database again.
+async fn next_look(changes: Option<&Changes>) {
+    match changes {
+        None => tokio::time::sleep(CRL_POLL_INTERVAL).await,
+        Some(feed) => {
+            tokio::select! {
+                () = feed.changed() => {}
+                () = tokio::time::sleep(SAFETY_POLL) => {}
+            }
+        }
+    }
+}
 
 /// How often a failure that repeats every poll is logged again: often enough to be seen, not
 /// ten times a second.
@@ -36,8 +59,9 @@ pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
     let mut last_housekeeping = Instant::now();
     let mut last_fleet_count: Option<Instant> = None;
     let (mut reload_warning, mut crl_warning) = (Throttle::default(), Throttle::default());
+    let changes = state.authority.database_url().map(|url| Changes::listen(&url));
     loop {
-        tokio::time::sleep(CRL_POLL_INTERVAL).await;
+        next_look(changes.as_ref()).await;
         // Reload first: a CRL signed by a new intermediate is announced only once this server
         // serves the bundle that trusts it.
         let reloaded = match blocking(&state.authority, |a| a.reload()).await {

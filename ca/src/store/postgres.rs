@@ -31,7 +31,7 @@ use super::StoreError;
 const WRITE_LOCK: i64 = 0x7465_7468;
 
 /// How long calls fail fast after the database could not be reached.
-pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Server-side limits, so no statement, lock wait or half-done transaction outlives a few
 /// seconds, and the server notices a vanished client as fast as the client notices it.
