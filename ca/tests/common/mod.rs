@@ -8,6 +8,8 @@
 // from the test kit included).
 #![allow(dead_code, unused_imports)]
 
+pub mod procs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -344,6 +346,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The address it connects to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn new(addr: SocketAddr, bundle: &Path, identity: Option<(String, String)>) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         for cert in tether_certs::pem::certificates(read(bundle).as_bytes()).expect("bundle PEM") {
