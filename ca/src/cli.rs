@@ -16,7 +16,7 @@ mod args;
 mod commands;
 mod report;
 
-pub use args::{Cli, Command, InitArgs, RootCommand};
+pub use args::{Cli, Command, InitArgs, ReplicaCommand, RootCommand};
 use commands::RevokeTarget;
 
 /// A command failure: printed as `tether-ca: <message>` with exit status 1.
@@ -73,6 +73,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         } => commands::list(&open()?, *expiring_within, *json),
         Command::Fleet { within, json } => report::fleet(&open()?, *within, *json),
         Command::Root { command } => root(&open()?, command),
+        Command::Replica { command } => commands::replica(&open()?, command),
         Command::Check { warn_within } => report::check(&open()?, *warn_within),
     }
 }

@@ -20,6 +20,9 @@
 //!   `authority/revocation.rs` (revoke, CRLs, listings) add its operations. The CLI and the API
 //!   are thin layers over it.
 //! - [`rotation`]: root rotate / retire / list.
+//! - [`replica`]: CA replicas sharing one database: `replica add` / `remove` / `list`, each
+//!   replica's identity, and materializing a generation from the keys sealed in the database
+//!   (`replica/materialize.rs`; the seal itself is `state/seal.rs`).
 //! - [`fleet`]: what polling sidecars report (only what was published, only under their own
 //!   row), and waiting for them to acknowledge a CRL.
 //! - [`check`]: the CA's health check.
@@ -45,6 +48,7 @@ pub mod cli;
 pub(crate) mod error;
 pub(crate) mod fleet;
 pub(crate) mod metrics;
+pub mod replica;
 pub mod rotation;
 pub(crate) mod settings;
 pub(crate) mod state;

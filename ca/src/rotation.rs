@@ -3,6 +3,10 @@
 //! nothing depends on it, and `root list` shows them all. See [`crate::authority`] for where each
 //! generation lives on disk.
 //!
+//! With replicas, any replica rotates: its new intermediate and root keys are sealed into the
+//! database in the rotation's transaction, and every other replica materializes the new
+//! generation from them (with its own API certificate) at its next reload, within a poll.
+//!
 //! Failure semantics: a rotation stages its files in `generations/.staging-*`, moves them into
 //! `generations/<N>/` and commits the database in one transaction; if anything fails before the
 //! commit the staged files are removed and the previous generation stays current. After the
@@ -138,7 +142,9 @@ impl Authority {
         bundle
             .push(pair.root.cert().clone())
             .map_err(|e| CaError::Sign(e.to_string()))?;
-        let sans = state::server_sans(&mut self.store())?;
+        let me = crate::replica::identity(self.dir())?;
+        let sans = state::server_sans(self.dir(), &mut self.store())?;
+        let seal = state::SealKey::load_or_create(self.dir())?;
         let spec = CredentialSpec {
             td: self.trust_domain(),
             sans: &sans,
@@ -150,7 +156,8 @@ impl Authority {
         let validity = self.settings().crl_validity;
         let inter = &pair.intermediate;
         let rotation = self.store().rotate(
-            &pair.describe(now),
+            &pair.describe(now, Vec::new()),
+            &me.id,
             &credentials,
             now,
             |generation| {
@@ -161,8 +168,8 @@ impl Authority {
                     std::fs::remove_dir_all(&target).map_err(|e| state::io_err(&target, e))?;
                 }
                 std::fs::rename(staging, &target).map_err(|e| state::io_err(&target, e))?;
-                *placed.borrow_mut() = Some(target);
-                Ok(())
+                *placed.borrow_mut() = Some(target.clone());
+                state::seal_pair(&target, &seal, generation)
             },
             |generation, number, entries| {
                 state::sign_crl(inter, generation, number, entries, now, validity)

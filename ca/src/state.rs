@@ -12,23 +12,27 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use tether_certs::files::{self, PUBLIC_MODE, SECRET_MODE};
 use tether_certs::issue::Signer;
-use tether_certs::{TrustBundle, TrustDomain};
+use tether_certs::TrustBundle;
 
 use crate::error::CaError;
+use crate::replica;
 use crate::settings::InitOptions;
-use crate::store::{Location, NewGeneration, Store, StoredCrl};
+use crate::store::replicas::INITIAL_REPLICA;
+use crate::store::{Generation, Location, NewGeneration, Store, StoredCrl};
 
 mod credentials;
 mod database;
+mod pair;
+mod seal;
 
-use credentials::default_sans;
-pub(crate) use credentials::{issue_credentials, server_sans, CredentialSpec};
+pub(crate) use credentials::{default_sans, issue_credentials, server_sans, CredentialSpec};
 pub(crate) use database::{database_location, remember_location};
+pub(crate) use pair::{load_root, new_pair, seal_pair};
+pub(crate) use seal::{Kind as SealKind, SealKey, SEAL_FILE};
 
 /// The CA material currently in use: loaded at open, replaced whole on reload.
 pub(crate) struct Keys {
@@ -86,106 +90,6 @@ fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError>
         .map_err(|e| io_err(path, e))
 }
 
-/// Writes a CA certificate and its key (0600) to `dir/{cert,key}.pem`.
-fn write_ca(dir: &Path, signer: &Signer, key: &rcgen::KeyPair) -> Result<(), CaError> {
-    create_private_dir(dir)?;
-    write_file(
-        &dir.join("cert.pem"),
-        signer.cert_pem().as_bytes(),
-        PUBLIC_MODE,
-    )?;
-    write_file(
-        &dir.join("key.pem"),
-        key.serialize_pem().as_bytes(),
-        SECRET_MODE,
-    )
-}
-
-/// A new root + intermediate pair.
-pub(crate) struct Pair {
-    /// The new root (with its key).
-    pub root: Signer,
-    /// The new issuing intermediate (with its key).
-    pub intermediate: Signer,
-    /// The intermediate certified by the previous root, and that root's generation.
-    pub cross: Option<(CertificateDer<'static>, u64)>,
-}
-
-impl Pair {
-    /// What the `generations` table records about it.
-    pub fn describe(&self, now: OffsetDateTime) -> NewGeneration {
-        NewGeneration {
-            root_der: self.root.cert().to_vec(),
-            root_not_after: self.root.not_after(),
-            intermediate_der: self.intermediate.cert().to_vec(),
-            intermediate_not_after: self.intermediate.not_after(),
-            cross: self.cross.as_ref().map(|(der, g)| (der.to_vec(), *g)),
-            created_at: now,
-        }
-    }
-
-    /// What follows a leaf in a chain: the intermediate, then the cross-certificate if any.
-    pub fn chain_tail(&self) -> String {
-        let mut tail = self.intermediate.cert_pem();
-        if let Some((der, _)) = &self.cross {
-            tail.push_str(&tether_certs::pem::encode("CERTIFICATE", der));
-        }
-        tail
-    }
-}
-
-/// A new root + intermediate for `td`, written to `out/root/` and `out/intermediate/`; with
-/// `cross_by` (the previous root and its generation) the intermediate is also certified by that
-/// root, written to `out/intermediate/cross.pem`.
-pub(crate) fn new_pair(
-    out: &Path,
-    td: &TrustDomain,
-    root_ttl: Duration,
-    intermediate_ttl: Duration,
-    now: OffsetDateTime,
-    cross_by: Option<(&Signer, u64)>,
-) -> Result<Pair, CaError> {
-    let (root, root_key) =
-        tether_certs::issue::new_root(td, root_ttl, now).map_err(CaError::sign)?;
-    let (intermediate, inter_key, cross) = match cross_by {
-        Some((previous, generation)) => {
-            let (inter, key, cross) = root
-                .issue_intermediate_cross_signed(td, intermediate_ttl, now, previous)
-                .map_err(CaError::sign)?;
-            (inter, key, Some((cross, generation)))
-        }
-        None => {
-            let (inter, key) = root
-                .issue_intermediate(td, intermediate_ttl, now)
-                .map_err(CaError::sign)?;
-            (inter, key, None)
-        }
-    };
-    write_ca(&out.join("root"), &root, &root_key)?;
-    write_ca(&out.join("intermediate"), &intermediate, &inter_key)?;
-    if let Some((der, _)) = &cross {
-        write_file(
-            &out.join("intermediate/cross.pem"),
-            tether_certs::pem::encode("CERTIFICATE", der).as_bytes(),
-            PUBLIC_MODE,
-        )?;
-    }
-    Ok(Pair {
-        root,
-        intermediate,
-        cross,
-    })
-}
-
-/// The root of `generation` with its key, if the key is on disk (it may have been moved
-/// offline).
-pub(crate) fn load_root(dir: &Path, generation: u64) -> Option<Signer> {
-    let d = generation_dir(dir, generation).join("root");
-    let cert = fs::read_to_string(d.join("cert.pem")).ok()?;
-    let key = fs::read_to_string(d.join("key.pem")).ok()?;
-    Signer::from_pem(&cert, &key).ok()
-}
-
 /// The first certificate of `chain_pem` (the leaf) followed by `tail`.
 pub(crate) fn with_tail(chain_pem: &str, tail: &str) -> Result<String, CaError> {
     let leaf = tether_certs::pem::certificates(chain_pem.as_bytes())
@@ -203,6 +107,7 @@ pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError>
     let td = &opts.trust_domain;
     create_private_dir(tmp)?;
     let pair = new_pair(tmp, td, opts.root_ttl, opts.intermediate_ttl, now, None)?;
+    let sealed = seal_pair(tmp, &SealKey::load_or_create(tmp)?, 1)?;
     let bundle_pem = pair.root.cert_pem();
     write_file(&tmp.join("bundle.pem"), bundle_pem.as_bytes(), PUBLIC_MODE)?;
 
@@ -219,10 +124,11 @@ pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError>
     store.set_meta("default_ttl", &settings.default_ttl.as_secs().to_string())?;
     store.set_meta("max_ttl", &settings.max_ttl.as_secs().to_string())?;
     store.set_meta("crl_validity", &settings.crl_validity.as_secs().to_string())?;
-    store.ensure_first_generation(&pair.describe(now))?;
+    store.ensure_first_generation(&pair.describe(now, sealed))?;
 
     let mut sans = default_sans();
     sans.extend(opts.extra_sans.iter().cloned());
+    store.add_replica(INITIAL_REPLICA, &sans, now.unix_timestamp())?;
     let spec = CredentialSpec {
         td,
         sans: &sans,
@@ -304,19 +210,62 @@ pub(crate) fn adopt_first_generation(dir: &Path, store: &mut Store) -> Result<()
         intermediate_not_after: inter.not_after(),
         cross: None,
         created_at: OffsetDateTime::now_utc(),
+        sealed: Vec::new(),
     })?;
     Ok(())
 }
 
-fn load_signer(dir: &Path, generation: u64) -> Result<Signer, CaError> {
+pub(crate) fn load_signer(dir: &Path, generation: u64) -> Result<Signer, CaError> {
     let d = generation_dir(dir, generation).join("intermediate");
     Signer::from_pem(&read(&d.join("cert.pem"))?, &read(&d.join("key.pem"))?)
         .map_err(|e| CaError::State(format!("{}: {e}", d.display())))
 }
 
+/// What the database says a replica must trust and send: every unretired root, and what
+/// follows a leaf of the current generation in a chain.
+pub(crate) struct Trust {
+    /// Every root not retired.
+    pub bundle: TrustBundle,
+    /// `bundle` as PEM.
+    pub bundle_pem: String,
+    /// The current intermediate, then its cross-certificate while the root that made it is
+    /// trusted (see [`Keys::chain_tail`]).
+    pub chain_tail: String,
+}
+
+impl Trust {
+    /// The trust of `generations` with `current` signing.
+    pub fn of(generations: &[Generation], current: &Generation) -> Result<Self, CaError> {
+        let mut bundle = TrustBundle::default();
+        for g in generations.iter().filter(|g| g.retired_at.is_none()) {
+            bundle
+                .push(g.root_der.clone().into())
+                .map_err(|e| CaError::State(format!("root of generation {}: {e}", g.generation)))?;
+        }
+        let mut chain_tail = tether_certs::pem::encode("CERTIFICATE", &current.intermediate_der);
+        let cross_trusted = current.cross_generation.is_some_and(|x| {
+            generations
+                .iter()
+                .any(|g| g.generation == x && g.retired_at.is_none())
+        });
+        if let (Some(der), true) = (&current.cross_der, cross_trusted) {
+            chain_tail.push_str(&tether_certs::pem::encode("CERTIFICATE", der));
+        }
+        Ok(Trust {
+            bundle_pem: bundle.to_pem(),
+            bundle,
+            chain_tail,
+        })
+    }
+}
+
 /// Loads the current generation's signer and the bundle of every unretired root, as `ca.db`
-/// says they are.
+/// says they are, and brings the published files in line. A replica that lacks the current
+/// generation's files (another replica rotated, or it was just added) materializes them from the
+/// sealed keys first; a replica that was removed loads nothing.
 pub(crate) fn load_keys(dir: &Path, store: &mut Store) -> Result<Keys, CaError> {
+    let me = replica::identity(dir)?;
+    replica::ensure_active(store, &me)?;
     let (generation, bundle_version, generations) = store.trust_state()?;
     let current = generations
         .iter()
@@ -326,36 +275,38 @@ pub(crate) fn load_keys(dir: &Path, store: &mut Store) -> Result<Keys, CaError> 
                 "ca.db names generation {generation}, which it does not record"
             ))
         })?;
+    let trust = Trust::of(&generations, current)?;
+    let materialize = !generation_dir(dir, generation)
+        .join("intermediate/key.pem")
+        .exists();
+    if materialize {
+        replica::materialize(dir, store, &me, current, &trust)?;
+    }
     let signer = load_signer(dir, generation)?;
     if signer.cert().as_ref() != current.intermediate_der.as_slice() {
         return Err(CaError::State(format!(
             "the intermediate on disk for generation {generation} is not the one ca.db records"
         )));
     }
-    let mut bundle = TrustBundle::default();
-    for g in generations.iter().filter(|g| g.retired_at.is_none()) {
-        bundle
-            .push(g.root_der.clone().into())
-            .map_err(|e| CaError::State(format!("root of generation {}: {e}", g.generation)))?;
-    }
-    let bundle_pem = bundle.to_pem();
-    let mut chain_tail = signer.cert_pem();
-    let cross_trusted = current.cross_generation.is_some_and(|x| {
-        generations
-            .iter()
-            .any(|g| g.generation == x && g.retired_at.is_none())
-    });
-    if let (Some(der), true) = (&current.cross_der, cross_trusted) {
-        chain_tail.push_str(&tether_certs::pem::encode("CERTIFICATE", der));
-    }
-    Ok(Keys {
+    let keys = Keys {
         generation,
         bundle_version,
         signer,
-        bundle,
-        bundle_pem,
-        chain_tail,
-    })
+        bundle: trust.bundle,
+        bundle_pem: trust.bundle_pem,
+        chain_tail: trust.chain_tail,
+    };
+    // Another replica may have rotated or retired: this dir's published copies follow at each
+    // load, not only when a command of this dir changed them.
+    if let Err(e) = publish_files(dir, &keys) {
+        // The database is right and every reader of these copies tolerates a stale one for a
+        // while; the next load tries again.
+        tracing::warn!(
+            "could not refresh the published files in {}: {e}",
+            dir.display()
+        );
+    }
+    Ok(keys)
 }
 
 /// Brings the published files in line with `keys`: `bundle.pem` and `admin/bundle.pem` hold the

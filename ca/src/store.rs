@@ -37,6 +37,7 @@ mod generations;
 mod listen;
 mod pgpass;
 mod postgres;
+pub mod replicas;
 mod retirement;
 mod revocation;
 mod schema;
@@ -146,7 +147,7 @@ pub struct Store {
 /// The connection behind a [`Store`].
 enum Backend {
     Sqlite(rusqlite::Connection),
-    Postgres(postgres::Pg),
+    Postgres(Box<postgres::Pg>),
 }
 
 /// A transaction of either backend; dropped without [`Tx::commit`], it rolls back.
@@ -239,7 +240,7 @@ impl Store {
                 db: Backend::Sqlite(sqlite::open(path)?),
             },
             Location::Postgres(url) => Store {
-                db: Backend::Postgres(postgres::Pg::connect(url)?),
+                db: Backend::Postgres(Box::new(postgres::Pg::connect(url)?)),
             },
         };
         match &mut store.db {

@@ -52,6 +52,7 @@ fn open(at: &Location) -> Store {
             intermediate_not_after: now + Duration::from_secs(86_400),
             cross: None,
             created_at: now,
+            sealed: Vec::new(),
         })
         .expect("generation 1");
     store
@@ -115,12 +116,22 @@ on_both_backends!(a_token_is_consumed_once_across_replicas, |at: Location| {
             s.record_enrollment(&hash, now, &leaf("spiffe://t.test/api"))
                 .unwrap()
         });
-        assert_eq!(won.iter().filter(|w| **w).count(), 1, "round {round}: {won:?}");
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
     }
     // An expired token enrolls nothing, and a used one cannot be used again.
-    store.insert_token("old", &id, now - 700, now - 100).unwrap();
-    assert!(!store.record_enrollment("old", now, &leaf("spiffe://t.test/api")).unwrap());
-    assert!(!store.record_enrollment("token-0", now, &leaf("spiffe://t.test/api")).unwrap());
+    store
+        .insert_token("old", &id, now - 700, now - 100)
+        .unwrap();
+    assert!(!store
+        .record_enrollment("old", now, &leaf("spiffe://t.test/api"))
+        .unwrap());
+    assert!(!store
+        .record_enrollment("token-0", now, &leaf("spiffe://t.test/api"))
+        .unwrap());
     assert_eq!(store.list(now, None).unwrap().len(), 10);
 });
 
@@ -132,33 +143,48 @@ on_both_backends!(a_serial_is_never_recorded_twice, |at: Location| {
         spiffe_id: "spiffe://t.test/b".into(),
         ..first.clone()
     };
-    assert!(store.record(&again).is_err(), "a reused serial must fail the issuance");
+    assert!(
+        store.record(&again).is_err(),
+        "a reused serial must fail the issuance"
+    );
     let record = store.certificate(&first.serial).unwrap().unwrap();
-    assert_eq!(record.spiffe_id, "spiffe://t.test/a", "the first record is kept");
+    assert_eq!(
+        record.spiffe_id, "spiffe://t.test/a",
+        "the first record is kept"
+    );
 });
 
-on_both_backends!(crl_numbers_are_one_sequence_across_replicas, |at: Location| {
-    drop(open(&at));
-    let numbers: Vec<u64> = race(&at, 3, |_, s| {
-        (0..15)
-            .map(|_| {
-                s.publish_crl(OffsetDateTime::now_utc(), 1, sign)
-                    .unwrap()
-                    .number
-            })
-            .collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flat_map(|per_replica| {
-        assert!(per_replica.windows(2).all(|w| w[0] < w[1]), "{per_replica:?}");
-        per_replica
-    })
-    .collect();
-    let unique: HashSet<_> = numbers.iter().collect();
-    assert_eq!(unique.len(), 45, "every number is handed out once");
-    assert_eq!(*numbers.iter().max().unwrap(), 45, "and none is skipped");
-    assert_eq!(Store::open_at(&at).unwrap().latest_crl_number().unwrap(), 45);
-});
+on_both_backends!(
+    crl_numbers_are_one_sequence_across_replicas,
+    |at: Location| {
+        drop(open(&at));
+        let numbers: Vec<u64> = race(&at, 3, |_, s| {
+            (0..15)
+                .map(|_| {
+                    s.publish_crl(OffsetDateTime::now_utc(), 1, sign)
+                        .unwrap()
+                        .number
+                })
+                .collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flat_map(|per_replica| {
+            assert!(
+                per_replica.windows(2).all(|w| w[0] < w[1]),
+                "{per_replica:?}"
+            );
+            per_replica
+        })
+        .collect();
+        let unique: HashSet<_> = numbers.iter().collect();
+        assert_eq!(unique.len(), 45, "every number is handed out once");
+        assert_eq!(*numbers.iter().max().unwrap(), 45, "and none is skipped");
+        assert_eq!(
+            Store::open_at(&at).unwrap().latest_crl_number().unwrap(),
+            45
+        );
+    }
+);
 
 on_both_backends!(a_revocation_and_its_crl_commit_together, |at: Location| {
     let mut store = open(&at);
@@ -170,7 +196,10 @@ on_both_backends!(a_revocation_and_its_crl_commit_together, |at: Location| {
         Err(StoreError::Corrupt("signer down".into()))
     });
     assert!(failed.is_err());
-    assert_eq!(store.certificate(&cert.serial).unwrap().unwrap().revoked_at, None);
+    assert_eq!(
+        store.certificate(&cert.serial).unwrap().unwrap().revoked_at,
+        None
+    );
     assert_eq!(store.latest_crl_number().unwrap(), 0);
     // Signed: revoked, and the CRL that lists it is the newest.
     let done = store
@@ -181,23 +210,37 @@ on_both_backends!(a_revocation_and_its_crl_commit_together, |at: Location| {
     assert_eq!(crl.der, b"crl 1 with 1");
     // A replica signing with a superseded generation writes nothing.
     let stale = store.publish_crl(now, 7, sign);
-    assert!(matches!(stale, Err(StoreError::StaleGeneration { used: 7, current: 1 })));
+    assert!(matches!(
+        stale,
+        Err(StoreError::StaleGeneration {
+            used: 7,
+            current: 1
+        })
+    ));
 });
 
-on_both_backends!(opening_again_upgrades_nothing_and_keeps_everything, |at: Location| {
-    let mut store = open(&at);
-    store.set_meta("trust_domain", "t.test").unwrap();
-    store.record(&leaf("spiffe://t.test/a")).unwrap();
-    drop(store);
-    let mut again = open(&at);
-    assert_eq!(again.meta("trust_domain").unwrap().as_deref(), Some("t.test"));
-    assert_eq!(again.list(0, None).unwrap().len(), 1);
-    assert_eq!(again.generations().unwrap().len(), 1);
-});
+on_both_backends!(
+    opening_again_upgrades_nothing_and_keeps_everything,
+    |at: Location| {
+        let mut store = open(&at);
+        store.set_meta("trust_domain", "t.test").unwrap();
+        store.record(&leaf("spiffe://t.test/a")).unwrap();
+        drop(store);
+        let mut again = open(&at);
+        assert_eq!(
+            again.meta("trust_domain").unwrap().as_deref(),
+            Some("t.test")
+        );
+        assert_eq!(again.list(0, None).unwrap().len(), 1);
+        assert_eq!(again.generations().unwrap().len(), 1);
+    }
+);
 
 /// The test cluster's admin URL for the database behind `at`.
 fn terminate_others(at: &Location) {
-    let Location::Postgres(url) = at else { unreachable!() };
+    let Location::Postgres(url) = at else {
+        unreachable!()
+    };
     let mut admin = postgres::Client::connect(url.as_str(), postgres::NoTls).unwrap();
     admin
         .execute(
@@ -235,6 +278,25 @@ fn postgres_a_lost_connection_is_reopened_by_the_next_call() {
 }
 
 #[test]
+fn postgres_a_server_that_never_answers_is_unavailable_within_the_deadline() {
+    // Accepts the connection and then says nothing: a hung server.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let url = DatabaseUrl::parse(&format!("postgres://ca@127.0.0.1:{port}/tether")).unwrap();
+    let started = Instant::now();
+    let e = Store::open_at(&Location::Postgres(url))
+        .err()
+        .expect("refused");
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+#[test]
 fn postgres_an_unreachable_database_is_unavailable_at_once() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -242,7 +304,13 @@ fn postgres_an_unreachable_database_is_unavailable_at_once() {
     };
     let url = DatabaseUrl::parse(&format!("postgres://ca@127.0.0.1:{port}/tether")).unwrap();
     let started = Instant::now();
-    let e = Store::open_at(&Location::Postgres(url)).err().expect("refused");
+    let e = Store::open_at(&Location::Postgres(url))
+        .err()
+        .expect("refused");
     assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -154,6 +154,13 @@ async fn serve(
     parts: &Parts,
     body: &mut RequestBody,
 ) -> Result<Resp, Fail> {
+    if endpoint.method() == Method::POST {
+        if let Some(why) = state.removed() {
+            // A removed replica may still run (its operator has not stopped it yet): it signs
+            // nothing more. 503, so sidecars move on to a replica that does.
+            return Err((StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+    }
     match endpoint {
         Endpoint::Enroll => {
             let body: EnrollRequest = body.json(&parts.headers).await?;

@@ -67,9 +67,19 @@ pub(super) struct State {
     pub(super) server_cert: Arc<ServerCert>,
     /// The newest CRL this server has read from the database, served while it is unreachable.
     pub(super) last_crl: RwLock<Option<Arc<ServedCrl>>>,
+    /// Why this replica must not sign any more (`replica remove`), as the watcher last saw it.
+    pub(super) removed: RwLock<Option<String>>,
 }
 
 impl State {
+    /// Why this replica was removed, if it was.
+    pub(super) fn removed(&self) -> Option<String> {
+        self.removed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Keeps `served` as the CRL to fall back on if it is the newest read so far.
     pub(super) fn remember_crl(&self, served: ServedCrl) -> Arc<ServedCrl> {
         let served = Arc::new(served);
@@ -119,6 +129,7 @@ pub async fn run(
         crl_tx,
         server_cert,
         last_crl: RwLock::new(None),
+        removed: RwLock::new(None),
     });
     let publisher = tokio::spawn(watcher::watch_database(state.clone(), refresh));
     tether_net::serve(

@@ -59,7 +59,10 @@ pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
     let mut last_housekeeping = Instant::now();
     let mut last_fleet_count: Option<Instant> = None;
     let (mut reload_warning, mut crl_warning) = (Throttle::default(), Throttle::default());
-    let changes = state.authority.database_url().map(|url| Changes::listen(&url));
+    let changes = state
+        .authority
+        .database_url()
+        .map(|url| Changes::listen(&url));
     loop {
         next_look(changes.as_ref()).await;
         // Reload first: a CRL signed by a new intermediate is announced only once this server
@@ -88,20 +91,22 @@ pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
             } else {
                 None
             };
+            let removed = a.replica_removed()?;
             let newest = a.latest_crl_number()?;
             // Read after the CRL number: a rotation that committed after this iteration's reload
             // shows here, and its CRL waits for the next iteration, which reloads first. Without
             // this, a long-poller could get the rotation's CRL with the old bundle version and
             // learn of the new bundle only at its next poll.
             let stale = a.stored_bundle_version()? != a.bundle_version();
-            Ok((newest, fleet, stale))
+            Ok((newest, fleet, stale, removed))
         })
         .await;
         if housekeeping {
             last_housekeeping = Instant::now();
         }
         match result {
-            Ok((n, fleet, stale)) => {
+            Ok((n, fleet, stale, removed)) => {
+                note_removal(&state, removed);
                 if let Some(size) = fleet {
                     state.metrics.fleet_size.set(size as i64);
                     last_fleet_count = Some(Instant::now());
@@ -159,4 +164,16 @@ pub(super) fn publish(state: &State, number: u64) {
         state.metrics.crl_number.set(number as i64);
         state.metrics.crl_publishes.inc();
     }
+}
+
+/// Records whether this replica was removed (`replica remove`), logging the change once.
+fn note_removal(state: &State, removed: Option<String>) {
+    let mut current = state.removed.write().unwrap_or_else(|p| p.into_inner());
+    if removed.is_some() && current.is_none() {
+        tracing::error!(
+            "{}; refusing to sign (enroll, renew and revoke answer 503)",
+            removed.as_deref().unwrap_or_default()
+        );
+    }
+    *current = removed;
 }

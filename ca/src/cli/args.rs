@@ -132,6 +132,12 @@ pub enum Command {
         #[command(subcommand)]
         command: RootCommand,
     },
+    /// CA replicas sharing this CA's database: add, remove, list.
+    Replica {
+        /// What to do with the replicas.
+        #[command(subcommand)]
+        command: ReplicaCommand,
+    },
     /// Exit 1 with one line per problem (root or intermediate expiring within the window, stale
     /// CRL, a leaf outliving its issuer, a sidecar whose certificate is expiring unrenewed);
     /// else print "ok".
@@ -230,6 +236,38 @@ pub enum RootCommand {
     },
     /// Every root: generation, fingerprint, trust domain, not-after, status (current, trusted,
     /// retired).
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `tether-ca replica …`.
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// Write a new replica's state dir to --out: the shared database's location, the seal key,
+    /// its identity, the bundle, the current signing material and its own API certificate and
+    /// admin credential. Copy it to its host and run `tether-ca --state-dir DIR serve`.
+    Add {
+        /// The new replica's state dir (created 0700; must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS name or IP for its API certificate (repeatable); localhost, 127.0.0.1 and
+        /// ::1 are always included.
+        #[arg(long = "san", value_delimiter = ',')]
+        sans: Vec<String>,
+        /// Its id (a-z, 0-9, '-', '_'; default: 8 random hex digits).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Mark a replica removed: it refuses to serve and to sign from then on, and its API
+    /// server and admin certificates are revoked in a new CRL.
+    Remove {
+        /// The replica's id, as `replica list` prints it.
+        id: String,
+    },
+    /// Every replica: id, API names, when added, when removed.
     List {
         /// JSON instead of a table.
         #[arg(long)]

@@ -1,5 +1,5 @@
 //! The commands that work straight on the state directory and print a line or two: `init`,
-//! `enroll`, `issue`, `revoke`, `crl` and `list`. The lifecycle reports (fleet, root, check,
+//! `enroll`, `issue`, `revoke`, `crl`, `list` and `replica add | remove | list`. The lifecycle reports (fleet, root, check,
 //! `revoke --wait`) are in `report.rs`.
 
 use std::path::{Path, PathBuf};
@@ -11,10 +11,11 @@ use tether_certs::crl::Reason;
 use tether_certs::files::PUBLIC_MODE;
 use tether_certs::{Serial, SpiffeId};
 
-use super::args::InitArgs;
+use super::args::{InitArgs, ReplicaCommand};
 use super::{print_json, report, CliError};
 use crate::authority::Authority;
-use crate::state::write_file;
+use crate::replica::AddReplica;
+use crate::state::{write_file, SEAL_FILE};
 use crate::timefmt::{add_secs, unix_rfc3339};
 
 /// `init`.
@@ -142,6 +143,71 @@ pub(super) fn list(
             revoked,
             r.spiffe_id
         );
+    }
+    Ok(())
+}
+
+/// `replica add | remove | list`.
+pub(super) fn replica(ca: &Authority, command: &ReplicaCommand) -> Result<(), CliError> {
+    match command {
+        ReplicaCommand::Add { out, sans, id } => {
+            let added = ca.add_replica(&AddReplica {
+                out: out.clone(),
+                extra_sans: sans.clone(),
+                id: id.clone(),
+            })?;
+            let dir = added.dir.display();
+            println!("added replica {} in {dir}", added.id);
+            println!("  database:         {} (shared)", added.database);
+            println!("  API names:        {}", added.sans.join(", "));
+            println!(
+                "  seal key:         {}",
+                added.dir.join(SEAL_FILE).display()
+            );
+            println!(
+                "  trust bundle:     {}",
+                added.dir.join("bundle.pem").display()
+            );
+            println!("  admin credential: {}", added.dir.join("admin").display());
+            println!("next: tether-ca --state-dir {dir} serve --listen 127.0.0.1:8443");
+        }
+        ReplicaCommand::Remove { id } => {
+            let removed = ca.remove_replica(id)?;
+            println!(
+                "removed replica {id}: it refuses to serve and to sign from now on; revoked {} \
+                 of its certificates",
+                removed.revoked.len()
+            );
+            if let Some(n) = removed.crl_number {
+                println!("published CRL number {n}");
+            }
+        }
+        ReplicaCommand::List { json } => {
+            let replicas = ca.replicas()?;
+            if *json {
+                print_json(&replicas);
+                return Ok(());
+            }
+            let me = ca.replica_id()?;
+            println!(
+                "{:<16}  {:<21}  {:<21}  API NAMES",
+                "ID", "CREATED", "REMOVED"
+            );
+            for r in &replicas {
+                let this = if r.id == me { " (this one)" } else { "" };
+                let created = if r.created_at > 0 {
+                    unix_rfc3339(r.created_at)
+                } else {
+                    "-".into()
+                };
+                let removed = r.removed_at.map_or_else(|| "-".into(), unix_rfc3339);
+                println!(
+                    "{:<16}  {created:<21}  {removed:<21}  {}{this}",
+                    r.id,
+                    r.sans.join(",")
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The CA's own credentials, issued by `init` and by every root rotation: the API's TLS server
-//! certificate (`server/`) and the admin client credential (`admin/`), and how the API's names
-//! are remembered between rotations.
+//! The CA's own credentials, issued by `init`, by every root rotation and by every replica when
+//! it materializes a generation: the API's TLS server certificate (`server/`) and the admin
+//! client credential (`admin/`), and how each replica's API names are remembered between
+//! rotations.
 
 use std::path::Path;
 use std::time::Duration;
@@ -117,11 +118,14 @@ fn server_label(sans: &[String]) -> String {
     format!("dns:{}", sans.join(","))
 }
 
-/// The names of the newest API server certificate, from its label.
-pub(crate) fn server_sans(store: &mut Store) -> Result<Vec<String>, CaError> {
-    let label = store
-        .newest_of_method(IssueMethod::Server.as_str())?
-        .map(|r| r.spiffe_id);
+/// The API names of the replica whose state dir is `dir`: what its `replica.json` says, or for
+/// the replica `init` made, the names of its newest API server certificate, from its label.
+pub(crate) fn server_sans(dir: &Path, store: &mut Store) -> Result<Vec<String>, CaError> {
+    let me = crate::replica::identity(dir)?;
+    if let Some(sans) = me.sans {
+        return Ok(sans);
+    }
+    let label = store.newest_server_label(&me.id)?;
     Ok(
         match label.as_deref().and_then(|l| l.strip_prefix("dns:")) {
             Some(names) => names.split(',').map(str::to_string).collect(),

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use tether_certs::crl::CrlEntry;
 
 use super::db::{args, Exec, Row};
+use super::replicas::{insert_sealed, link_credential, supersede_credentials};
 use super::{
     current_generation, insert_cert, meta_u64, publish_in, row_to_record, IssuedRecord, NewCert,
     Store, StoreError, StoredCrl,
@@ -66,6 +67,10 @@ pub struct NewGeneration {
     pub cross: Option<(Vec<u8>, u64)>,
     /// When it was made.
     pub created_at: OffsetDateTime,
+    /// Its keys sealed for the other replicas, by `sealed_keys.kind` (`intermediate`, `root`),
+    /// stored in the same transaction as the generation (a rotation, which learns its number
+    /// only inside the transaction, has `place` return them instead).
+    pub sealed: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// Result of a rotation transaction.
@@ -127,6 +132,9 @@ fn insert_generation(
             g.cross.as_ref().map(|(_, generation)| *generation as i64),
         ],
     )?;
+    for (kind, sealed) in &g.sealed {
+        insert_sealed(tx, generation, kind, sealed)?;
+    }
     Ok(())
 }
 
@@ -199,16 +207,20 @@ impl Store {
 
     /// Makes `new` the current generation in one transaction: records it with the next
     /// generation number (`place` is told that number first, to move the staged files into
-    /// place), bumps the bundle version, records the re-issued API server and admin credentials
-    /// (`credentials`, which must carry generation 0 — replaced by the new number here) and
-    /// revokes the ones they supersede, and publishes a CRL signed by the new intermediate
+    /// place, and returns the new keys sealed for that number, stored here), bumps the bundle version, records the re-issued API server and
+    /// admin credentials of `replica`, the one rotating (`credentials`, which must carry
+    /// generation 0 — replaced by the new number here), revokes the ones of that replica they
+    /// supersede (every other replica supersedes its own when it materializes the new
+    /// generation), drops the sealed copies of older roots (only the current root ever
+    /// cross-signs), and publishes a CRL signed by the new intermediate
     /// (`sign(generation, number, entries)`).
     pub fn rotate<E: From<StoreError>>(
         &mut self,
         new: &NewGeneration,
+        replica: &str,
         credentials: &[NewCert],
         now: OffsetDateTime,
-        place: impl FnOnce(u64) -> Result<(), E>,
+        place: impl FnOnce(u64) -> Result<Vec<(&'static str, Vec<u8>)>, E>,
         sign: impl FnOnce(u64, u64, &[CrlEntry]) -> Result<StoredCrl, E>,
     ) -> Result<Rotation, E> {
         let mut tx = self.immediate()?;
@@ -216,33 +228,26 @@ impl Store {
             .query_one("SELECT max(generation) FROM generations", args![])?
             .get(0)?;
         let generation = last.unwrap_or(0) + 1;
-        place(generation)?;
+        let sealed = place(generation)?;
         let bundle_version = meta_u64(&mut tx, "bundle_version")? + 1;
         insert_generation(&mut tx, generation, new, bundle_version)?;
+        for (kind, sealed) in &sealed {
+            insert_sealed(&mut tx, generation, kind, sealed)?;
+        }
         set_meta(&mut tx, "generation", generation)?;
         set_meta(&mut tx, "bundle_version", bundle_version)?;
-        let superseded = tx
-            .query(
-                "SELECT serial FROM certificates
-                 WHERE method IN ('server', 'admin') AND revoked_at IS NULL",
-                args![],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect::<Result<Vec<String>, StoreError>>()?;
-        for serial in &superseded {
-            tx.execute(
-                "UPDATE certificates SET revoked_at = ?1, reason = 'superseded'
-                 WHERE serial = ?2",
-                args![now.unix_timestamp(), serial],
-            )?;
-        }
+        tx.execute(
+            "DELETE FROM sealed_keys WHERE kind = 'root' AND generation < ?1",
+            args![generation as i64],
+        )?;
+        let superseded = supersede_credentials(&mut tx, replica, now, "superseded")?;
         for cert in credentials {
             let cert = NewCert {
                 generation,
                 ..cert.clone()
             };
             insert_cert(&mut tx, &cert, None)?;
+            link_credential(&mut tx, &cert.serial.to_string(), replica)?;
         }
         let crl = publish_in(&mut tx, now, generation, |n, e| sign(generation, n, e))?;
         tx.commit()?;

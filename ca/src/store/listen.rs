@@ -6,19 +6,19 @@
 //! SQLite replicas share one host and look at the file every 100 ms instead (see
 //! `crate::api::watcher`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use postgres::fallible_iterator::FallibleIterator;
 use tokio::sync::Notify;
+use tokio_postgres::AsyncMessage;
 
-use super::postgres::{listener_client, DatabaseUrl};
+use super::postgres::{open_client, runtime, DatabaseUrl};
 use super::CHANGES_CHANNEL;
 
 /// How long the listener waits between attempts to reopen a lost connection.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
-/// How often the listener thread checks whether anyone still holds its [`Changes`].
+/// How often the listener checks whether anyone still holds its [`Changes`].
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Wakes its holder when another replica publishes (or when a notification may have been
@@ -35,15 +35,14 @@ impl Changes {
         std::thread::Builder::new()
             .name("tether-ca-listen".into())
             .spawn(move || {
-                while let Some(notify) = weak.upgrade() {
-                    if let Err(e) = listen_once(&url, &notify, &weak) {
+                while weak.strong_count() > 0 {
+                    if let Err(e) = listen_once(&url, &weak) {
                         tracing::warn!(
                             "the change feed from {} was lost ({e}); reopening",
                             url.as_str()
                         );
-                        notify.notify_one();
+                        wake(&weak);
                     }
-                    drop(notify);
                     std::thread::sleep(RECONNECT_EVERY);
                 }
             })
@@ -57,30 +56,49 @@ impl Changes {
     }
 }
 
+/// Wakes the holder, if there still is one.
+fn wake(notify: &Weak<Notify>) {
+    if let Some(n) = notify.upgrade() {
+        n.notify_one();
+    }
+}
+
 /// One connection's life: `LISTEN`, then forward each notification until the connection fails
 /// (an error) or nobody holds the [`Changes`] any more (`Ok`).
-fn listen_once(
-    url: &DatabaseUrl,
-    notify: &Notify,
-    alive: &std::sync::Weak<Notify>,
-) -> Result<(), String> {
-    let mut client = listener_client(url).map_err(|e| e.to_string())?;
-    client
-        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
-        .map_err(|e| e.to_string())?;
-    // Anything published while the connection was down is picked up by this first wake.
-    notify.notify_one();
-    let mut notifications = client.notifications();
-    let mut iter = notifications.timeout_iter(CHECK_EVERY);
-    loop {
-        match iter.next() {
-            Ok(Some(_)) => notify.notify_one(),
-            Ok(None) => {
-                if alive.strong_count() == 0 {
-                    return Ok(());
+fn listen_once(url: &DatabaseUrl, notify: &Weak<Notify>) -> Result<(), String> {
+    let rt = runtime().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let (client, mut connection) = open_client(url).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // The connection's messages: notifications go to `rx`; the task ends with the connection.
+        let mut driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => {
+                        let _ = tx.send(());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return e.to_string(),
+                    None => return "the connection closed".to_string(),
                 }
             }
-            Err(e) => return Err(e.to_string()),
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Anything published while the connection was down is picked up by this first wake.
+        wake(notify);
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => wake(notify),
+                ended = &mut driver => return Err(ended.unwrap_or_else(|e| e.to_string())),
+                () = tokio::time::sleep(CHECK_EVERY) => {
+                    if notify.strong_count() == 0 {
+                        return Ok(());
+                    }
+                }
+            }
         }
-    }
+    })
 }

@@ -7,10 +7,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use postgres::config::Host;
+use tokio_postgres::config::Host;
 
 /// The password for `config`'s first host, user and database, if the environment has one.
-pub(super) fn password(config: &postgres::Config) -> Option<String> {
+pub(super) fn password(config: &tokio_postgres::Config) -> Option<String> {
     if let Some(pw) = std::env::var_os("PGPASSWORD") {
         return Some(pw.to_string_lossy().into_owned());
     }

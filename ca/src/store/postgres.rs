@@ -1,34 +1,46 @@
 //! The shared backend: a PostgreSQL database that CA replicas on several hosts use at once (as
-//! SPIRE servers share one SQL datastore). The client is `postgres`, the blocking face of
-//! `tokio-postgres`: the authority runs every store call on a blocking thread (as it does for
-//! SQLite), so a blocking client keeps one store API for both backends.
+//! SPIRE servers share one SQL datastore). The client is `tokio-postgres`, driven by a small
+//! runtime of this connection's own: the authority runs every store call on a blocking thread
+//! (as it does for SQLite), so each call blocks on its future — with a deadline — and the store
+//! keeps one synchronous API for both backends.
 //!
 //! - **Writers serialize** on one transaction-scoped advisory lock ([`WRITE_LOCK`]), taken first
 //!   in every write transaction: the same guarantee as SQLite's `BEGIN IMMEDIATE`, cluster-wide.
 //!   That is what keeps a token single-use, CRL numbers one strictly increasing sequence and a
 //!   generation switch atomic across replicas.
-//! - **Never a hang.** The connection carries a connect timeout, TCP keepalives and
-//!   `TCP_USER_TIMEOUT` on both ends, a statement, lock and idle-in-transaction timeout, so a
-//!   database (or a replica) that vanishes mid-call costs an error within a few seconds, and a
-//!   replica cut off inside a transaction cannot hold the write lock for longer than that.
+//! - **Never a hang.** Every call has a client-side deadline ([`CALL_TIMEOUT`]: a hung server or
+//!   a stuck proxy answers nothing at all), the connection a connect timeout, TCP keepalives and
+//!   `TCP_USER_TIMEOUT` on both ends, and the session a statement, lock and idle-in-transaction
+//!   timeout, so a database (or a replica) that vanishes mid-call costs an error within a few
+//!   seconds, and a replica cut off inside a transaction cannot hold the write lock for longer.
 //! - **Reconnects by itself.** A lost connection is reopened at the next call; while the
 //!   database is unreachable, calls fail at once for [`RETRY_AFTER`] instead of each waiting out
 //!   a connect timeout ([`StoreError::Unavailable`], answered 503 by the API).
 //! - **Passwords** never come from the URL (it is stored in the state dir and shown in errors):
 //!   they come from `PGPASSWORD` or the passfile, as libpq reads them ([`super::pgpass`]).
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use postgres::types::{IsNull, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use tokio::runtime::Runtime;
+use tokio_postgres::types::{IsNull, ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
 
-use super::db::{numbered_dollars, Cell, Exec, Param, Row, ToParam};
+use super::db::{numbered_dollars, Cell as Value, Exec, Param, Row, ToParam};
 use super::StoreError;
 
 /// The advisory lock every write transaction takes first ("teth" in ASCII).
 const WRITE_LOCK: i64 = 0x7465_7468;
+
+/// The longest any one call (a statement, a commit, a connect) may take before it counts as a
+/// lost connection: above the server's own statement and lock timeouts, so those answer first.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long calls fail fast after the database could not be reached.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -40,19 +52,8 @@ const SESSION_OPTIONS: &str = "-c statement_timeout=5000 -c lock_timeout=5000 \
     -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=3000";
 
 /// A database URL as given to `init --database`: checked, password-free, printable.
-#[derive(Debug, Clone)]
-pub struct DatabaseUrl {
-    url: String,
-    config: postgres::Config,
-}
-
-impl PartialEq for DatabaseUrl {
-    fn eq(&self, other: &Self) -> bool {
-        self.url == other.url
-    }
-}
-
-impl Eq for DatabaseUrl {}
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
     /// Parses `postgres://USER@HOST[:PORT]/DB`. A password in the URL is refused (the URL is
@@ -62,7 +63,7 @@ impl DatabaseUrl {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(bad("a database URL starts with postgres://"));
         }
-        let config: postgres::Config = url
+        let config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| bad("not a valid postgres://USER@HOST[:PORT]/DB URL"))?;
         if config.get_password().is_some() {
@@ -76,25 +77,23 @@ impl DatabaseUrl {
                 "the URL needs a user and a host: postgres://USER@HOST/DB",
             ));
         }
-        Ok(DatabaseUrl {
-            url: url.to_string(),
-            config,
-        })
+        Ok(DatabaseUrl(url.to_string()))
     }
 
     /// The URL as given (it holds no password).
     pub fn as_str(&self) -> &str {
-        &self.url
+        &self.0
     }
 
     /// The client configuration: the URL, the password from the environment, the timeouts.
-    fn client_config(&self) -> postgres::Config {
-        let mut c = self.config.clone();
+    pub(super) fn client_config(&self) -> tokio_postgres::Config {
+        // Parsed once already by `parse`, which is the only way to make a `DatabaseUrl`.
+        let mut c: tokio_postgres::Config = self.0.parse().expect("checked by DatabaseUrl::parse");
         if let Some(pw) = super::pgpass::password(&c) {
             c.password(pw);
         }
         c.application_name("tether-ca")
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(2))
             .keepalives_interval(Duration::from_secs(1))
@@ -105,12 +104,63 @@ impl DatabaseUrl {
     }
 }
 
+/// A runtime for one connection's futures (they run only while a call blocks on them).
+pub(super) fn runtime() -> Result<Runtime, StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("starting the database client: {e}")))
+}
+
+/// Connects to `url` on `rt`, within [`CONNECT_TIMEOUT`].
+pub(super) async fn open_client(
+    url: &DatabaseUrl,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    String,
+> {
+    match tokio::time::timeout(CALL_TIMEOUT, url.client_config().connect(NoTls)).await {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) => Err(format!("database {} unreachable: {e}", url.as_str())),
+        Err(_) => Err(format!(
+            "database {} did not answer within {CALL_TIMEOUT:?}",
+            url.as_str()
+        )),
+    }
+}
+
+/// Blocks on `fut` with the [`CALL_TIMEOUT`] deadline; a missed deadline marks the connection
+/// `broken` (it is dropped and reopened at the next call).
+fn block<T>(
+    rt: &Runtime,
+    broken: &Cell<bool>,
+    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, StoreError> {
+    // The timer is made inside `block_on`: it needs the runtime's clock.
+    match rt.block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await }) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(pg_error(e)),
+        Err(_) => {
+            broken.set(true);
+            Err(StoreError::Unavailable(format!(
+                "the database did not answer within {CALL_TIMEOUT:?}"
+            )))
+        }
+    }
+}
+
 /// One replica's connection to the shared database, reopened when lost.
 pub(crate) struct Pg {
     url: DatabaseUrl,
+    rt: Runtime,
     client: Option<Client>,
     /// Prepared statements of `client`, by their SQLite-dialect text.
     statements: HashMap<String, Statement>,
+    /// Set when a call missed its deadline: `client` is dropped at the next call.
+    broken: Cell<bool>,
     /// While set and in the future, calls fail at once: the last connect failed.
     down_until: Option<(Instant, String)>,
 }
@@ -120,8 +170,10 @@ impl Pg {
     pub(crate) fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let mut pg = Pg {
             url: url.clone(),
+            rt: runtime()?,
             client: None,
             statements: HashMap::new(),
+            broken: Cell::new(false),
             down_until: None,
         };
         pg.client()?;
@@ -133,145 +185,186 @@ impl Pg {
         &self.url
     }
 
-    /// The open client, reconnecting if the last one was lost.
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+    /// Makes sure a live client is open, reconnecting if the last one was lost.
+    fn client(&mut self) -> Result<(), StoreError> {
+        if self.broken.replace(false) || self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
             self.statements.clear();
         }
-        if self.client.is_none() {
-            if let Some((until, why)) = &self.down_until {
-                if Instant::now() < *until {
-                    return Err(StoreError::Unavailable(why.clone()));
-                }
-            }
-            match self.url.client_config().connect(NoTls) {
-                Ok(c) => {
-                    self.client = Some(c);
-                    self.down_until = None;
-                }
-                Err(e) => {
-                    let why = format!("database {} unreachable: {e}", self.url.as_str());
-                    self.down_until = Some((Instant::now() + RETRY_AFTER, why.clone()));
-                    return Err(StoreError::Unavailable(why));
-                }
+        if self.client.is_some() {
+            return Ok(());
+        }
+        if let Some((until, why)) = &self.down_until {
+            if Instant::now() < *until {
+                return Err(StoreError::Unavailable(why.clone()));
             }
         }
-        Ok(self.client.as_mut().expect("connected just above"))
+        let url = &self.url;
+        match self.rt.block_on(async {
+            let (client, connection) = open_client(url).await?;
+            // Driven whenever a call blocks on this runtime; it ends with the connection.
+            tokio::spawn(connection);
+            Ok::<_, String>(client)
+        }) {
+            Ok(c) => {
+                self.client = Some(c);
+                self.down_until = None;
+                Ok(())
+            }
+            Err(why) => {
+                self.down_until = Some((Instant::now() + RETRY_AFTER, why.clone()));
+                Err(StoreError::Unavailable(why))
+            }
+        }
     }
 
     /// Starts a write transaction holding the cluster-wide write lock.
     pub(crate) fn write_tx(&mut self) -> Result<PgTx<'_>, StoreError> {
-        self.client()?;
-        let Pg {
-            client, statements, ..
-        } = self;
-        let client = client.as_mut().expect("connected by client()");
-        let mut tx = client.transaction().map_err(pg_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .map_err(pg_error)?;
-        Ok(PgTx { tx, statements })
+        let tx = self.begin(false)?;
+        let lock = WRITE_LOCK;
+        block(
+            tx.rt,
+            tx.broken,
+            tx.tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]),
+        )?;
+        Ok(tx)
     }
 
     /// Starts a read-only transaction that sees one snapshot throughout.
     pub(crate) fn snapshot_tx(&mut self) -> Result<PgTx<'_>, StoreError> {
+        self.begin(true)
+    }
+
+    fn begin(&mut self, snapshot: bool) -> Result<PgTx<'_>, StoreError> {
         self.client()?;
         let Pg {
-            client, statements, ..
+            rt,
+            client,
+            statements,
+            broken,
+            ..
         } = self;
         let client = client.as_mut().expect("connected by client()");
-        let tx = client
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .map_err(pg_error)?;
-        Ok(PgTx { tx, statements })
+        let mut builder = client.build_transaction();
+        if snapshot {
+            builder = builder
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true);
+        }
+        let tx = block(rt, broken, builder.start())?;
+        Ok(PgTx {
+            rt,
+            tx,
+            statements,
+            broken,
+        })
     }
 }
 
 /// A transaction on [`Pg`]; dropped without [`PgTx::commit`], it rolls back.
 pub(crate) struct PgTx<'a> {
-    tx: postgres::Transaction<'a>,
+    rt: &'a Runtime,
+    tx: tokio_postgres::Transaction<'a>,
     statements: &'a mut HashMap<String, Statement>,
+    broken: &'a Cell<bool>,
 }
 
 impl PgTx<'_> {
     /// Commits; an error means it may or may not have committed only if the connection was lost
     /// during the commit itself, and either way it is all or nothing.
     pub(crate) fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().map_err(pg_error)
+        block(self.rt, self.broken, self.tx.commit())
     }
 
     /// Runs `batch` (several statements, no parameters): schema migrations.
     pub(crate) fn batch(&mut self, batch: &str) -> Result<(), StoreError> {
-        self.tx.batch_execute(batch).map_err(pg_error)
+        block(self.rt, self.broken, self.tx.batch_execute(batch))
     }
 
     /// Queues a notification on `channel`, delivered to listeners when (and only if) this
     /// transaction commits.
     pub(crate) fn notify(&mut self, channel: &str) -> Result<(), StoreError> {
-        self.tx
-            .execute("SELECT pg_notify($1, '')", &[&channel])
-            .map(drop)
-            .map_err(pg_error)
+        block(
+            self.rt,
+            self.broken,
+            self.tx.execute("SELECT pg_notify($1, '')", &[&channel]),
+        )
+        .map(drop)
     }
 }
 
 /// The prepared form of `sql` on this connection, prepared on first use.
-fn prepared<'s>(
-    statements: &'s mut HashMap<String, Statement>,
-    prepare: impl FnOnce(&str) -> Result<Statement, postgres::Error>,
+fn prepared(
+    statements: &mut HashMap<String, Statement>,
+    prepare: impl FnOnce(String) -> Result<Statement, StoreError>,
     sql: &str,
-) -> Result<&'s Statement, StoreError> {
-    if !statements.contains_key(sql) {
-        let stmt = prepare(&numbered_dollars(sql)).map_err(pg_error)?;
-        statements.insert(sql.to_string(), stmt);
+) -> Result<Statement, StoreError> {
+    if let Some(stmt) = statements.get(sql) {
+        return Ok(stmt.clone());
     }
-    Ok(&statements[sql])
+    let stmt = prepare(numbered_dollars(sql))?;
+    statements.insert(sql.to_string(), stmt.clone());
+    Ok(stmt)
 }
 
 impl Exec for Pg {
     fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
-        let (client, stmt) = self.statement(sql)?;
+        let stmt = self.statement(sql)?;
         let params = bind(args);
-        client.execute(&stmt, &refs(&params)).map_err(pg_error)
+        let client = self.client.as_ref().expect("connected by statement()");
+        block(
+            &self.rt,
+            &self.broken,
+            client.execute(&stmt, &refs(&params)),
+        )
     }
 
     fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
-        let (client, stmt) = self.statement(sql)?;
+        let stmt = self.statement(sql)?;
         let params = bind(args);
-        let rows = client.query(&stmt, &refs(&params)).map_err(pg_error)?;
+        let client = self.client.as_ref().expect("connected by statement()");
+        let rows = block(&self.rt, &self.broken, client.query(&stmt, &refs(&params)))?;
         rows.iter().map(row).collect()
     }
 }
 
 impl Pg {
-    /// The client and the prepared form of `sql` on it.
-    fn statement(&mut self, sql: &str) -> Result<(&mut Client, Statement), StoreError> {
+    /// The prepared form of `sql` on the (re)opened client.
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         self.client()?;
         let Pg {
-            client, statements, ..
+            rt,
+            client,
+            statements,
+            broken,
+            ..
         } = self;
-        let client = client.as_mut().expect("connected by client()");
-        let stmt = prepared(statements, |s| client.prepare(s), sql)?.clone();
-        Ok((client, stmt))
+        let client = client.as_ref().expect("connected by client()");
+        prepared(statements, |s| block(rt, broken, client.prepare(&s)), sql)
     }
 }
 
 impl Exec for PgTx<'_> {
     fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
-        let tx = &mut self.tx;
-        let stmt = prepared(self.statements, |s| tx.prepare(s), sql)?.clone();
+        let (rt, broken, tx) = (self.rt, self.broken, &self.tx);
+        let stmt = prepared(
+            &mut *self.statements,
+            |s| block(rt, broken, tx.prepare(&s)),
+            sql,
+        )?;
         let params = bind(args);
-        tx.execute(&stmt, &refs(&params)).map_err(pg_error)
+        block(rt, broken, tx.execute(&stmt, &refs(&params)))
     }
 
     fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
-        let tx = &mut self.tx;
-        let stmt = prepared(self.statements, |s| tx.prepare(s), sql)?.clone();
+        let (rt, broken, tx) = (self.rt, self.broken, &self.tx);
+        let stmt = prepared(
+            &mut *self.statements,
+            |s| block(rt, broken, tx.prepare(&s)),
+            sql,
+        )?;
         let params = bind(args);
-        let rows = tx.query(&stmt, &refs(&params)).map_err(pg_error)?;
+        let rows = block(rt, broken, tx.query(&stmt, &refs(&params)))?;
         rows.iter().map(row).collect()
     }
 }
@@ -312,23 +405,27 @@ impl ToSql for Param<'_> {
         .contains(ty)
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// A PostgreSQL row as the store's [`Row`]: integers, booleans (as 0/1), text and bytes.
-fn row(r: &postgres::Row) -> Result<Row, StoreError> {
-    let get = |i: usize, ty: &Type| -> Result<Cell, postgres::Error> {
+fn row(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
+    let get = |i: usize, ty: &Type| -> Result<Value, tokio_postgres::Error> {
         Ok(match *ty {
-            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
-            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(|v| Cell::Int(v.into())),
-            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(|v| Cell::Int(v.into())),
+            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Value::Int),
+            Type::INT4 => r
+                .try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(v.into())),
+            Type::INT2 => r
+                .try_get::<_, Option<i16>>(i)?
+                .map(|v| Value::Int(v.into())),
             Type::BOOL => r
                 .try_get::<_, Option<bool>>(i)?
-                .map(|v| Cell::Int(v.into())),
-            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Blob),
-            _ => r.try_get::<_, Option<String>>(i)?.map(Cell::Text),
+                .map(|v| Value::Int(v.into())),
+            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob),
+            _ => r.try_get::<_, Option<String>>(i)?.map(Value::Text),
         }
-        .unwrap_or(Cell::Null))
+        .unwrap_or(Value::Null))
     };
     r.columns()
         .iter()
@@ -341,7 +438,7 @@ fn row(r: &postgres::Row) -> Result<Row, StoreError> {
 /// A PostgreSQL error as a [`StoreError`]: what means "the database is not available now"
 /// (connection lost, timeouts, shutdown, too many clients, lock or serialization conflicts) is
 /// [`StoreError::Unavailable`] — retryable, answered 503 — and the rest a database error.
-fn pg_error(e: postgres::Error) -> StoreError {
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
         return StoreError::Unavailable(format!("database connection: {e}"));
     };
@@ -355,13 +452,6 @@ fn pg_error(e: postgres::Error) -> StoreError {
     } else {
         StoreError::Postgres(message)
     }
-}
-
-/// Opens a dedicated connection for `LISTEN` (see [`super::listen`]).
-pub(crate) fn listener_client(url: &DatabaseUrl) -> Result<Client, StoreError> {
-    url.client_config()
-        .connect(NoTls)
-        .map_err(|e| StoreError::Unavailable(format!("database {}: {e}", url.as_str())))
 }
 
 #[cfg(test)]

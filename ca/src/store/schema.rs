@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS replicas (
     created_at INTEGER NOT NULL,
     removed_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS replica_credentials (
+    serial TEXT PRIMARY KEY,
+    replica TEXT NOT NULL
+);
 ";
 
 /// PostgreSQL's migrations, oldest first: (version, statements). Append only; a release never
@@ -159,6 +163,10 @@ CREATE TABLE replicas (
     sans TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     removed_at BIGINT
+);
+CREATE TABLE replica_credentials (
+    serial TEXT PRIMARY KEY,
+    replica TEXT NOT NULL
 );
 ",
 )];

@@ -8,6 +8,7 @@
 // from the test kit included).
 #![allow(dead_code, unused_imports)]
 
+pub mod db_proxy;
 pub mod procs;
 
 use std::net::SocketAddr;
