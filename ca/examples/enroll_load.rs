@@ -5,6 +5,8 @@
 //! cargo build --release -p tether-ca --bins --examples
 //! target/release/examples/enroll_load                      # 4,000 enrollments, 32 at a time
 //! target/release/examples/enroll_load --count 8000 --concurrency 64 --new-connections
+//! target/release/examples/enroll_load --replicas 2           # two replicas, clients split
+//! target/release/examples/enroll_load --replicas 2 --database postgres://USER@HOST/DB
 //! ```
 //!
 //! It makes a throwaway CA in a temporary directory (`tether-ca init` through the library),
@@ -18,8 +20,11 @@
 //! enroll_load: 4000 ok, 0 failed in 1.52 s = 2631 certs/s (keep-alive, 32 concurrent); server CPU 1.71 s = 428 µs/cert
 //! ```
 //!
-//! and exits non-zero if any enrollment failed. The server process is killed on every exit
-//! path (it is a child owned by a guard).
+//! and exits non-zero if any enrollment failed. With `--replicas N` it adds N−1 replicas with
+//! `tether-ca replica add` and serves each, client `i` enrolling at replica `i mod N`; the server
+//! CPU is summed over every replica. `--database` puts the CA on a (fresh, empty) PostgreSQL
+//! database instead of the embedded SQLite file. Every server process is killed on every exit
+//! path (each is a child owned by a guard).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use tether_ca::store::DatabaseUrl;
 use tether_ca::{Authority, InitOptions};
 use tether_certs::{SpiffeId, TrustDomain};
 
@@ -47,11 +53,13 @@ struct Args {
     new_connections: bool,
     ca_bin: PathBuf,
     keep_dir: bool,
+    replicas: usize,
+    database: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: enroll_load [--count N] [--concurrency C] [--new-connections] [--ca-bin PATH] [--keep-dir]"
+        "usage: enroll_load [--count N] [--concurrency C] [--new-connections] [--ca-bin PATH] [--keep-dir] [--replicas N] [--database postgres://USER@HOST/DB]"
     );
     std::process::exit(2)
 }
@@ -67,6 +75,8 @@ fn parse_args() -> Args {
         new_connections: false,
         ca_bin: default_bin,
         keep_dir: false,
+        replicas: 1,
+        database: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -77,10 +87,12 @@ fn parse_args() -> Args {
             "--new-connections" => args.new_connections = true,
             "--ca-bin" => args.ca_bin = PathBuf::from(value()),
             "--keep-dir" => args.keep_dir = true,
+            "--replicas" => args.replicas = value().parse().unwrap_or_else(|_| usage()),
+            "--database" => args.database = Some(value()),
             _ => usage(),
         }
     }
-    if args.count == 0 || args.concurrency == 0 {
+    if args.count == 0 || args.concurrency == 0 || args.replicas == 0 {
         usage();
     }
     args
@@ -105,6 +117,48 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// The CPU time of every process in `pids`, summed.
+fn total_cpu(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
+/// Serves `state` and N−1 replicas added next to it (`replica add`), each on a free port.
+fn start_replicas(
+    args: &Args,
+    tmp: &Path,
+    state: &Path,
+) -> Result<Vec<(Server, SocketAddr)>, Box<dyn std::error::Error>> {
+    let mut dirs = vec![state.to_path_buf()];
+    for i in 2..=args.replicas {
+        let out = tmp.join(format!("ca{i}"));
+        let status = Command::new(&args.ca_bin)
+            .arg("--state-dir")
+            .arg(state)
+            .args(["replica", "add", "--out"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(format!("tether-ca replica add failed: {status}").into());
+        }
+        dirs.push(out);
+    }
+    dirs.iter()
+        .map(|dir| {
+            let addr = free_port()?;
+            let child = Command::new(&args.ca_bin)
+                .arg("--state-dir")
+                .arg(dir)
+                .args(["serve", "--listen", &addr.to_string()])
+                .env("TETHER_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?;
+            Ok((Server(child), addr))
+        })
+        .collect()
 }
 
 fn free_port() -> std::io::Result<SocketAddr> {
@@ -167,7 +221,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("ca");
     let td = TrustDomain::new("demo.local")?;
-    Authority::init(&state, &InitOptions::with_defaults(td.clone()))?;
+    let mut init = InitOptions::with_defaults(td.clone());
+    init.database = args
+        .database
+        .as_deref()
+        .map(DatabaseUrl::parse)
+        .transpose()?;
+    Authority::init(&state, &init)?;
     let prep = Instant::now();
     let bodies: Vec<String> = {
         let authority = Authority::open(&state)?;
@@ -187,7 +247,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prep.elapsed().as_secs_f64()
     );
 
-    let addr = free_port()?;
     if !args.ca_bin.exists() {
         return Err(format!(
             "{} not found: build it with `cargo build --release -p tether-ca` or pass --ca-bin",
@@ -195,19 +254,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let server = Server(
-        Command::new(&args.ca_bin)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .env("TETHER_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let pid = server.0.id();
+    let servers = start_replicas(&args, dir.path(), &state)?;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|(_, a)| *a).collect();
+    let pids: Vec<u32> = servers.iter().map(|(s, _)| s.0.id()).collect();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -216,23 +265,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let result = rt.block_on(async {
         // Wait until the server answers.
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if TcpStream::connect(addr).await.is_ok() {
-                break;
+        for addr in &addrs {
+            while TcpStream::connect(addr).await.is_err() {
+                if Instant::now() > deadline {
+                    return Err("tether-ca serve did not start listening within 20 s".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if Instant::now() > deadline {
-                return Err("tether-ca serve did not start listening within 20 s".to_string());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let bodies = Arc::new(bodies);
         let next = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
         let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-        let cpu_before = cpu_seconds(pid);
+        let cpu_before = total_cpu(&pids);
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..args.concurrency {
+        for client in 0..args.concurrency {
+            let addr = addrs[client % addrs.len()];
             let (bodies, next, failed, first_error, tls) = (
                 bodies.clone(),
                 next.clone(),
@@ -267,12 +316,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         while tasks.join_next().await.is_some() {}
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = cpu_before.zip(cpu_seconds(pid)).map(|(a, b)| b - a);
+        let cpu = cpu_before.zip(total_cpu(&pids)).map(|(a, b)| b - a);
         let failed = failed.load(Ordering::Relaxed);
         let first_error = first_error.lock().unwrap().take();
         Ok((elapsed, cpu, failed, first_error))
     });
-    drop(server);
+    drop(servers);
     let (elapsed, cpu, failed, first_error) = result?;
     let ok = args.count - failed;
     let cpu_text = cpu.map_or_else(
@@ -285,14 +334,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     println!(
-        "enroll_load: {ok} ok, {failed} failed in {elapsed:.2} s = {:.0} certs/s ({}, {} concurrent); {cpu_text}",
+        "enroll_load: {ok} ok, {failed} failed in {elapsed:.2} s = {:.0} certs/s ({}, {} concurrent, {} replica{} on {}); {cpu_text}",
         ok as f64 / elapsed,
         if args.new_connections {
             "new TLS connection per enrollment"
         } else {
             "keep-alive"
         },
-        args.concurrency
+        args.concurrency,
+        args.replicas,
+        if args.replicas == 1 { "" } else { "s" },
+        if args.database.is_some() { "PostgreSQL" } else { "SQLite" },
     );
     if args.keep_dir {
         let kept = dir.keep();

@@ -18,7 +18,15 @@
 //! DIR/generations/<N>/{server,admin}/…              the credentials re-issued by rotation N
 //! DIR/server/{chain,key}.pem   TLS certificate of the CA's own API (the current generation's)
 //! DIR/admin/{cert,chain,key,bundle}.pem   admin client credential (spiffe://TD/tether/admin)
+//! DIR/database.url             (0600) the shared database when it is not DIR/ca.db: a
+//!                              PostgreSQL URL, or `sqlite:/ABS/PATH` (see `state/database.rs`)
+//! DIR/seal.key                 (0600) opens the generation keys sealed in the database (the
+//!                              same in every replica; see `state/seal.rs`)
+//! DIR/replica.json             this replica's id and API names (absent: replica "initial")
 //! ```
+//!
+//! "`ca.db`" below means the database, wherever `database.url` puts it: several replicas
+//! (`crate::replica`) share it, and materialize a generation's files from its sealed keys.
 //!
 //! A *generation* is one root + issuing intermediate pair. `init` makes generation 1 in the
 //! layout that predates rotation; `root rotate` makes generation N+1 under `generations/`, and
@@ -39,7 +47,7 @@
 //! ever signed by a superseded intermediate after the rotation committed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -51,7 +59,7 @@ use tether_certs::{Serial, SpiffeId, TrustBundle, TrustDomain};
 use crate::error::CaError;
 use crate::settings::{InitOptions, Settings, ADMIN_PATH};
 use crate::state::{self, generation_dir, Keys};
-use crate::store::{Location, Store, StoreError};
+use crate::store::{Location, Pool, Pooled, Store, StoreError};
 
 mod issuance;
 mod revocation;
@@ -62,7 +70,7 @@ pub struct Authority {
     trust_domain: TrustDomain,
     settings: Settings,
     keys: RwLock<Arc<Keys>>,
-    store: Mutex<Store>,
+    store: Pool,
 }
 
 impl Authority {
@@ -124,21 +132,14 @@ impl Authority {
             crl_validity: seconds(&mut store, "crl_validity")?,
         };
         state::adopt_first_generation(dir, &mut store)?;
+        // Also brings the published files in line (see `state::load_keys`).
         let keys = state::load_keys(dir, &mut store)?;
-        if let Err(e) = state::publish_files(dir, &keys) {
-            // The database is right and every reader of these copies tolerates a stale one for
-            // a while; the next open or rotation tries again.
-            tracing::warn!(
-                "could not refresh the published files in {}: {e}",
-                dir.display()
-            );
-        }
         Ok(Authority {
             dir: dir.to_path_buf(),
             trust_domain,
             settings,
             keys: RwLock::new(Arc::new(keys)),
-            store: Mutex::new(store),
+            store: Pool::new(store, &location)?,
         })
     }
 
@@ -188,11 +189,9 @@ impl Authority {
         self.store().location().cloned()
     }
 
-    /// The database, locked for this thread.
-    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
-        // back on drop), so a poisoned lock is still safe to use.
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    /// A database connection for this thread (one of the pool's; see [`Pool`]).
+    pub(crate) fn store(&self) -> Pooled<'_> {
+        self.store.get()
     }
 
     /// The bundle version recorded in `ca.db` (which another process may have changed).

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use tether_ca::store::{
-    DatabaseUrl, Location, NewCert, NewGeneration, RevokeOutcome, Store, StoreError, StoredCrl,
+    Changes, DatabaseUrl, Location, NewCert, NewGeneration, RevokeOutcome, Store, StoreError,
+    StoredCrl,
 };
 use tether_certs::{Serial, SpiffeId};
 
@@ -275,6 +276,45 @@ fn postgres_a_lost_connection_is_reopened_by_the_next_call() {
         }
     };
     assert_eq!(value.as_deref(), Some("before"));
+}
+
+#[test]
+fn postgres_every_publication_wakes_the_other_replicas_change_feed_at_once() {
+    let Some(url) = tether_testkit::postgres::database("change_feed") else {
+        return;
+    };
+    let url = DatabaseUrl::parse(&url).unwrap();
+    let mut store = open(&Location::Postgres(url.clone()));
+    let feed = Changes::listen(&url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let woken = |within: Duration| {
+        rt.block_on(async { tokio::time::timeout(within, feed.changed()).await.is_ok() })
+    };
+    assert!(woken(Duration::from_secs(10)), "the feed never connected");
+    // Nothing published, nothing to wake for.
+    assert!(
+        !woken(Duration::from_millis(300)),
+        "woken without a publication"
+    );
+    for round in 0..3 {
+        // Well past any one-second timer the feed might have, so only a push can be this fast.
+        std::thread::sleep(Duration::from_millis(1500));
+        let started = Instant::now();
+        store
+            .publish_crl(OffsetDateTime::now_utc(), 1, sign)
+            .unwrap();
+        assert!(
+            woken(Duration::from_millis(800)),
+            "round {round}: the publication did not wake the feed within 800 ms"
+        );
+        eprintln!(
+            "round {round}: woken {:?} after the commit",
+            started.elapsed()
+        );
+    }
 }
 
 #[test]
