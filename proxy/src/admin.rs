@@ -2,9 +2,9 @@
 //!
 //! `/ready` is 200 only while a valid certificate is loaded, so an orchestrator sends no traffic
 //! to a sidecar that would fail every handshake. `/identity` shows what the sidecar presents and
-//! trusts; it never shows key material. Its CRL figures (age, staleness, time until outage) and
-//! the lifecycle gauges on `/metrics` are computed when asked, from the same state by the same
-//! functions, so the two agree at every moment.
+//! trusts, and which CA URL it uses; it never shows key material. Its CRL figures (age,
+//! staleness, time until outage) and the lifecycle gauges on `/metrics` are computed when asked,
+//! from the same state by the same functions, so the two agree at every moment.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,6 +31,8 @@ pub struct Admin {
     pub revocation: Arc<RevocationCache>,
     /// Notified to force a renewal now (`POST /rotate`); `None` in file mode.
     pub rotate: Option<Arc<tokio::sync::Notify>>,
+    /// The CA client, for the CA URL in use (`ca_url`); `None` in file mode.
+    pub(crate) ca: Option<Arc<crate::ca_client::CaClient>>,
 }
 
 /// Admin connections served at once: probes and scrapers open a handful; a limit keeps a
@@ -117,8 +119,10 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }));
             let creds = admin.identity.current();
             let outage = crate::lifecycle::time_until_outage(creds.as_deref(), &admin.revocation, now);
+            // The CA replica that answered last (null in file mode).
+            let ca_url = admin.ca.as_ref().and_then(|c| c.url_in_use());
             let body = match creds {
-                None => serde_json::json!({ "spiffe_id": null, "crl": crl }),
+                None => serde_json::json!({ "spiffe_id": null, "crl": crl, "ca_url": ca_url }),
                 Some(c) => serde_json::json!({
                     "spiffe_id": c.id.as_str(),
                     "serial": c.serial.to_string(),
@@ -131,6 +135,7 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                         "not_after": rfc(r.not_after),
                     })).collect::<Vec<_>>(),
                     "crl": crl,
+                    "ca_url": ca_url,
                 }),
             };
             text(StatusCode::OK, "application/json", format!("{body:#}\n"))

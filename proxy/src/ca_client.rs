@@ -1,32 +1,39 @@
 //! The sidecar's client for the `tether-ca` HTTPS API: enroll, renew, CRL long-poll, bundle.
 //!
 //! The contract (paths, bodies, header names, limits) is [`tether_certs::wire`], shared with the
-//! CA. URLs are tried in order; a URL that cannot be reached (connect, TLS or timeout) or whose
-//! answer cannot be read passes the call to the next one, and the last one that answered is
-//! tried first next time. The CA's server certificate is verified against our current trust
-//! bundle by DNS name or IP (it is a TLS server certificate, not an SVID). Calls are rare (a
-//! renewal per half-lifetime, one long-poll at a time), so each opens its own connection rather
-//! than keeping a pool. An answer is read up to [`wire::MAX_RESPONSE_BODY`]: a larger one is an
-//! error, never an unbounded buffer.
+//! CA. The CA may run as several replicas on one database, listed in `[ca] urls`: a call goes to
+//! the URL in use and, if that one cannot take it, to the next ones in order (`failover`). A
+//! connection error, a timeout or a 5xx passes the call on; any other answer, 4xx included, is
+//! the answer (a revoked or unknown identity is the same at every replica). The URL that
+//! accepted a call is the one in use from then on. Each call opens its own connection (calls
+//! are rare: a renewal per half-lifetime, one long-poll at a time), bounded in time so that a
+//! replica that died or whose host vanished loses the call within two seconds (`transport`,
+//! over HTTP/2 with PINGs where the CA offers it). The CA's
+//! server certificate is verified against our current trust bundle by DNS name or IP (it is a
+//! TLS server certificate, not an SVID). An answer is read up to [`wire::MAX_RESPONSE_BODY`]: a
+//! larger one is an error, never an unbounded buffer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
+use http::{HeaderMap, Method, StatusCode, Uri};
 
 use tether_certs::wire::{self, EnrollRequest, ErrorBody, Issued, RenewRequest};
 use tether_certs::TrustBundle;
 
 use crate::identity::Credentials;
+use crate::metrics::FailoverReason;
 
-/// How long a plain CA call (enroll, renew, bundle) may take end to end: generous for a CA
-/// signing under load, short enough that a hung replica passes the call to the next URL soon.
+mod failover;
+mod transport;
+
+use failover::Target;
+
+/// How long a plain CA call (enroll, renew, bundle) may wait for its answer once connected:
+/// generous for a CA signing under load, short enough that a hung replica passes the call to
+/// the next URL soon. (A dead one loses it much sooner: see `transport`.)
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How much of a non-JSON error answer is quoted in the error: enough to recognise an HTML
@@ -39,7 +46,9 @@ pub(crate) enum CaClientError {
     /// The CA's answer did not parse.
     #[error("unexpected answer from the CA: {0}")]
     BadAnswer(String),
-    /// The CA answered with an error status.
+    /// The CA answered with an error status: a 4xx (the same at every replica), or a 5xx from
+    /// the last replica that answered when none could serve (retryable: the renewal loop and
+    /// the CRL poller simply try again).
     #[error("CA answered {status}: {message}")]
     Refused {
         /// HTTP status.
@@ -47,7 +56,7 @@ pub(crate) enum CaClientError {
         /// The CA's `error` message.
         message: String,
     },
-    /// No URL could be reached.
+    /// No URL took the call and none answered 5xx: each one's miss, as `https://host:port: why`.
     #[error("no CA reachable: {0}")]
     Unreachable(String),
 }
@@ -92,22 +101,39 @@ type Answer = (StatusCode, HeaderMap, Bytes);
 
 /// A CA API client with URL failover.
 pub(crate) struct CaClient {
-    urls: Vec<Uri>,
-    preferred: AtomicUsize,
+    /// `[ca] urls`, in order.
+    targets: Vec<Target>,
+    /// The index of the URL in use: the last one that accepted a call, tried first.
+    in_use: AtomicUsize,
+    /// `tether_ca_failovers_total{reason}`.
+    failovers: prometheus::IntCounterVec,
     /// Identifies this sidecar process in the CA's fleet table ([`wire::INSTANCE_HEADER`]).
     instance: String,
 }
 
 impl CaClient {
-    /// A client for `urls` (https), with a fresh random fleet instance id.
-    pub(crate) fn new(urls: Vec<Uri>) -> Arc<Self> {
+    /// A client for `urls` (https), counting its failovers on `failovers`, with a fresh random
+    /// fleet instance id.
+    pub(crate) fn new(urls: &[Uri], failovers: prometheus::IntCounterVec) -> Arc<Self> {
         use rand::Rng;
         let instance = format!("{:016x}", rand::thread_rng().gen::<u64>());
+        for reason in FailoverReason::ALL {
+            failovers.with_label_values(&[reason.as_str()]);
+        }
         Arc::new(CaClient {
-            urls,
-            preferred: AtomicUsize::new(0),
+            targets: urls.iter().map(Target::new).collect(),
+            in_use: AtomicUsize::new(0),
+            failovers,
             instance,
         })
+    }
+
+    /// The URL in use (`https://host[:port]`, as configured, never with userinfo): the last one
+    /// that accepted a call (completed its TLS handshake, so it holds the CRL long-poll if one
+    /// is in flight), or the first before any did.
+    pub(crate) fn url_in_use(&self) -> Option<&str> {
+        let idx = self.in_use.load(Ordering::Relaxed);
+        self.targets.get(idx).map(|t| t.shown.as_str())
     }
 
     /// `POST` [`wire::ENROLL_PATH`].
@@ -191,33 +217,6 @@ impl CaClient {
         }
         Ok((bytes, announced_bundle_version(&h)))
     }
-
-    /// Sends `call` to each URL in turn, starting with the one that answered last, until one
-    /// answers (with any status).
-    async fn call(
-        &self,
-        bundle: &TrustBundle,
-        creds: Option<&Credentials>,
-        call: Call<'_>,
-    ) -> Result<Answer, CaClientError> {
-        let config = tls_config(bundle, creds)?;
-        let n = self.urls.len();
-        let first = self.preferred.load(Ordering::Relaxed);
-        let mut errors = Vec::new();
-        for i in 0..n {
-            let idx = (first + i) % n;
-            let url = &self.urls[idx];
-            match tokio::time::timeout(call.timeout, once(url, config.clone(), &call)).await {
-                Ok(Ok(answer)) => {
-                    self.preferred.store(idx, Ordering::Relaxed);
-                    return Ok(answer);
-                }
-                Ok(Err(e)) => errors.push(format!("{url}: {e}")),
-                Err(_) => errors.push(format!("{url}: timed out")),
-            }
-        }
-        Err(CaClientError::Unreachable(errors.join("; ")))
-    }
 }
 
 impl<'a> Call<'a> {
@@ -268,104 +267,6 @@ fn issued(status: StatusCode, bytes: &[u8]) -> Result<Issued, CaClientError> {
         return Err(refused(status, bytes));
     }
     serde_json::from_slice(bytes).map_err(|e| CaClientError::BadAnswer(e.to_string()))
-}
-
-fn tls_config(
-    bundle: &TrustBundle,
-    creds: Option<&Credentials>,
-) -> Result<Arc<rustls::ClientConfig>, CaClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for r in bundle.roots() {
-        let _ = roots.add(r.der.clone());
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(tether_certs::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| CaClientError::BadAnswer(e.to_string()))?
-        .with_root_certificates(roots);
-    let mut config = match creds {
-        Some(c) => {
-            let (chain, key) = c.chain_and_key();
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| CaClientError::BadAnswer(e.to_string()))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Opens a TLS connection to `url` and an HTTP/1.1 session over it.
-async fn connect(
-    url: &Uri,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<SendRequest<Full<Bytes>>, String> {
-    let host = url
-        .host()
-        .unwrap_or("localhost")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = url.port_u16().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-/// Sends `call` to `url` on a new connection and reads the whole answer.
-async fn once(
-    url: &Uri,
-    config: Arc<rustls::ClientConfig>,
-    call: &Call<'_>,
-) -> Result<Answer, String> {
-    let mut sender = connect(url, config).await?;
-    let authority = url.authority().map(|a| a.as_str()).unwrap_or("localhost");
-    let mut req = Request::builder()
-        .method(call.method.clone())
-        .uri(call.path)
-        .header(http::header::HOST, authority);
-    for (k, v) in call.headers {
-        req = req.header(*k, *v);
-    }
-    if call.json.is_some() {
-        req = req.header(http::header::CONTENT_TYPE, wire::JSON_CONTENT_TYPE);
-    }
-    let req = req
-        .body(Full::new(Bytes::from(
-            call.json.clone().unwrap_or_default(),
-        )))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let (parts, body) = resp.into_parts();
-    let bytes = read_limited(body, wire::MAX_RESPONSE_BODY).await?;
-    Ok((parts.status, parts.headers, bytes))
-}
-
-/// Reads `body` to the end, refusing it as soon as it exceeds `limit` bytes (so a broken or
-/// hostile CA cannot make us buffer without bound).
-async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, String>
-where
-    B: hyper::body::Body,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(format!("answer larger than {limit} bytes")),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 #[cfg(test)]

@@ -137,6 +137,8 @@ struct Core {
     log: observe::Log,
     /// Forces a renewal now (`POST /rotate`); `None` in file mode.
     rotate: Option<Arc<tokio::sync::Notify>>,
+    /// The CA client (`/identity` shows the URL in use); `None` in file mode.
+    ca: Option<Arc<ca_client::CaClient>>,
 }
 
 /// Runs the sidecar on already-bound `listeners` until `shutdown` resolves, then drains
@@ -190,6 +192,7 @@ pub async fn run(
             registry: registry.clone(),
             revocation: core.cache.clone(),
             rotate: core.rotate.clone(),
+            ca: core.ca.clone(),
         });
         tasks.spawn(admin::run(listener, admin, stopped()));
     }
@@ -231,7 +234,7 @@ fn start_identity(
     background: &mut tokio::task::JoinSet<()>,
 ) -> Result<Core, StartError> {
     let cache = revocation::RevocationCache::new(cfg.crl.on_stale, cfg.crl.grace, &metrics);
-    let (store, rotate) = match &cfg.identity {
+    let (store, rotate, ca) = match &cfg.identity {
         config::IdentitySource::Files(files) => {
             let (creds, crl) = identity::Credentials::load_files(files, cache.revocation())?;
             lifecycle::install_first_crl(files, &cache, crl)?;
@@ -242,7 +245,7 @@ fn start_identity(
                 cache.clone(),
                 metrics.clone(),
             ));
-            (store, None)
+            (store, None, None)
         }
         config::IdentitySource::Ca(settings) => {
             let store = identity::IdentityStore::default();
@@ -253,8 +256,9 @@ fn start_identity(
                 metrics.clone(),
             )?;
             let rotate = Arc::new(tokio::sync::Notify::new());
+            let ca = mode.client();
             background.spawn(mode.run(rotate.clone()));
-            (store, Some(rotate))
+            (store, Some(rotate), Some(ca))
         }
     };
     lifecycle::bind_gauges(&store, &cache, &metrics);
@@ -264,6 +268,7 @@ fn start_identity(
         metrics,
         log,
         rotate,
+        ca,
     })
 }
 

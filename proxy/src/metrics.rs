@@ -1,6 +1,7 @@
 //! The sidecar's Prometheus metrics, on a registry the caller injects (no globals), so tests can
 //! run several sidecars in one process and read each one's figures. Labels are typed
-//! ([`Direction`], [`crate::tls::HandshakeResult`], [`AuthzLabel`], [`Outcome`], [`CrlUpdate`])
+//! ([`Direction`], [`crate::tls::HandshakeResult`], [`AuthzLabel`], [`Outcome`], [`CrlUpdate`],
+//! [`FailoverReason`])
 //! so a label value is spelled in exactly one place ([`labels`]).
 //!
 //! Every label set is bounded by the mesh: `peer` takes the SPIFFE IDs of the sidecar's callers
@@ -24,7 +25,7 @@ use crate::tls::HandshakeResult;
 
 mod labels;
 
-pub use labels::{status_class, AuthzLabel, CrlUpdate, Direction, Outcome};
+pub use labels::{status_class, AuthzLabel, CrlUpdate, Direction, FailoverReason, Outcome};
 
 /// What the lifecycle gauges show at one instant, as [`Metrics::read_lifecycle_from`]'s reader
 /// computes it.
@@ -78,6 +79,9 @@ pub struct Metrics {
     /// `tether_crl_updates_total{result}`: CRLs offered to the revocation cache, by
     /// [`CrlUpdate`].
     pub crl_updates: IntCounterVec,
+    /// `tether_ca_failovers_total{reason}`: CA calls that moved from the URL in use to another
+    /// URL that answered, by [`FailoverReason`].
+    pub ca_failovers: IntCounterVec,
     /// Computes the lifecycle gauges at each gather: `tether_cert_expiry_timestamp_seconds`,
     /// `tether_crl_number`, `tether_crl_age_seconds`, `tether_crl_stale`,
     /// `tether_time_until_outage_seconds`, `tether_crl_seconds_until_stale`.
@@ -149,6 +153,12 @@ impl Metrics {
                 "tether_crl_updates_total",
                 "CRLs offered to the revocation cache, by result (installed or why refused).",
                 &["result"],
+            )?,
+            ca_failovers: counters(
+                "tether_ca_failovers_total",
+                "CA calls that moved from the CA URL in use to another that answered, by why the \
+                 one in use did not (connect, timeout, status).",
+                &["reason"],
             )?,
             lifecycle,
         })

@@ -1,14 +1,19 @@
 //! The CA client against real HTTPS servers on 127.0.0.1: the answer size limit (with and
-//! without a Content-Length), and how refusals are quoted.
+//! without a Content-Length), and how refusals are quoted. Failover is in `tests/failover.rs`
+//! (this module's) and, with real sidecars and CA replicas, in the crate's `tests/failover.rs`.
 
 use std::net::SocketAddr;
 
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::transport::read_limited;
 use super::*;
 
+mod failover;
+
 /// A trust bundle and a TLS server config for `127.0.0.1` that chains to it, as the CA has.
-fn pki() -> (TrustBundle, Arc<rustls::ServerConfig>) {
+pub(super) fn pki() -> (TrustBundle, Arc<rustls::ServerConfig>) {
     let td = tether_certs::TrustDomain::new("example.org").unwrap();
     let now = time::OffsetDateTime::now_utc();
     let day = Duration::from_secs(86400);
@@ -87,14 +92,27 @@ async fn serve_once(
     addr
 }
 
+/// A client for `https://` each of `addrs`, in order, counting failovers on its own counter.
+pub(super) fn client(addrs: &[SocketAddr]) -> Arc<CaClient> {
+    let urls: Vec<Uri> = addrs
+        .iter()
+        .map(|a| format!("https://{a}").parse().unwrap())
+        .collect();
+    let failovers = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("tether_ca_failovers_total", "test"),
+        &["reason"],
+    )
+    .unwrap();
+    CaClient::new(&urls, failovers)
+}
+
 async fn fetch_bundle(
     body_len: usize,
     chunked: bool,
 ) -> Result<(Bytes, Option<u64>), CaClientError> {
     let (bundle, config) = pki();
     let addr = serve_once(config, body_len, chunked).await;
-    let client = CaClient::new(vec![format!("https://{addr}").parse().unwrap()]);
-    client.bundle(&bundle).await
+    client(&[addr]).bundle(&bundle).await
 }
 
 #[tokio::test]

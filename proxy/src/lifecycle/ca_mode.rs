@@ -70,7 +70,7 @@ impl CaMode {
             IdentityError::Invalid(bundle_path.display().to_string(), e.to_string())
         })?;
         let mode = Arc::new(CaMode {
-            client: CaClient::new(settings.urls.clone()),
+            client: CaClient::new(&settings.urls, metrics.ca_failovers.clone()),
             settings,
             state,
             store,
@@ -81,6 +81,11 @@ impl CaMode {
         });
         mode.load_cache();
         Ok(mode)
+    }
+
+    /// The CA client, shared with `/identity` (which shows the CA URL in use).
+    pub(crate) fn client(&self) -> Arc<CaClient> {
+        self.client.clone()
     }
 
     fn bundle(&self) -> (TrustBundle, u64) {

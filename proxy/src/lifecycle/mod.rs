@@ -48,6 +48,11 @@ pub(crate) const RENEW_JITTER: f64 = 0.1;
 pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay: a recovered CA is noticed within this.
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// First retry delay after a failed CRL poll. A poll has already tried every CA URL, so the
+/// failure is a moment when none answered (replicas restarting one after the other, a network
+/// blip): ask again within a fifth of a second, so revocations keep arriving within about a
+/// second, doubling from here to [`BACKOFF_CAP`] so a fleet with every CA down does not spin.
+pub(crate) const CRL_BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// Longest wait between CRL polls while the CRL in force is stale (jittered over its upper
 /// half): a sidecar is ready again within about this long of its CA's return, for one small
 /// request a second per stale sidecar while the CA is down — and stale is already an alarm.
@@ -104,17 +109,31 @@ pub(crate) fn renew_at(
 }
 
 /// Capped exponential backoff with jitter, tightened so retries keep happening before expiry.
-#[derive(Debug, Default)]
+/// The default starts at [`BACKOFF_BASE`].
+#[derive(Debug)]
 pub(crate) struct Backoff {
+    base: Duration,
     attempt: u32,
 }
 
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::starting_at(BACKOFF_BASE)
+    }
+}
+
 impl Backoff {
+    /// A backoff whose first delay is at most `base`, doubling up to [`BACKOFF_CAP`].
+    pub(crate) fn starting_at(base: Duration) -> Self {
+        Backoff { base, attempt: 0 }
+    }
+
     /// The delay before the next retry. `left` is the time until the certificate expires (if
     /// any): the delay never exceeds half of it, so attempts keep coming until the last moment.
     /// `rand01` in [0, 1) spreads retries of many sidecars ("full jitter" over the upper half).
     pub(crate) fn next(&mut self, left: Option<Duration>, rand01: f64) -> Duration {
-        let exp = BACKOFF_BASE
+        let exp = self
+            .base
             .saturating_mul(1u32 << self.attempt.min(16))
             .min(BACKOFF_CAP);
         self.attempt = self.attempt.saturating_add(1);

@@ -1,5 +1,5 @@
 //! Renewal timing under paused tokio time: half-life with jitter, backoff, keep-last-good,
-//! retries up to expiry, `POST /rotate`, and enrollment at start.
+//! the CRL poll's quicker backoff, retries up to expiry, `POST /rotate`, and enrollment at start.
 
 use super::*;
 use std::sync::Mutex as StdMutex;
@@ -39,6 +39,19 @@ fn backoff_grows_is_capped_and_tightens_near_expiry() {
     let mut lo = Backoff::default();
     let mut hi = Backoff::default();
     assert!(lo.next(None, 0.0) < hi.next(None, 0.999));
+}
+
+#[test]
+fn crl_poll_backoff_starts_within_a_fifth_of_a_second_and_doubles_to_the_cap() {
+    let mut b = Backoff::starting_at(CRL_BACKOFF_BASE);
+    let delays: Vec<Duration> = (0..14).map(|_| b.next(None, 0.999)).collect();
+    // After a failed poll (every CA URL tried) the next comes quickly...
+    assert!(delays[0] <= Duration::from_millis(200), "{delays:?}");
+    assert!(delays[0] >= Duration::from_millis(100), "{delays:?}");
+    // ...but a fleet with every CA down backs off: doubling, to the cap.
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+    assert!(delays[3] >= Duration::from_millis(1500), "{delays:?}");
+    assert!(delays[13] > Duration::from_secs(29) && delays[13] <= BACKOFF_CAP);
 }
 
 /// A certificate holder for the loop under test: validity, and the times `refresh` ran.

@@ -100,6 +100,38 @@ impl CrlUpdate {
     }
 }
 
+/// The `reason` label of `tether_ca_failovers_total`: why the CA URL in use did not take a call
+/// that another URL then answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverReason {
+    /// The connection could not be made (refused, reset, TLS failure) or broke before the whole
+    /// answer was read (the replica died mid-call, or keepalive found its host gone).
+    Connect,
+    /// It answered 5xx: up, but unable to serve (its database is down, say).
+    Status,
+    /// The connection or the answer took longer than allowed.
+    Timeout,
+}
+
+impl FailoverReason {
+    /// Every reason, so a CA-mode sidecar exports each series from the start (at 0) and a rate
+    /// over it never starts from a missing series.
+    pub const ALL: [FailoverReason; 3] = [
+        FailoverReason::Connect,
+        FailoverReason::Status,
+        FailoverReason::Timeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverReason::Connect => "connect",
+            FailoverReason::Status => "status",
+            FailoverReason::Timeout => "timeout",
+        }
+    }
+}
+
 /// The `code` label of `tether_request_duration_seconds`: the status class, so a histogram's
 /// series stay five per (direction, peer) however many distinct statuses a service answers.
 pub fn status_class(status: StatusCode) -> &'static str {

@@ -120,9 +120,21 @@ pub fn ca_section(
     state: &str,
     extra: &str,
 ) -> String {
+    ca_urls_section(pki, &[&ca.url], token, state, extra)
+}
+
+/// [`ca_section`] listing several CA URLs (replicas), in order.
+pub fn ca_urls_section(
+    pki: &Pki,
+    urls: &[&str],
+    token: Option<&Path>,
+    state: &str,
+    extra: &str,
+) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
     let mut s = format!(
-        "[ca]\nurls = [\"{}\"]\nbundle = {:?}\nstate_dir = {:?}\n{extra}",
-        ca.url,
+        "[ca]\nurls = [{}]\nbundle = {:?}\nstate_dir = {:?}\n{extra}",
+        urls.join(", "),
         pki.ca.dir().join("bundle.pem"),
         pki.dir.path().join(state)
     );

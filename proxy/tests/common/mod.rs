@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 mod ca_server;
+pub mod hosts;
 mod process;
 pub use ca_server::*;
 pub use process::*;
@@ -582,6 +583,7 @@ impl Pki {
                     max_ttl: Duration::from_secs(86400),
                     crl_validity,
                 },
+                database: None,
             },
         )
         .unwrap();

@@ -108,6 +108,8 @@ pub(crate) struct Ports {
     pub(crate) gateway: ClientPorts,
     /// The intruder.
     pub(crate) intruder: ClientPorts,
+    /// The second CA replica's HTTPS API (sharing the first's SQLite file).
+    pub(crate) ca2: u16,
 }
 
 impl Ports {
@@ -127,6 +129,8 @@ impl Ports {
             ],
             gateway: ClientPorts::allocate(source),
             intruder: ClientPorts::allocate(source),
+            // Last, so every other process keeps the port it had before replicas.
+            ca2: source.take(),
         }
     }
 
@@ -159,7 +163,7 @@ impl Ports {
         );
         sidecars.push(Sidecar::new("intruder", self.intruder.admin, intruder));
         for s in &mut sidecars {
-            s.config = ca_section(self.ca, dir, &s.name) + &s.config;
+            s.config = ca_section([self.ca, self.ca2], dir, &s.name) + &s.config;
         }
         sidecars
     }
@@ -213,10 +217,11 @@ impl Sidecar {
     }
 }
 
-/// `[ca]`: where sidecar `name` enrols and renews, and where it keeps its state.
-fn ca_section(ca: u16, dir: &Path, name: &str) -> String {
+/// `[ca]`: where sidecar `name` enrols and renews (either CA replica, the first preferred), and
+/// where it keeps its state.
+fn ca_section([ca, ca2]: [u16; 2], dir: &Path, name: &str) -> String {
     format!(
-        "[ca]\nurls = [\"https://127.0.0.1:{ca}\"]\nbundle = {:?}\ntoken_file = {:?}\nstate_dir = {:?}\n\n",
+        "[ca]\nurls = [\"https://127.0.0.1:{ca}\", \"https://127.0.0.1:{ca2}\"]\nbundle = {:?}\ntoken_file = {:?}\nstate_dir = {:?}\n\n",
         dir.join("ca/bundle.pem"),
         dir.join(format!("{name}.token")),
         dir.join(format!("state-{name}")),
@@ -270,6 +275,7 @@ mod tests {
         );
         assert_eq!((p.gateway.outbound, p.gateway.admin), (20012, 20013));
         assert_eq!((p.intruder.outbound, p.intruder.admin), (20014, 20015));
+        assert_eq!(p.ca2, 20016);
     }
 
     #[test]
@@ -295,7 +301,7 @@ mod tests {
         let s = fixed(20000).sidecars(&dir);
         assert_eq!(
             s[3].config,
-            "[ca]\nurls = [\"https://127.0.0.1:20000\"]\nbundle = \"/d/ca/bundle.pem\"\n\
+            "[ca]\nurls = [\"https://127.0.0.1:20000\", \"https://127.0.0.1:20016\"]\nbundle = \"/d/ca/bundle.pem\"\n\
              token_file = \"/d/gateway.token\"\nstate_dir = \"/d/state-gateway\"\n\n\
              [outbound]\nlisten = \"127.0.0.1:20012\"\n[services.service-a]\n\
              address = [\"127.0.0.1:20005\", \"127.0.0.1:20009\"]\n\

@@ -13,7 +13,7 @@ use tether_certs::{RevocationList, TrustBundle};
 
 use crate::ca_client::CrlPoll;
 use crate::identity::Credentials;
-use crate::lifecycle::{rand01, Backoff, CRL_WAIT, STALE_RETRY};
+use crate::lifecycle::{rand01, Backoff, CRL_BACKOFF_BASE, CRL_WAIT, STALE_RETRY};
 use crate::revocation::Installed;
 
 use super::CaMode;
@@ -29,7 +29,8 @@ impl CaMode {
     /// goes. A failed poll or a refused CRL keeps the CRL in force and is retried with
     /// [`Self::retry_delay`].
     pub(super) async fn crl_loop(self: Arc<Self>) {
-        let mut backoff = Backoff::default();
+        let fresh_backoff = || Backoff::starting_at(CRL_BACKOFF_BASE);
+        let mut backoff = fresh_backoff();
         loop {
             let creds = self.store.current();
             let (bundle, version) = self.bundle();
@@ -55,7 +56,7 @@ impl CaMode {
             }
             let pause = match outcome {
                 Ok(()) => {
-                    backoff = Backoff::default();
+                    backoff = fresh_backoff();
                     // The CA answered while ours was stale but had nothing fresh: ask again
                     // soon, not in a tight loop.
                     (stale && self.cache.is_stale(self.clock.now())).then(stale_retry)
@@ -100,7 +101,8 @@ impl CaMode {
         (self.cache.number(), wait)
     }
 
-    /// How long to wait after a failed poll or a refused CRL: the capped backoff, tightened so
+    /// How long to wait after a failed poll or a refused CRL: the capped backoff (from
+    /// [`CRL_BACKOFF_BASE`]), tightened so
     /// retries keep coming up to the moment the CRL in force goes stale, and at most
     /// [`STALE_RETRY`] once it is.
     fn retry_delay(&self, backoff: &mut Backoff) -> Duration {

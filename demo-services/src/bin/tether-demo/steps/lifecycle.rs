@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Demo, CA};
+use super::{Demo, CA_REPLICAS};
 use crate::probes::{
     admin, eventually, identity, keep_calling, post, sample, serial, service_a_ok, sum_by, text,
     wait_port,
@@ -85,15 +85,18 @@ pub(crate) async fn rotate_under_traffic(d: &mut Demo) {
     );
 }
 
-/// Step 8: with the CA stopped, traffic flows; once it is back, the gateway renews again.
+/// Step 9: with every CA replica stopped, traffic flows; once they are back, the gateway renews
+/// again.
 pub(crate) async fn survive_a_ca_outage(d: &mut Demo) -> Result<(), String> {
-    d.narrator.step("The CA goes down");
-    d.procs.kill(CA);
+    d.narrator.step("Every CA replica goes down");
+    for (name, _) in CA_REPLICAS {
+        d.procs.kill(name);
+    }
     let ok = sample(d.ports.gateway.outbound, 10).await.ok;
     d.narrator.check(
         ok == 10,
         "traffic keeps flowing on cached certificates and CRLs",
-        &format!("{ok}/10 answered 200 with the CA stopped"),
+        &format!("{ok}/10 answered 200 with both replicas stopped"),
     );
     let gw_admin = d.ports.gateway.admin;
     let gw = identity(gw_admin).await;
@@ -106,14 +109,16 @@ pub(crate) async fn survive_a_ca_outage(d: &mut Demo) -> Result<(), String> {
         ),
         "",
     );
-    d.start_ca()?;
-    let back = wait_port(d.ports.ca, Duration::from_secs(10)).await;
+    d.start_ca(0)?;
+    d.start_ca(1)?;
+    let back = wait_port(d.ports.ca, Duration::from_secs(10)).await
+        && wait_port(d.ports.ca2, Duration::from_secs(10)).await;
     let old = text(&gw["serial"]);
     post(gw_admin, "/rotate").await;
     let renewed = new_serial(gw_admin, &old).await;
     d.narrator.check(
         back && renewed != old,
-        "the CA is back and issuing again",
+        "the replicas are back and issuing again",
         &format!("gateway renewed: {old} → {renewed}"),
     );
     Ok(())
@@ -121,7 +126,7 @@ pub(crate) async fn survive_a_ca_outage(d: &mut Demo) -> Result<(), String> {
 
 /// The sidecar's serial once it differs from `old`, polled 100 times 50 ms apart; the last one
 /// read if it never does.
-async fn new_serial(port: u16, old: &str) -> String {
+pub(super) async fn new_serial(port: u16, old: &str) -> String {
     let mut renewed = String::new();
     for _ in 0..100 {
         renewed = serial(port).await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Demo, CA};
+use super::{Demo, CA_REPLICAS};
 use crate::mesh::{id, Sidecar, A_POLICY, B_POLICY, MEMBERS, TRUST_DOMAIN};
 use crate::probes::{identity, wait_port, wait_ready};
 
@@ -17,21 +17,26 @@ pub(crate) async fn start_ca_and_enrol(d: &mut Demo) -> Result<(), String> {
     d.narrator
         .step("A certificate authority issues every identity from one-time tokens");
     d.ca(&["init", "--trust-domain", TRUST_DOMAIN])?;
-    d.start_ca()?;
-    let ca = d.ports.ca;
-    let mut up = wait_port(ca, CA_START).await;
+    let second = d.procs.path(CA_REPLICAS[1].1).display().to_string();
+    d.ca(&["replica", "add", "--out", &second, "--id", "replica-2"])?;
+    let mut up = true;
+    for (i, port) in [d.ports.ca, d.ports.ca2].into_iter().enumerate() {
+        d.start_ca(i)?;
+        up &= wait_port(port, CA_START).await;
+    }
     if up {
         // Long enough for a failed bind to have ended the process.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        up = d.procs.running(CA);
+        up = CA_REPLICAS.iter().all(|(name, _)| d.procs.running(name));
     }
+    let (ca, ca2) = (d.ports.ca, d.ports.ca2);
     d.narrator.check(
         up,
-        &format!("tether-ca serves trust domain {TRUST_DOMAIN} on https://127.0.0.1:{ca}"),
-        "",
+        &format!("two tether-ca replicas serve trust domain {TRUST_DOMAIN}, sharing one SQLite file"),
+        &format!("https://127.0.0.1:{ca} (init) and https://127.0.0.1:{ca2} (replica add)"),
     );
     if !up {
-        return Err("the CA did not start; see tether-ca.log".into());
+        return Err("the CA replicas did not start; see tether-ca.log and tether-ca-2.log".into());
     }
     for (name, path) in MEMBERS {
         let token = d.ca(&["enroll", &id(path)])?;
