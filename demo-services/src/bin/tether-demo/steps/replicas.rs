@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::lifecycle::new_serial;
 use super::{Demo, CA_REPLICAS};
-use crate::probes::{admin, call, eventually, identity, keep_calling, post, serial, text, wait_port};
+use crate::probes::{
+    admin, call, eventually, identity, keep_calling, post, serial, text, wait_port,
+};
 
 /// How long the sidecars get to notice the dead replica: the bound.
 const FAIL_OVER_WITHIN: Duration = Duration::from_secs(2);
@@ -20,7 +22,10 @@ pub(crate) async fn lose_a_ca_replica(d: &mut Demo) -> Result<(), String> {
         .step("One CA replica is killed mid-traffic; the other takes over");
     let gw = d.ports.gateway.admin;
     let survivor = format!("https://127.0.0.1:{}", d.ports.ca2);
-    let load = tokio::spawn(keep_calling(d.ports.gateway.outbound, Duration::from_secs(3)));
+    let load = tokio::spawn(keep_calling(
+        d.ports.gateway.outbound,
+        Duration::from_secs(3),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     d.procs.kill(CA_REPLICAS[0].0);
@@ -28,7 +33,13 @@ pub(crate) async fn lose_a_ca_replica(d: &mut Demo) -> Result<(), String> {
         let survivor = survivor.clone();
         async move { text(&identity(gw).await["ca_url"]) == survivor }
     };
-    let moved = eventually(killed, FAIL_OVER_WITHIN * 3, Duration::from_millis(20), on_survivor).await;
+    let moved = eventually(
+        killed,
+        FAIL_OVER_WITHIN * 3,
+        Duration::from_millis(20),
+        on_survivor,
+    )
+    .await;
     let old = serial(gw).await;
     post(gw, "/rotate").await;
     let renewed = new_serial(gw, &old).await;

@@ -32,7 +32,9 @@ pub(crate) async fn start_ca_and_enrol(d: &mut Demo) -> Result<(), String> {
     let (ca, ca2) = (d.ports.ca, d.ports.ca2);
     d.narrator.check(
         up,
-        &format!("two tether-ca replicas serve trust domain {TRUST_DOMAIN}, sharing one SQLite file"),
+        &format!(
+            "two tether-ca replicas serve trust domain {TRUST_DOMAIN}, sharing one SQLite file"
+        ),
         &format!("https://127.0.0.1:{ca} (init) and https://127.0.0.1:{ca2} (replica add)"),
     );
     if !up {
