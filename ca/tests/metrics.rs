@@ -16,7 +16,20 @@ use common::*;
 
 /// The CA's metrics, as a scraper reads them from the API.
 async fn scrape(ca: &TestCa) -> String {
-    let resp = ca.client().get("/metrics").await;
+    // A client trusting the published bundle as it is now. Right after the CLI retires a root
+    // the server may for up to a poll (100 ms) still present its previous certificate, which
+    // that bundle no longer trusts: a handshake failure in that window is retried, not a bug.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let resp = loop {
+        match ca.client().try_get("/metrics").await {
+            Ok(resp) => break resp,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("scrape retried: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the CA never served the published bundle's certificate: {e}"),
+        }
+    };
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     resp.text()
 }

@@ -104,48 +104,51 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::ACCEPTED, "text/plain", "renewal requested\n".into())
             }
         },
-        "/identity" => {
-            let now = OffsetDateTime::now_utc();
-            let rfc = |t: OffsetDateTime| When(t).to_string();
-            // The same functions, at the same instant, as the lifecycle gauges on /metrics.
-            let crl = admin.revocation.current().map(|crl| serde_json::json!({
-                "number": crl.number(),
-                "this_update": rfc(crl.this_update()),
-                "next_update": rfc(crl.next_update()),
-                "revoked": crl.revoked().len(),
-                "age_seconds": crl.age(now).whole_seconds(),
-                "stale": admin.revocation.is_stale(now),
-                "on_stale_crl": if admin.revocation.on_stale() == OnStale::Deny { "deny" } else { "allow" },
-            }));
-            let creds = admin.identity.current();
-            let outage = crate::lifecycle::time_until_outage(creds.as_deref(), &admin.revocation, now);
-            // The CA replica that answered last (null in file mode).
-            let ca_url = admin.ca.as_ref().and_then(|c| c.url_in_use());
-            let body = match creds {
-                None => serde_json::json!({ "spiffe_id": null, "crl": crl, "ca_url": ca_url }),
-                Some(c) => serde_json::json!({
-                    "spiffe_id": c.id.as_str(),
-                    "serial": c.serial.to_string(),
-                    "not_after": rfc(c.not_after),
-                    "seconds_until_expiry": (c.not_after - now).whole_seconds(),
-                    "seconds_until_outage": outage.map(|d| d.whole_seconds()),
-                    "bundle": c.bundle.roots().iter().map(|r| serde_json::json!({
-                        "trust_domain": r.trust_domain.as_str(),
-                        "fingerprint_sha256": r.fingerprint,
-                        "not_after": rfc(r.not_after),
-                    })).collect::<Vec<_>>(),
-                    "crl": crl,
-                    "ca_url": ca_url,
-                }),
-            };
-            text(StatusCode::OK, "application/json", format!("{body:#}\n"))
-        }
+        "/identity" => identity(admin),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found: try /metrics, /live, /ready, /identity, POST /rotate\n".into(),
         ),
     }
+}
+
+/// `GET /identity`: the certificate, bundle, CRL and CA URL in use, as JSON.
+fn identity(admin: &Admin) -> Response<Full<Bytes>> {
+    let now = OffsetDateTime::now_utc();
+    let rfc = |t: OffsetDateTime| When(t).to_string();
+    // The same functions, at the same instant, as the lifecycle gauges on /metrics.
+    let crl = admin.revocation.current().map(|crl| serde_json::json!({
+        "number": crl.number(),
+        "this_update": rfc(crl.this_update()),
+        "next_update": rfc(crl.next_update()),
+        "revoked": crl.revoked().len(),
+        "age_seconds": crl.age(now).whole_seconds(),
+        "stale": admin.revocation.is_stale(now),
+        "on_stale_crl": if admin.revocation.on_stale() == OnStale::Deny { "deny" } else { "allow" },
+    }));
+    let creds = admin.identity.current();
+    let outage = crate::lifecycle::time_until_outage(creds.as_deref(), &admin.revocation, now);
+    // The CA replica that answered last (null in file mode).
+    let ca_url = admin.ca.as_ref().and_then(|c| c.url_in_use());
+    let body = match creds {
+        None => serde_json::json!({ "spiffe_id": null, "crl": crl, "ca_url": ca_url }),
+        Some(c) => serde_json::json!({
+            "spiffe_id": c.id.as_str(),
+            "serial": c.serial.to_string(),
+            "not_after": rfc(c.not_after),
+            "seconds_until_expiry": (c.not_after - now).whole_seconds(),
+            "seconds_until_outage": outage.map(|d| d.whole_seconds()),
+            "bundle": c.bundle.roots().iter().map(|r| serde_json::json!({
+                "trust_domain": r.trust_domain.as_str(),
+                "fingerprint_sha256": r.fingerprint,
+                "not_after": rfc(r.not_after),
+            })).collect::<Vec<_>>(),
+            "crl": crl,
+            "ca_url": ca_url,
+        }),
+    };
+    text(StatusCode::OK, "application/json", format!("{body:#}\n"))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

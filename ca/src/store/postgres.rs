@@ -24,13 +24,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use tokio::runtime::Runtime;
-use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::db::{numbered_dollars, Cell as Value, Exec, Param, Row, ToParam};
+use super::db::{numbered_dollars, Exec, Row, ToParam};
+
+mod values;
+
 use super::StoreError;
+use values::{bind, pg_error, refs, row};
 
 /// The advisory lock every write transaction takes first ("teth" in ASCII).
 const WRITE_LOCK: i64 = 0x7465_7468;
@@ -152,6 +154,14 @@ fn block<T>(
     }
 }
 
+/// [`Pg::connected`]'s parts.
+type Connected<'a> = (
+    &'a Runtime,
+    &'a mut Client,
+    &'a mut HashMap<String, Statement>,
+    &'a Cell<bool>,
+);
+
 /// One replica's connection to the shared database, reopened when lost.
 pub(crate) struct Pg {
     url: DatabaseUrl,
@@ -235,7 +245,9 @@ impl Pg {
         self.begin(true)
     }
 
-    fn begin(&mut self, snapshot: bool) -> Result<PgTx<'_>, StoreError> {
+    /// The open client (reconnecting first if needed) with what calls on it need, borrowed
+    /// apart: the runtime, the statement cache and the broken flag.
+    fn connected(&mut self) -> Result<Connected<'_>, StoreError> {
         self.client()?;
         let Pg {
             rt,
@@ -245,6 +257,11 @@ impl Pg {
             ..
         } = self;
         let client = client.as_mut().expect("connected by client()");
+        Ok((rt, client, statements, broken))
+    }
+
+    fn begin(&mut self, snapshot: bool) -> Result<PgTx<'_>, StoreError> {
+        let (rt, client, statements, broken) = self.connected()?;
         let mut builder = client.build_transaction();
         if snapshot {
             builder = builder
@@ -331,15 +348,7 @@ impl Exec for Pg {
 impl Pg {
     /// The prepared form of `sql` on the (re)opened client.
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
-        self.client()?;
-        let Pg {
-            rt,
-            client,
-            statements,
-            broken,
-            ..
-        } = self;
-        let client = client.as_ref().expect("connected by client()");
+        let (rt, client, statements, broken) = self.connected()?;
         prepared(statements, |s| block(rt, broken, client.prepare(&s)), sql)
     }
 }
@@ -366,91 +375,6 @@ impl Exec for PgTx<'_> {
         let params = bind(args);
         let rows = block(rt, broken, tx.query(&stmt, &refs(&params)))?;
         rows.iter().map(row).collect()
-    }
-}
-
-fn bind<'a>(args: &'a [&'a dyn ToParam]) -> Vec<Param<'a>> {
-    args.iter().map(|a| a.param()).collect()
-}
-
-fn refs<'a>(params: &'a [Param<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
-    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
-}
-
-impl ToSql for Param<'_> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match *self {
-            Param::Int(v) if *ty == Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
-            Param::Int(v) if *ty == Type::BOOL => (v != 0).to_sql(ty, out),
-            Param::Int(v) => v.to_sql(ty, out),
-            Param::Text(s) => s.to_sql(ty, out),
-            Param::Blob(b) => b.to_sql(ty, out),
-            Param::Null => Ok(IsNull::Yes),
-        }
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        [
-            Type::INT8,
-            Type::INT4,
-            Type::BOOL,
-            Type::TEXT,
-            Type::VARCHAR,
-            Type::BYTEA,
-        ]
-        .contains(ty)
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
-
-/// A PostgreSQL row as the store's [`Row`]: integers, booleans (as 0/1), text and bytes.
-fn row(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
-    let get = |i: usize, ty: &Type| -> Result<Value, tokio_postgres::Error> {
-        Ok(match *ty {
-            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Value::Int),
-            Type::INT4 => r
-                .try_get::<_, Option<i32>>(i)?
-                .map(|v| Value::Int(v.into())),
-            Type::INT2 => r
-                .try_get::<_, Option<i16>>(i)?
-                .map(|v| Value::Int(v.into())),
-            Type::BOOL => r
-                .try_get::<_, Option<bool>>(i)?
-                .map(|v| Value::Int(v.into())),
-            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob),
-            _ => r.try_get::<_, Option<String>>(i)?.map(Value::Text),
-        }
-        .unwrap_or(Value::Null))
-    };
-    r.columns()
-        .iter()
-        .enumerate()
-        .map(|(i, c)| get(i, c.type_()).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()
-        .map(Row)
-}
-
-/// A PostgreSQL error as a [`StoreError`]: what means "the database is not available now"
-/// (connection lost, timeouts, shutdown, too many clients, lock or serialization conflicts) is
-/// [`StoreError::Unavailable`] — retryable, answered 503 — and the rest a database error.
-fn pg_error(e: tokio_postgres::Error) -> StoreError {
-    let Some(db) = e.as_db_error() else {
-        return StoreError::Unavailable(format!("database connection: {e}"));
-    };
-    let code = db.code().code();
-    let transient = ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c))
-        || code == "55P03"
-        || code == "25006";
-    let message = format!("{} (SQLSTATE {code})", db.message());
-    if transient {
-        StoreError::Unavailable(message)
-    } else {
-        StoreError::Postgres(message)
     }
 }
 
