@@ -1,31 +1,43 @@
 //! Where a PostgreSQL password comes from, as libpq finds it (the Rust client reads neither):
 //! `PGPASSWORD`, else the passfile — `PGPASSFILE`, or `~/.pgpass` — whose lines are
 //! `host:port:database:user:password` with `*` for any and `\:` / `\\` escapes. Like libpq, a
-//! passfile that others can read is ignored (with a warning that names the file, never its
-//! content). The password is handed to the client and never logged.
+//! passfile that others can read is ignored; the note saying so (it names the file, never its
+//! content) is added to the error of a connection that then fails. The password is handed to
+//! the client and never logged.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use tokio_postgres::config::Host;
 
-/// The password for `config`'s first host, user and database, if the environment has one.
-pub(super) fn password(config: &tokio_postgres::Config) -> Option<String> {
+/// The password for `config`'s first host, user and database, if the environment has one; `Err`
+/// is a passfile that was ignored, and why.
+pub(super) fn password(config: &tokio_postgres::Config) -> Result<Option<String>, String> {
     if let Some(pw) = std::env::var_os("PGPASSWORD") {
-        return Some(pw.to_string_lossy().into_owned());
+        return Ok(Some(pw.to_string_lossy().into_owned()));
     }
-    let path = std::env::var_os("PGPASSFILE")
+    let Some(path) = std::env::var_os("PGPASSFILE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
-    let meta = std::fs::metadata(&path).ok()?;
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))
+    else {
+        return Ok(None);
+    };
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return Ok(None);
+    };
     if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
+        return Err(format!(
             "ignoring the passfile {}: others can read it (chmod 0600 it)",
             path.display()
-        );
-        return None;
+        ));
     }
-    let text = std::fs::read_to_string(&path).ok()?;
+    Ok(std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| from_passfile(config, &text)))
+}
+
+/// The password `passfile` holds for `config`.
+fn from_passfile(config: &tokio_postgres::Config, text: &str) -> Option<String> {
     let host = match config.get_hosts().first()? {
         Host::Tcp(h) => h.clone(),
         Host::Unix(p) => p.display().to_string(),
@@ -38,7 +50,7 @@ pub(super) fn password(config: &tokio_postgres::Config) -> Option<String> {
         .to_string();
     let user = config.get_user()?;
     let db = config.get_dbname().unwrap_or(user);
-    lookup(&text, [&host, &port, db, user])
+    lookup(text, [&host, &port, db, user])
 }
 
 /// The password of the first line of `passfile` whose four fields match `want`.

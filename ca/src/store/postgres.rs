@@ -87,13 +87,19 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// The client configuration: the URL, the password from the environment, the timeouts.
-    pub(super) fn client_config(&self) -> tokio_postgres::Config {
+    /// The client configuration — the URL, the password from the environment, the timeouts —
+    /// and a note on a passfile that was ignored, for the error if the connection then fails.
+    pub(super) fn client_config(&self) -> (tokio_postgres::Config, Option<String>) {
         // Parsed once already by `parse`, which is the only way to make a `DatabaseUrl`.
         let mut c: tokio_postgres::Config = self.0.parse().expect("checked by DatabaseUrl::parse");
-        if let Some(pw) = super::pgpass::password(&c) {
-            c.password(pw);
-        }
+        let note = match super::pgpass::password(&c) {
+            Ok(Some(pw)) => {
+                c.password(pw);
+                None
+            }
+            Ok(None) => None,
+            Err(note) => Some(note),
+        };
         c.application_name("tether-ca")
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
@@ -102,7 +108,7 @@ impl DatabaseUrl {
             .keepalives_retries(2)
             .tcp_user_timeout(Duration::from_secs(3))
             .options(SESSION_OPTIONS);
-        c
+        (c, note)
     }
 }
 
@@ -124,9 +130,22 @@ pub(super) async fn open_client(
     ),
     String,
 > {
-    match tokio::time::timeout(CALL_TIMEOUT, url.client_config().connect(NoTls)).await {
+    let (config, note) = url.client_config();
+    match tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls)).await {
         Ok(Ok(pair)) => Ok(pair),
-        Ok(Err(e)) => Err(format!("database {} unreachable: {e}", url.as_str())),
+        Ok(Err(e)) => {
+            // The causes too: "invalid configuration" alone does not say "password missing".
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            if let Some(note) = note {
+                why.push_str(&format!(" ({note})"));
+            }
+            Err(format!("database {}: {why}", url.as_str()))
+        }
         Err(_) => Err(format!(
             "database {} did not answer within {CALL_TIMEOUT:?}",
             url.as_str()
