@@ -10,7 +10,11 @@ use tether_certs::wire::{BUNDLE_VERSION_HEADER, INSTANCE_HEADER};
 
 use super::routes::{fail, Fail};
 use super::server::{blocking, State};
+use super::watcher::EveryFewSeconds;
 use crate::error::CaError;
+
+/// When a failed fleet write was last logged.
+static NOT_RECORDED: EveryFewSeconds = EveryFewSeconds::new();
 
 /// Takes the report of a poll that holds CRL `after`, presenting `peer` (maybe nothing):
 /// records it when the certificate authenticates. Refused, writing nothing: a bundle version
@@ -70,7 +74,13 @@ async fn record(
         Ok(member) => Ok(member.is_some()),
         Err(e @ (CaError::BadRequest(_) | CaError::Forbidden(_))) => Err(fail(e)),
         Err(e) => {
-            tracing::warn!("CRL poll not recorded in the fleet: {e}");
+            // While the database is down every poll fails here: one line per interval, not
+            // one per sidecar per poll.
+            if NOT_RECORDED.due() {
+                tracing::warn!(
+                    "CRL polls not recorded in the fleet (the poll is still served): {e}"
+                );
+            }
             Ok(false)
         }
     }

@@ -39,16 +39,22 @@ async fn next_look(changes: Option<&Changes>) {
 /// ten times a second.
 const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-/// Logs a warning at most once per [`REPEAT_WARNING_EVERY`].
-#[derive(Default)]
-struct Throttle(Option<Instant>);
+/// A warning shared by many tasks, due at most once per [`REPEAT_WARNING_EVERY`].
+pub(super) struct EveryFewSeconds(std::sync::Mutex<Option<Instant>>);
 
-impl Throttle {
-    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
-        if self.0.is_none_or(|t| t.elapsed() >= REPEAT_WARNING_EVERY) {
-            tracing::warn!("{message}");
-            self.0 = Some(Instant::now());
+impl EveryFewSeconds {
+    pub(super) const fn new() -> Self {
+        EveryFewSeconds(std::sync::Mutex::new(None))
+    }
+
+    /// Whether to log now (and, if so, not again for a while).
+    pub(super) fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= REPEAT_WARNING_EVERY);
+        if due {
+            *last = Some(Instant::now());
         }
+        due
     }
 }
 
@@ -58,7 +64,7 @@ impl Throttle {
 pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
     let mut last_housekeeping = Instant::now();
     let mut last_fleet_count: Option<Instant> = None;
-    let (mut reload_warning, mut crl_warning) = (Throttle::default(), Throttle::default());
+    let (reload_warning, crl_warning) = (EveryFewSeconds::new(), EveryFewSeconds::new());
     let changes = state
         .authority
         .database_url()
@@ -72,10 +78,12 @@ pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = reloaded {
-            reload_warning.warn(format_args!(
-                "reloading the CA after a root rotation failed (the old signer, bundle and TLS \
-                 certificate stay in use; retrying every poll): {e}"
-            ));
+            if reload_warning.due() {
+                tracing::warn!(
+                    "reloading the CA after a root rotation failed (the old signer, bundle and \
+                     TLS certificate stay in use; retrying every poll): {e}"
+                );
+            }
         }
         let housekeeping = last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL;
         let count_fleet = last_fleet_count.is_none_or(|t| t.elapsed() >= FLEET_COUNT_INTERVAL);
@@ -115,9 +123,11 @@ pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
                     publish(&state, n);
                 }
             }
-            Err(e) => crl_warning.warn(format_args!(
-                "CRL refresh failed (the last CRL stays published): {e}"
-            )),
+            Err(e) => {
+                if crl_warning.due() {
+                    tracing::warn!("CRL refresh failed (the last CRL stays published): {e}");
+                }
+            }
         }
     }
 }
