@@ -372,27 +372,25 @@ impl Pg {
     }
 }
 
+impl PgTx<'_> {
+    /// The prepared form of `sql` inside this transaction's connection.
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        let (rt, broken, tx) = (self.rt, self.broken, &self.tx);
+        prepared(self.statements, |s| block(rt, broken, tx.prepare(&s)), sql)
+    }
+}
+
 impl Exec for PgTx<'_> {
     fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
-        let (rt, broken, tx) = (self.rt, self.broken, &self.tx);
-        let stmt = prepared(
-            &mut *self.statements,
-            |s| block(rt, broken, tx.prepare(&s)),
-            sql,
-        )?;
+        let stmt = self.statement(sql)?;
         let params = bind(args);
-        block(rt, broken, tx.execute(&stmt, &refs(&params)))
+        block(self.rt, self.broken, self.tx.execute(&stmt, &refs(&params)))
     }
 
     fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
-        let (rt, broken, tx) = (self.rt, self.broken, &self.tx);
-        let stmt = prepared(
-            &mut *self.statements,
-            |s| block(rt, broken, tx.prepare(&s)),
-            sql,
-        )?;
+        let stmt = self.statement(sql)?;
         let params = bind(args);
-        let rows = block(rt, broken, tx.query(&stmt, &refs(&params)))?;
+        let rows = block(self.rt, self.broken, self.tx.query(&stmt, &refs(&params)))?;
         rows.iter().map(row).collect()
     }
 }
