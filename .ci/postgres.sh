@@ -9,6 +9,8 @@
 #   TETHER_TEST_PG_URL           postgres://postgres@127.0.0.1:PORT/postgres (superuser, trust)
 #   TETHER_TEST_PG_PASSWORD_URL  postgres://tether_pw@127.0.0.1:PORT/postgres (scram-sha-256)
 #   TETHER_TEST_PG_PASSWORD      tether_pw's password (random per cluster)
+#   TETHER_TEST_PG_SSLROOTCERT   the CA of the server's TLS certificate (IP 127.0.0.1, DNS
+#                                localhost): the server takes TLS and plain connections alike
 #   TETHER_TEST_PG_DIR           the directory `stop` removes
 # As root the cluster runs as the `postgres` system user (created if missing; Debian's package
 # creates it); as anyone else it runs as that user. The server binaries are the newest under
@@ -46,6 +48,25 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# A throwaway CA and the server's certificate signed by it, for the TLS tests: ca.pem in $1,
+# server.crt and server.key (0600, the owner's) in $1/data.
+make_tls() {
+  local dir=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=tether test PostgreSQL CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+    >/dev/null 2>&1 || die "openssl could not make the test CA"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout "$dir/data/server.key" -out "$dir/server.csr" >/dev/null 2>&1 ||
+    die "openssl could not make the server key"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/server.ext" -out "$dir/data/server.crt" \
+    >/dev/null 2>&1 || die "openssl could not sign the server certificate"
+  chmod 600 "$dir/data/server.key"
+  chmod 644 "$dir/ca.pem"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$dir/data/server.key" "$dir/data/server.crt"; fi
+}
+
 start() {
   local bin dir password port started=
   bin=$(bin_dir)
@@ -69,7 +90,11 @@ full_page_writes = off
 synchronous_commit = off
 password_encryption = 'scram-sha-256'
 max_connections = 200
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 EOF
+  make_tls "$dir"
   # First match wins. The local socket (inside $dir, so only this script reaches it) and the
   # superuser over TCP are trusted: a test cluster with no secret to keep. The password role
   # must prove its password with SCRAM, so a test can check the PGPASSWORD / passfile path.
@@ -98,6 +123,7 @@ EOF
   printf 'export TETHER_TEST_PG_URL=%q\n' "postgres://postgres@127.0.0.1:$port/postgres"
   printf 'export TETHER_TEST_PG_PASSWORD_URL=%q\n' "postgres://tether_pw@127.0.0.1:$port/postgres"
   printf 'export TETHER_TEST_PG_PASSWORD=%q\n' "$password"
+  printf 'export TETHER_TEST_PG_SSLROOTCERT=%q\n' "$dir/ca.pem"
   printf 'export TETHER_TEST_PG_DIR=%q\n' "$dir"
 }
 

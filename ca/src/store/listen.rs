@@ -10,9 +10,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_postgres::AsyncMessage;
 
-use super::postgres::{open_client, runtime, DatabaseUrl};
+use super::postgres::{open_client, runtime, DatabaseUrl, Drive};
 use super::CHANGES_CHANNEL;
 
 /// How long the listener waits between attempts to reopen a lost connection.
@@ -68,21 +67,8 @@ fn wake(notify: &Weak<Notify>) {
 fn listen_once(url: &DatabaseUrl, notify: &Weak<Notify>) -> Result<(), String> {
     let rt = runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let (client, mut connection) = open_client(url).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        // The connection's messages: notifications go to `rx`; the task ends with the connection.
-        let mut driver = tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => {
-                        let _ = tx.send(());
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return e.to_string(),
-                    None => return "the connection closed".to_string(),
-                }
-            }
-        });
+        let (client, mut driver) = open_client(url, Drive::Notifications(tx)).await?;
         client
             .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
             .await

@@ -25,11 +25,14 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::db::{numbered_dollars, Exec, Row, ToParam};
 
+mod url;
 mod values;
+
+pub use url::DatabaseUrl;
 
 use super::StoreError;
 use values::{bind, pg_error, refs, row};
@@ -42,75 +45,10 @@ const WRITE_LOCK: i64 = 0x7465_7468;
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long calls fail fast after the database could not be reached.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Server-side limits, so no statement, lock wait or half-done transaction outlives a few
-/// seconds, and the server notices a vanished client as fast as the client notices it.
-const SESSION_OPTIONS: &str = "-c statement_timeout=5000 -c lock_timeout=5000 \
-    -c idle_in_transaction_session_timeout=5000 -c tcp_keepalives_idle=2 \
-    -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=3000";
-
-/// A database URL as given to `init --database`: checked, password-free, printable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// Parses `postgres://USER@HOST[:PORT]/DB`. A password in the URL is refused (the URL is
-    /// written to the state dir and appears in messages); the error never repeats it.
-    pub fn parse(url: &str) -> Result<Self, StoreError> {
-        let bad = |why: &str| StoreError::BadUrl(why.to_string());
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(bad("a database URL starts with postgres://"));
-        }
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| bad("not a valid postgres://USER@HOST[:PORT]/DB URL"))?;
-        if config.get_password().is_some() {
-            return Err(bad(
-                "the URL holds a password; put it in PGPASSWORD or a passfile (~/.pgpass) \
-                 instead, so it is never stored or shown",
-            ));
-        }
-        if config.get_user().is_none() || config.get_hosts().is_empty() {
-            return Err(bad(
-                "the URL needs a user and a host: postgres://USER@HOST/DB",
-            ));
-        }
-        Ok(DatabaseUrl(url.to_string()))
-    }
-
-    /// The URL as given (it holds no password).
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The client configuration — the URL, the password from the environment, the timeouts —
-    /// and a note on a passfile that was ignored, for the error if the connection then fails.
-    pub(super) fn client_config(&self) -> (tokio_postgres::Config, Option<String>) {
-        // Parsed once already by `parse`, which is the only way to make a `DatabaseUrl`.
-        let mut c: tokio_postgres::Config = self.0.parse().expect("checked by DatabaseUrl::parse");
-        let note = match super::pgpass::password(&c) {
-            Ok(Some(pw)) => {
-                c.password(pw);
-                None
-            }
-            Ok(None) => None,
-            Err(note) => Some(note),
-        };
-        c.application_name("tether-ca")
-            .connect_timeout(CONNECT_TIMEOUT)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(2))
-            .keepalives_interval(Duration::from_secs(1))
-            .keepalives_retries(2)
-            .tcp_user_timeout(Duration::from_secs(3))
-            .options(SESSION_OPTIONS);
-        (c, note)
-    }
-}
 
 /// A runtime for one connection's futures (they run only while a call blocks on them).
 pub(super) fn runtime() -> Result<Runtime, StoreError> {
@@ -120,19 +58,27 @@ pub(super) fn runtime() -> Result<Runtime, StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("starting the database client: {e}")))
 }
 
-/// Connects to `url` on `rt`, within [`CONNECT_TIMEOUT`].
+/// What drives a connection's messages once it is open.
+pub(super) enum Drive {
+    /// Nothing but the calls' own answers.
+    Calls,
+    /// Also forward each notification (`LISTEN`) to the sender.
+    Notifications(tokio::sync::mpsc::UnboundedSender<()>),
+}
+
+/// Connects to `url` (TLS if it asks for it) within [`CALL_TIMEOUT`], and spawns the task that
+/// drives the connection as `drive` says; the task ends, with the reason, when the connection
+/// does.
 pub(super) async fn open_client(
     url: &DatabaseUrl,
-) -> Result<
-    (
-        Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    ),
-    String,
-> {
+    drive: Drive,
+) -> Result<(Client, tokio::task::JoinHandle<String>), String> {
     let (config, note) = url.client_config();
-    match tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls)).await {
-        Ok(Ok(pair)) => Ok(pair),
+    let tls = url.tls()?;
+    match tokio::time::timeout(CALL_TIMEOUT, config.connect(tls)).await {
+        Ok(Ok((client, connection))) => {
+            Ok((client, tokio::spawn(run_connection(connection, drive))))
+        }
         Ok(Err(e)) => {
             // The causes too: "invalid configuration" alone does not say "password missing".
             let mut why = e.to_string();
@@ -150,6 +96,29 @@ pub(super) async fn open_client(
             "database {} did not answer within {CALL_TIMEOUT:?}",
             url.as_str()
         )),
+    }
+}
+
+/// Drives `connection` until it ends: the reason it ended.
+async fn run_connection<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    drive: Drive,
+) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                if let Drive::Notifications(tx) = &drive {
+                    let _ = tx.send(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return e.to_string(),
+            None => return "the connection closed".to_string(),
+        }
     }
 }
 
@@ -229,11 +198,11 @@ impl Pg {
             }
         }
         let url = &self.url;
+        // The connection's task runs whenever a call blocks on this runtime.
         match self.rt.block_on(async {
-            let (client, connection) = open_client(url).await?;
-            // Driven whenever a call blocks on this runtime; it ends with the connection.
-            tokio::spawn(connection);
-            Ok::<_, String>(client)
+            open_client(url, Drive::Calls)
+                .await
+                .map(|(client, _)| client)
         }) {
             Ok(c) => {
                 self.client = Some(c);
@@ -392,32 +361,5 @@ impl Exec for PgTx<'_> {
         let params = bind(args);
         let rows = block(self.rt, self.broken, self.tx.query(&stmt, &refs(&params)))?;
         rows.iter().map(row).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_url_with_a_password_is_refused_without_repeating_it() {
-        let e = DatabaseUrl::parse("postgres://ca:hunter2@db.example:5432/tether").unwrap_err();
-        let text = e.to_string();
-        assert!(text.contains("PGPASSWORD"), "{text}");
-        assert!(!text.contains("hunter2"), "{text}");
-    }
-
-    #[test]
-    fn urls_need_the_postgres_scheme_a_user_and_a_host() {
-        for bad in [
-            "mysql://a@b/c",
-            "postgres://",
-            "postgres:///db",
-            "not a url",
-        ] {
-            assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
-        }
-        let ok = DatabaseUrl::parse("postgres://ca@db.example:5433/tether").unwrap();
-        assert_eq!(ok.as_str(), "postgres://ca@db.example:5433/tether");
     }
 }

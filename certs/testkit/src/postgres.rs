@@ -19,6 +19,8 @@ pub const URL_VAR: &str = "TETHER_TEST_PG_URL";
 pub const PASSWORD_URL_VAR: &str = "TETHER_TEST_PG_PASSWORD_URL";
 /// That role's password, kept out of the URL as the CA keeps it (PGPASSWORD, passfile).
 pub const PASSWORD_VAR: &str = "TETHER_TEST_PG_PASSWORD";
+/// The CA that signed the cluster's TLS certificate (for 127.0.0.1 and localhost).
+pub const SSL_ROOT_VAR: &str = "TETHER_TEST_PG_SSLROOTCERT";
 
 /// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1), so two long test names could
 /// collide after truncation; names are cut to fit here instead, keeping the unique suffix.
@@ -49,6 +51,16 @@ pub fn password_url(test: &str) -> Option<(String, String)> {
     };
     let name = create_database(&admin, test, Some(user(&url)));
     Some((with_dbname(&url, &name), password))
+}
+
+/// A new, empty database for `test` as [`database`] gives it, and the CA file that verifies
+/// the cluster's TLS certificate. Skips and panics as [`database`] does.
+pub fn tls_database(test: &str) -> Option<(String, PathBuf)> {
+    let url = database(test)?;
+    let Some(root) = env(SSL_ROOT_VAR) else {
+        panic!("{URL_VAR} is set but {SSL_ROOT_VAR} is not: eval all of `.ci/postgres.sh start`'s output");
+    };
+    Some((url, PathBuf::from(root)))
 }
 
 /// The newest PostgreSQL server's `bin` directory under Debian's `/usr/lib/postgresql/*/bin`
