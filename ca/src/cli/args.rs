@@ -174,8 +174,9 @@ pub struct InitArgs {
     #[arg(long, env = "TETHER_CA_CRL_VALIDITY", default_value = "24h", value_parser = parse_duration)]
     pub crl_validity: Duration,
     /// A PostgreSQL database shared by replicas across hosts,
-    /// `postgres://USER@HOST[:PORT]/DB` (no password: PGPASSWORD or ~/.pgpass supply it).
-    /// Without it the CA keeps an embedded SQLite file, ca.db, in the state dir.
+    /// `postgres://USER@HOST[:PORT]/DB` (no password: PGPASSWORD or ~/.pgpass supply it; add
+    /// `?sslmode=verify-full&sslrootcert=/PATH/ca.pem` for TLS). Without it the CA keeps an
+    /// embedded SQLite file, ca.db, in the state dir.
     // Checked in `options`, not by clap: clap's errors repeat the value, which may hold a
     // password by mistake.
     #[arg(long, env = "TETHER_CA_DATABASE", hide_env_values = true)]
