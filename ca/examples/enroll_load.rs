@@ -17,7 +17,7 @@
 //! enrollment (`--new-connections`, as real sidecars do). It prints one line like
 //!
 //! ```text
-//! enroll_load: 4000 ok, 0 failed in 1.52 s = 2631 certs/s (keep-alive, 32 concurrent); server CPU 1.71 s = 428 µs/cert
+//! enroll_load: 4000 ok, 0 failed in 1.52 s = 2631 certs/s (keep-alive, 32 concurrent, 1 replica on SQLite); server CPU 1.71 s = 428 µs/cert
 //! ```
 //!
 //! and exits non-zero if any enrollment failed. With `--replicas N` it adds N−1 replicas with
@@ -216,6 +216,119 @@ async fn enroll_one(sender: &mut Sender, body: String) -> Result<(), String> {
     Ok(())
 }
 
+/// One enrollment request body (token + CSR) per enrollment to run.
+fn make_bodies(
+    state: &Path,
+    td: &TrustDomain,
+    count: usize,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let authority = Authority::open(state)?;
+    let id = SpiffeId::from_parts(td, "/ns/default/sa/load")?;
+    (0..count)
+        .map(|_| -> Result<String, Box<dyn std::error::Error>> {
+            let token = authority.create_token(&id, HOUR)?;
+            let key = tether_certs::keys::generate_key()?;
+            let csr = tether_certs::keys::generate_anonymous_csr(&key)?;
+            Ok(serde_json::json!({ "token": token, "csr": csr }).to_string())
+        })
+        .collect()
+}
+
+/// What a load run measured.
+struct Outcome {
+    elapsed: f64,
+    cpu: Option<f64>,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+/// Shared between the clients of a run.
+struct Work {
+    bodies: Vec<String>,
+    next: AtomicUsize,
+    failed: AtomicUsize,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Work {
+    fn fail(&self, e: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.first_error.lock().unwrap().get_or_insert(e);
+    }
+}
+
+/// One client: enrolls the next body until none is left, reconnecting as `new_connections`
+/// says (or after a failure).
+async fn client(work: Arc<Work>, addr: SocketAddr, tls: TlsConnector, new_connections: bool) {
+    let mut sender: Option<Sender> = None;
+    loop {
+        let i = work.next.fetch_add(1, Ordering::Relaxed);
+        let Some(body) = work.bodies.get(i) else {
+            break;
+        };
+        if new_connections || sender.as_ref().is_none_or(|s| s.is_closed()) {
+            sender = match connect(addr, &tls).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    work.fail(e);
+                    continue;
+                }
+            };
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        if let Err(e) = enroll_one(s, body.clone()).await {
+            work.fail(e);
+            sender = None;
+        }
+    }
+}
+
+/// Waits for every server to listen, then runs `args.concurrency` clients over `bodies`.
+async fn run_load(
+    args: &Args,
+    addrs: &[SocketAddr],
+    pids: &[u32],
+    tls: TlsConnector,
+    bodies: Vec<String>,
+) -> Result<Outcome, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in addrs {
+        while TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                return Err("tether-ca serve did not start listening within 20 s".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let work = Arc::new(Work {
+        bodies,
+        next: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        first_error: std::sync::Mutex::new(None),
+    });
+    let cpu_before = total_cpu(pids);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.concurrency {
+        let addr = addrs[i % addrs.len()];
+        tasks.spawn(client(
+            work.clone(),
+            addr,
+            tls.clone(),
+            args.new_connections,
+        ));
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let first_error = work.first_error.lock().unwrap().take();
+    Ok(Outcome {
+        elapsed,
+        cpu: cpu_before.zip(total_cpu(pids)).map(|(a, b)| b - a),
+        failed: work.failed.load(Ordering::Relaxed),
+        first_error,
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args();
     let dir = tempfile::tempdir()?;
@@ -229,18 +342,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?;
     Authority::init(&state, &init)?;
     let prep = Instant::now();
-    let bodies: Vec<String> = {
-        let authority = Authority::open(&state)?;
-        let id = SpiffeId::from_parts(&td, "/ns/default/sa/load")?;
-        (0..args.count)
-            .map(|_| -> Result<String, Box<dyn std::error::Error>> {
-                let token = authority.create_token(&id, HOUR)?;
-                let key = tether_certs::keys::generate_key()?;
-                let csr = tether_certs::keys::generate_anonymous_csr(&key)?;
-                Ok(serde_json::json!({ "token": token, "csr": csr }).to_string())
-            })
-            .collect::<Result<_, _>>()?
-    };
+    let bodies = make_bodies(&state, &td, args.count)?;
     eprintln!(
         "enroll_load: {} tokens and CSRs made in {:.2} s (not timed)",
         args.count,
@@ -262,67 +364,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let tls = tls_connector(&state)?;
-    let result = rt.block_on(async {
-        // Wait until the server answers.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for addr in &addrs {
-            while TcpStream::connect(addr).await.is_err() {
-                if Instant::now() > deadline {
-                    return Err("tether-ca serve did not start listening within 20 s".to_string());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let bodies = Arc::new(bodies);
-        let next = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-        let cpu_before = total_cpu(&pids);
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for client in 0..args.concurrency {
-            let addr = addrs[client % addrs.len()];
-            let (bodies, next, failed, first_error, tls) = (
-                bodies.clone(),
-                next.clone(),
-                failed.clone(),
-                first_error.clone(),
-                tls.clone(),
-            );
-            let new_connections = args.new_connections;
-            tasks.spawn(async move {
-                let mut sender: Option<Sender> = None;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(body) = bodies.get(i) else { break };
-                    if new_connections || sender.as_ref().is_none_or(|s| s.is_closed()) {
-                        sender = match connect(addr, &tls).await {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                first_error.lock().unwrap().get_or_insert(e);
-                                continue;
-                            }
-                        };
-                    }
-                    let Some(s) = sender.as_mut() else { continue };
-                    if let Err(e) = enroll_one(s, body.clone()).await {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        first_error.lock().unwrap().get_or_insert(e);
-                        sender = None;
-                    }
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        let elapsed = started.elapsed().as_secs_f64();
-        let cpu = cpu_before.zip(total_cpu(&pids)).map(|(a, b)| b - a);
-        let failed = failed.load(Ordering::Relaxed);
-        let first_error = first_error.lock().unwrap().take();
-        Ok((elapsed, cpu, failed, first_error))
-    });
+    let result = rt.block_on(run_load(&args, &addrs, &pids, tls, bodies));
     drop(servers);
-    let (elapsed, cpu, failed, first_error) = result?;
+    let Outcome {
+        elapsed,
+        cpu,
+        failed,
+        first_error,
+    } = result?;
     let ok = args.count - failed;
     let cpu_text = cpu.map_or_else(
         || "server CPU unknown".to_string(),

@@ -171,14 +171,6 @@ impl Store {
         Ok(store)
     }
 
-    /// Where this store's database is.
-    pub fn location(&self) -> Option<&DatabaseUrl> {
-        match &self.db {
-            Backend::Sqlite(_) => None,
-            Backend::Postgres(p) => Some(p.url()),
-        }
-    }
-
     /// The current CA generation (`meta.generation`; 1 for databases from before rotation).
     pub fn current_generation(&mut self) -> Result<u64, StoreError> {
         current_generation(&mut self.db)
@@ -191,20 +183,12 @@ impl Store {
 
     /// A setting from the `meta` table.
     pub fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
-        self.db
-            .query_opt("SELECT value FROM meta WHERE key = ?1", args![key])?
-            .map(|r| r.get(0))
-            .transpose()
+        meta_in(&mut self.db, key)
     }
 
     /// Writes a setting.
     pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            args![key, value],
-        )?;
-        Ok(())
+        set_meta_in(&mut self.db, key, value)
     }
 
     /// Records an issued certificate (its own transaction).
@@ -322,18 +306,36 @@ fn row_to_record(r: &Row) -> Result<IssuedRecord, StoreError> {
     })
 }
 
-fn meta_u64(db: &mut dyn Exec, key: &str) -> Result<u64, StoreError> {
-    let value: Option<String> = db
-        .query_opt("SELECT value FROM meta WHERE key = ?1", args![key])?
+/// The `meta` setting `key`, if set.
+fn meta_in(db: &mut dyn Exec, key: &str) -> Result<Option<String>, StoreError> {
+    db.query_opt("SELECT value FROM meta WHERE key = ?1", args![key])?
         .map(|r| r.get(0))
-        .transpose()?;
-    match value {
-        // Databases from before rotation have neither key: generation 1, bundle version 1.
-        None => Ok(1),
+        .transpose()
+}
+
+/// Sets the `meta` setting `key` to `value`.
+fn set_meta_in(db: &mut dyn Exec, key: &str, value: &str) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        args![key, value],
+    )?;
+    Ok(())
+}
+
+/// The numeric `meta` setting `key`, `unset` if it is not set.
+fn meta_number(db: &mut dyn Exec, key: &str, unset: u64) -> Result<u64, StoreError> {
+    match meta_in(db, key)? {
+        None => Ok(unset),
         Some(v) => v
             .parse()
             .map_err(|_| StoreError::Corrupt(format!("meta {key} = {v:?} is not a number"))),
     }
+}
+
+fn meta_u64(db: &mut dyn Exec, key: &str) -> Result<u64, StoreError> {
+    // Databases from before rotation have neither key: generation 1, bundle version 1.
+    meta_number(db, key, 1)
 }
 
 fn current_generation(db: &mut dyn Exec) -> Result<u64, StoreError> {

@@ -237,7 +237,7 @@ on_both_backends!(
     }
 );
 
-/// The test cluster's admin URL for the database behind `at`.
+/// Has the server end every other connection to the database behind `at` (the store's).
 fn terminate_others(at: &Location) {
     let Location::Postgres(url) = at else {
         unreachable!()

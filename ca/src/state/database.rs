@@ -1,5 +1,6 @@
 //! Where a state dir's database is, remembered in `database.url` (0600): a PostgreSQL URL
-//! (`postgres://USER@HOST[:PORT]/DB`, never with a password) for replicas across hosts, or
+//! (`postgres://USER@HOST[:PORT]/DB[?sslmode=…&sslrootcert=FILE]`, never with a password; see
+//! `store::DatabaseUrl`) for replicas across hosts, or
 //! `sqlite:/ABSOLUTE/PATH` for a replica sharing another state dir's SQLite file on one host.
 //! Without the file the database is `ca.db` in the state dir — the embedded default, and what
 //! every state dir from before replicas has.

@@ -75,6 +75,11 @@ impl<T: ToParam> ToParam for Option<T> {
     }
 }
 
+/// `args` as the [`Param`]s each backend binds.
+pub(crate) fn params<'a>(args: &'a [&'a dyn ToParam]) -> Vec<Param<'a>> {
+    args.iter().map(|a| a.param()).collect()
+}
+
 /// The parameters of a statement, in order: `args![serial, now]`.
 macro_rules! args {
     ($($value:expr),* $(,)?) => {

@@ -14,8 +14,8 @@ use tether_certs::crl::CrlEntry;
 use super::db::{args, Exec, Row};
 use super::replicas::{insert_sealed, link_credential, supersede_credentials};
 use super::{
-    current_generation, insert_cert, meta_u64, publish_in, row_to_record, IssuedRecord, NewCert,
-    Store, StoreError, StoredCrl,
+    current_generation, insert_cert, meta_u64, publish_in, row_to_record, set_meta_in,
+    IssuedRecord, NewCert, Store, StoreError, StoredCrl,
 };
 
 /// One root + intermediate pair as recorded.
@@ -140,12 +140,7 @@ fn insert_generation(
 
 /// Writes a numeric setting inside `tx`.
 pub(super) fn set_meta(tx: &mut dyn Exec, key: &str, value: u64) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        args![key, value.to_string()],
-    )?;
-    Ok(())
+    set_meta_in(tx, key, &value.to_string())
 }
 
 impl Store {
@@ -207,13 +202,13 @@ impl Store {
 
     /// Makes `new` the current generation in one transaction: records it with the next
     /// generation number (`place` is told that number first, to move the staged files into
-    /// place, and returns the new keys sealed for that number, stored here), bumps the bundle version, records the re-issued API server and
-    /// admin credentials of `replica`, the one rotating (`credentials`, which must carry
-    /// generation 0 — replaced by the new number here), revokes the ones of that replica they
-    /// supersede (every other replica supersedes its own when it materializes the new
-    /// generation), drops the sealed copies of older roots (only the current root ever
-    /// cross-signs), and publishes a CRL signed by the new intermediate
-    /// (`sign(generation, number, entries)`).
+    /// place, and returns the new keys sealed for that number, stored here), bumps the bundle
+    /// version, records the re-issued API server and admin credentials of `replica`, the one
+    /// rotating (`credentials`, which must carry generation 0 — replaced by the new number
+    /// here), revokes the ones of that replica they supersede (every other replica supersedes
+    /// its own when it materializes the new generation), drops the sealed copies of older roots
+    /// (only the current root ever cross-signs), and publishes a CRL signed by the new
+    /// intermediate (`sign(generation, number, entries)`).
     pub fn rotate<E: From<StoreError>>(
         &mut self,
         new: &NewGeneration,

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
 use super::postgres::{open_client, runtime, DatabaseUrl, Drive};
@@ -34,8 +35,9 @@ impl Changes {
         std::thread::Builder::new()
             .name("tether-ca-listen".into())
             .spawn(move || {
+                let mut rt = None;
                 while weak.strong_count() > 0 {
-                    if let Err(e) = listen_once(&url, &weak) {
+                    if let Err(e) = listen_on(&mut rt, &url, &weak) {
                         tracing::warn!(
                             "the change feed from {} was lost ({e}); reopening",
                             url.as_str()
@@ -56,35 +58,53 @@ impl Changes {
 }
 
 /// Wakes the holder, if there still is one.
-fn wake(notify: &Weak<Notify>) {
+pub(super) fn wake(notify: &Weak<Notify>) {
     if let Some(n) = notify.upgrade() {
         n.notify_one();
     }
 }
 
-/// One connection's life: `LISTEN`, then forward each notification until the connection fails
-/// (an error) or nobody holds the [`Changes`] any more (`Ok`).
-fn listen_once(url: &DatabaseUrl, notify: &Weak<Notify>) -> Result<(), String> {
-    let rt = runtime().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (client, mut driver) = open_client(url, Drive::Notifications(tx)).await?;
+/// [`listen_once`] on the thread's one runtime, made at the first call (and at the next one if
+/// making it failed): reconnects reuse it.
+fn listen_on(
+    rt: &mut Option<Runtime>,
+    url: &DatabaseUrl,
+    notify: &Weak<Notify>,
+) -> Result<(), String> {
+    if rt.is_none() {
+        *rt = Some(runtime().map_err(|e| e.to_string())?);
+    }
+    rt.as_ref()
+        .expect("made above")
+        .block_on(listen_once(url, notify))
+}
+
+/// One connection's life: `LISTEN`, then (the connection's task wakes the holder at each
+/// notification) wait until the connection fails (an error) or nobody holds the [`Changes`]
+/// any more (`Ok`).
+async fn listen_once(url: &DatabaseUrl, notify: &Weak<Notify>) -> Result<(), String> {
+    let (client, mut driver) = open_client(url, Drive::Notifications(notify.clone())).await?;
+    let outcome = async {
         client
             .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
             .await
             .map_err(|e| e.to_string())?;
         // Anything published while the connection was down is picked up by this first wake.
         wake(notify);
+        let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
             tokio::select! {
-                Some(()) = rx.recv() => wake(notify),
                 ended = &mut driver => return Err(ended.unwrap_or_else(|e| e.to_string())),
-                () = tokio::time::sleep(CHECK_EVERY) => {
+                _ = check.tick() => {
                     if notify.strong_count() == 0 {
                         return Ok(());
                     }
                 }
             }
         }
-    })
+    }
+    .await;
+    // The runtime outlives this connection: its task must not linger on it.
+    driver.abort();
+    outcome
 }

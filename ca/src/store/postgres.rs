@@ -22,12 +22,14 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
+use tokio::sync::Notify;
 use tokio_postgres::{Client, Statement};
 
-use super::db::{numbered_dollars, Exec, Row, ToParam};
+use super::db::{numbered_dollars, params, Exec, Row, ToParam};
 
 mod url;
 mod values;
@@ -35,14 +37,14 @@ mod values;
 pub use url::DatabaseUrl;
 
 use super::StoreError;
-use values::{bind, pg_error, refs, row};
+use values::{pg_error, refs, row};
 
 /// The advisory lock every write transaction takes first ("teth" in ASCII).
 const WRITE_LOCK: i64 = 0x7465_7468;
 
 /// The longest any one call (a statement, a commit, a connect) may take before it counts as a
 /// lost connection: above the server's own statement and lock timeouts, so those answer first.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// How long a connection attempt may take.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,8 +64,8 @@ pub(super) fn runtime() -> Result<Runtime, StoreError> {
 pub(super) enum Drive {
     /// Nothing but the calls' own answers.
     Calls,
-    /// Also forward each notification (`LISTEN`) to the sender.
-    Notifications(tokio::sync::mpsc::UnboundedSender<()>),
+    /// Also wake this holder at each notification (`LISTEN`), while there still is one.
+    Notifications(Weak<Notify>),
 }
 
 /// Connects to `url` (TLS if it asks for it) within [`CALL_TIMEOUT`], and spawns the task that
@@ -111,8 +113,8 @@ where
     loop {
         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                if let Drive::Notifications(tx) = &drive {
-                    let _ = tx.send(());
+                if let Drive::Notifications(holder) = &drive {
+                    super::listen::wake(holder);
                 }
             }
             Some(Ok(_)) => {}
@@ -176,11 +178,6 @@ impl Pg {
         };
         pg.client()?;
         Ok(pg)
-    }
-
-    /// The URL this connection uses.
-    pub(crate) fn url(&self) -> &DatabaseUrl {
-        &self.url
     }
 
     /// Makes sure a live client is open, reconnecting if the last one was lost.
@@ -315,7 +312,7 @@ fn prepared(
 impl Exec for Pg {
     fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
-        let params = bind(args);
+        let params = params(args);
         let client = self.client.as_ref().expect("connected by statement()");
         block(
             &self.rt,
@@ -326,7 +323,7 @@ impl Exec for Pg {
 
     fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
         let stmt = self.statement(sql)?;
-        let params = bind(args);
+        let params = params(args);
         let client = self.client.as_ref().expect("connected by statement()");
         let rows = block(&self.rt, &self.broken, client.query(&stmt, &refs(&params)))?;
         rows.iter().map(row).collect()
@@ -352,13 +349,13 @@ impl PgTx<'_> {
 impl Exec for PgTx<'_> {
     fn execute(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
-        let params = bind(args);
+        let params = params(args);
         block(self.rt, self.broken, self.tx.execute(&stmt, &refs(&params)))
     }
 
     fn query(&mut self, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
         let stmt = self.statement(sql)?;
-        let params = bind(args);
+        let params = params(args);
         let rows = block(self.rt, self.broken, self.tx.query(&stmt, &refs(&params)))?;
         rows.iter().map(row).collect()
     }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::db::{args, Exec};
 use super::postgres::Pg;
-use super::StoreError;
+use super::{meta_number, set_meta_in, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -202,16 +202,7 @@ pub(super) fn apply_postgres(pg: &mut Pg) -> Result<(), StoreError> {
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         args![],
     )?;
-    let version: u64 = match tx.query_opt(
-        "SELECT value FROM meta WHERE key = 'schema_version'",
-        args![],
-    )? {
-        Some(r) => r
-            .get::<String>(0)?
-            .parse()
-            .map_err(|_| StoreError::Corrupt("meta schema_version is not a number".into()))?,
-        None => 0,
-    };
+    let version = meta_number(&mut tx, "schema_version", 0)?;
     if version > newest {
         return Err(StoreError::Corrupt(format!(
             "the database is at schema version {version}, newer than this tether-ca knows \
@@ -220,11 +211,7 @@ pub(super) fn apply_postgres(pg: &mut Pg) -> Result<(), StoreError> {
     }
     for (v, statements) in PG_MIGRATIONS.iter().filter(|(v, _)| *v > version) {
         tx.batch(statements)?;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            args![v.to_string()],
-        )?;
+        set_meta_in(&mut tx, "schema_version", &v.to_string())?;
     }
     tx.commit()
 }

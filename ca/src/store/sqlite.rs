@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 
-use super::db::{Cell, Exec, Param, Row, ToParam};
+use super::db::{params, Cell, Exec, Param, Row, ToParam};
 use super::StoreError;
 
 /// How long a writer waits for another process's write lock before failing.
@@ -39,10 +39,6 @@ impl rusqlite::ToSql for Param<'_> {
             Param::Null => ValueRef::Null,
         }))
     }
-}
-
-fn bind<'a>(args: &'a [&'a dyn ToParam]) -> Vec<Param<'a>> {
-    args.iter().map(|a| a.param()).collect()
 }
 
 fn cell(v: ValueRef<'_>) -> Result<Cell, StoreError> {
@@ -83,7 +79,7 @@ impl Exec for rusqlite::Transaction<'_> {
 }
 
 fn exec_on(conn: &Connection, sql: &str, args: &[&dyn ToParam]) -> Result<u64, StoreError> {
-    let params = bind(args);
+    let params = params(args);
     let n = conn
         .prepare_cached(sql)?
         .execute(rusqlite::params_from_iter(params.iter()))?;
@@ -91,7 +87,7 @@ fn exec_on(conn: &Connection, sql: &str, args: &[&dyn ToParam]) -> Result<u64, S
 }
 
 fn query_on(conn: &Connection, sql: &str, args: &[&dyn ToParam]) -> Result<Vec<Row>, StoreError> {
-    let params = bind(args);
+    let params = params(args);
     let mut stmt = conn.prepare_cached(sql)?;
     let width = stmt.column_count();
     let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;

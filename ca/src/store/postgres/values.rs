@@ -5,12 +5,8 @@
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
-use super::super::db::{Cell as Value, Param, Row, ToParam};
+use super::super::db::{Cell, Param, Row};
 use super::StoreError;
-
-pub(super) fn bind<'a>(args: &'a [&'a dyn ToParam]) -> Vec<Param<'a>> {
-    args.iter().map(|a| a.param()).collect()
-}
 
 pub(super) fn refs<'a>(params: &'a [Param<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
@@ -49,22 +45,18 @@ impl ToSql for Param<'_> {
 
 /// A PostgreSQL row as the store's [`Row`]: integers, booleans (as 0/1), text and bytes.
 pub(super) fn row(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
-    let get = |i: usize, ty: &Type| -> Result<Value, tokio_postgres::Error> {
+    let get = |i: usize, ty: &Type| -> Result<Cell, tokio_postgres::Error> {
         Ok(match *ty {
-            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Value::Int),
-            Type::INT4 => r
-                .try_get::<_, Option<i32>>(i)?
-                .map(|v| Value::Int(v.into())),
-            Type::INT2 => r
-                .try_get::<_, Option<i16>>(i)?
-                .map(|v| Value::Int(v.into())),
+            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
+            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(|v| Cell::Int(v.into())),
+            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(|v| Cell::Int(v.into())),
             Type::BOOL => r
                 .try_get::<_, Option<bool>>(i)?
-                .map(|v| Value::Int(v.into())),
-            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob),
-            _ => r.try_get::<_, Option<String>>(i)?.map(Value::Text),
+                .map(|v| Cell::Int(v.into())),
+            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Blob),
+            _ => r.try_get::<_, Option<String>>(i)?.map(Cell::Text),
         }
-        .unwrap_or(Value::Null))
+        .unwrap_or(Cell::Null))
     };
     r.columns()
         .iter()
