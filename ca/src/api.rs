@@ -24,11 +24,13 @@
 //! or lineage is 403; neither writes anything.
 //!
 //! **Rotation without restart.** The server re-reads `meta.bundle_version` with its CRL check
-//! (every [`CRL_POLL_INTERVAL`]); when the CLI rotated or retired a root it reloads the signer,
-//! the bundle and its own TLS certificate (new handshakes get the new one; open connections are
-//! undisturbed) *before* it announces any newer CRL, so a long-poller woken by the rotation's CRL
-//! already gets the new bundle version with it. If the reload fails, the old state keeps serving,
-//! every poll tries again, and the failure is logged every ten seconds until it succeeds.
+//! (every [`CRL_POLL_INTERVAL`] on SQLite; on PostgreSQL when notified, at least once a second:
+//! see `watcher.rs`); when the CLI or another replica rotated or retired a root it reloads the
+//! signer, the bundle and its own TLS certificate (new handshakes get the new one; open
+//! connections are undisturbed) *before* it announces any newer CRL, so a long-poller woken by
+//! the rotation's CRL already gets the new bundle version with it. If the reload fails, the old
+//! state keeps serving, every poll tries again, and the failure is logged every ten seconds until
+//! it succeeds.
 //!
 //! **Answers always arrive.** A body over [`MAX_BODY`] is 413, and whatever an answer leaves
 //! unread (the rest of that body, or one a 401/404/405 never looked at) is read and dropped on

@@ -57,6 +57,7 @@ use tether_certs::verify::{ExpectedPeer, Revocation, SvidVerifier, VerifyError};
 use tether_certs::{Serial, SpiffeId, TrustBundle, TrustDomain};
 
 use crate::error::CaError;
+use crate::replica::{self, Me};
 use crate::settings::{InitOptions, Settings, ADMIN_PATH};
 use crate::state::{self, generation_dir, Keys};
 use crate::store::{Location, Pool, Pooled, Store, StoreError};
@@ -71,44 +72,18 @@ pub struct Authority {
     settings: Settings,
     keys: RwLock<Arc<Keys>>,
     store: Pool,
+    /// Where the database is (read once from the state dir at open).
+    location: Location,
+    /// Which replica this state dir is (`replica.json` is written once, by `replica add`).
+    me: Me,
 }
 
 impl Authority {
     /// Creates a new CA in `dir`, which must not exist or be empty. Everything is built in a
     /// sibling temporary directory and renamed into place, so a failed init leaves nothing behind.
     pub fn init(dir: &Path, opts: &InitOptions) -> Result<(), CaError> {
-        if dir.exists()
-            && std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            return Err(CaError::State(format!(
-                "state dir {} already exists and is not empty; refusing to touch it",
-                dir.display()
-            )));
-        }
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| CaError::io(parent, e))?;
-        let tmp = parent.join(format!(
-            ".{}.init-{}",
-            dir.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::process::id()
-        ));
-        let result = state::build_state(&tmp, opts).and_then(|()| {
-            std::fs::rename(&tmp, dir).map_err(|e| {
-                CaError::State(format!(
-                    "could not move new state into {}: {e}",
-                    dir.display()
-                ))
-            })
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        result
+        state::refuse_non_empty(dir)?;
+        state::build_beside(dir, "init", |tmp| state::build_state(tmp, opts))
     }
 
     /// Opens the CA in `dir`, upgrading a state dir from before root rotation in place, and
@@ -124,28 +99,35 @@ impl Authority {
             }
         }
         let mut store = Store::open_at(&location)?;
-        let trust_domain = TrustDomain::new(&setting(&mut store, "trust_domain")?)
-            .map_err(|e| CaError::State(format!("database trust_domain: {e}")))?;
+        let trust_domain = trust_domain(&mut store)?;
         let settings = Settings {
             default_ttl: seconds(&mut store, "default_ttl")?,
             max_ttl: seconds(&mut store, "max_ttl")?,
             crl_validity: seconds(&mut store, "crl_validity")?,
         };
         state::adopt_first_generation(dir, &mut store)?;
+        let me = replica::identity(dir)?;
         // Also brings the published files in line (see `state::load_keys`).
-        let keys = state::load_keys(dir, &mut store)?;
+        let keys = state::load_keys(dir, &me, &mut store)?;
         Ok(Authority {
             dir: dir.to_path_buf(),
             trust_domain,
             settings,
             keys: RwLock::new(Arc::new(keys)),
             store: Pool::new(store, &location)?,
+            location,
+            me,
         })
     }
 
     /// The state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The replica this state dir is.
+    pub(crate) fn me(&self) -> &Me {
+        &self.me
     }
 
     /// The trust domain.
@@ -160,12 +142,12 @@ impl Authority {
 
     /// The trust bundle this process uses (every root not retired, as of the last reload).
     pub fn bundle(&self) -> TrustBundle {
-        self.keys().bundle.clone()
+        self.keys().trust.bundle.clone()
     }
 
     /// The trust bundle as PEM.
     pub fn bundle_pem(&self) -> String {
-        self.keys().bundle_pem.clone()
+        self.keys().trust.bundle_pem.clone()
     }
 
     /// The version of [`Authority::bundle`] (1 after init, +1 per rotate and per retire).
@@ -186,7 +168,10 @@ impl Authority {
 
     /// The shared PostgreSQL database, if this CA uses one (`None`: SQLite).
     pub fn database_url(&self) -> Option<crate::store::DatabaseUrl> {
-        self.store().location().cloned()
+        match &self.location {
+            Location::Sqlite(_) => None,
+            Location::Postgres(url) => Some(url.clone()),
+        }
     }
 
     /// A database connection for this thread (one of the pool's; see [`Pool`]).
@@ -213,7 +198,7 @@ impl Authority {
 
     /// Reloads the signer and bundle from `ca.db` and the state directory, unconditionally.
     pub(crate) fn load(&self) -> Result<(), CaError> {
-        let keys = state::load_keys(&self.dir, &mut self.store())?;
+        let keys = state::load_keys(&self.dir, &self.me, &mut self.store())?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
         Ok(())
     }
@@ -250,7 +235,10 @@ impl Authority {
         let (leaf, intermediates) = peer_chain.split_first().ok_or_else(|| {
             CaError::Unauthorized("a client certificate is required (mTLS)".into())
         })?;
-        let verifier = SvidVerifier::new(&self.keys().bundle, Revocation::new(Default::default()));
+        let verifier = SvidVerifier::new(
+            &self.keys().trust.bundle,
+            Revocation::new(Default::default()),
+        );
         verifier
             .verify(
                 leaf,
@@ -295,7 +283,7 @@ impl Authority {
     pub fn server_credential(&self) -> Result<(String, String), CaError> {
         let keys = self.keys();
         let d = generation_dir(&self.dir, keys.generation).join("server");
-        let chain = state::with_tail(&state::read(&d.join("chain.pem"))?, &keys.chain_tail)?;
+        let chain = state::with_tail(&state::read(&d.join("chain.pem"))?, &keys.trust.chain_tail)?;
         Ok((chain, state::read(&d.join("key.pem"))?))
     }
 }
@@ -319,8 +307,14 @@ fn setting(store: &mut Store, key: &str) -> Result<String, CaError> {
         .ok_or_else(|| CaError::State(format!("the database has no setting {key}")))
 }
 
+/// The trust domain the database records.
+pub(crate) fn trust_domain(store: &mut Store) -> Result<TrustDomain, CaError> {
+    TrustDomain::new(&setting(store, "trust_domain")?)
+        .map_err(|e| CaError::State(format!("database trust_domain: {e}")))
+}
+
 /// A setting that is a number of seconds.
-fn seconds(store: &mut Store, key: &str) -> Result<Duration, CaError> {
+pub(crate) fn seconds(store: &mut Store, key: &str) -> Result<Duration, CaError> {
     setting(store, key)?
         .parse::<u64>()
         .map(Duration::from_secs)

@@ -3,10 +3,11 @@
 //! ([`IssueMethod`], [`FailureReason`], the API's `Endpoint::label`), never string literals at
 //! the call sites.
 //!
-//! What `tether-ca check` watches is exported by [`Findings`], read from `ca.db` at every
-//! scrape (never on a timer that would lag it, and never a second copy of the rules: it calls
-//! the same [`Authority`] methods the command does). A scrape therefore touches the database,
-//! so `/metrics` is rendered on the blocking pool.
+//! The CA certificates `tether-ca check` watches for expiry, and how many sidecars lag behind
+//! the published bundle and CRL, are exported by [`Findings`], read from `ca.db` at every scrape
+//! (never on a timer that would lag it, and never a second copy of the rules: the certificates
+//! come from [`Authority::ca_certificates`], which `check` uses too). A scrape therefore touches
+//! the database, so `/metrics` is rendered on the blocking pool.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

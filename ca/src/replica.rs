@@ -19,8 +19,8 @@ use tether_certs::files::PUBLIC_MODE;
 use crate::authority::Authority;
 use crate::error::CaError;
 use crate::state::{
-    self, create_private_dir, database_location, default_sans, generation_dir, read,
-    remember_location, write_file, SealKey, SealKind,
+    self, database_location, default_sans, generation_dir, read, remember_location, write_file,
+    SealKey, SealKind,
 };
 use crate::store::replicas::{ReplicaRecord, ReplicaRemoval, INITIAL_REPLICA};
 use crate::store::{Location, Store};
@@ -36,7 +36,7 @@ pub(crate) const REPLICA_FILE: &str = "replica.json";
 /// The longest replica id accepted.
 const MAX_ID_LEN: usize = 32;
 
-/// Who the replica whose state dir this is.
+/// Which replica a state dir is: its `replica.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Me {
     /// Its id.
@@ -148,14 +148,14 @@ pub struct RemovedReplica {
 
 impl Authority {
     /// The id of the replica this state dir is.
-    pub fn replica_id(&self) -> Result<String, CaError> {
-        Ok(identity(self.dir())?.id)
+    pub fn replica_id(&self) -> &str {
+        &self.me().id
     }
 
     /// Why this replica may not issue, if it was removed (the API's watcher asks every poll and
     /// answers 503 with this message while it is `Some`).
     pub fn replica_removed(&self) -> Result<Option<String>, CaError> {
-        let me = identity(self.dir())?;
+        let me = self.me();
         Ok(match self.store().replica(&me.id)? {
             Some(ReplicaRecord {
                 removed_at: Some(at),
@@ -168,10 +168,10 @@ impl Authority {
     /// Every replica, oldest first.
     pub fn replicas(&self) -> Result<Vec<ReplicaRecord>, CaError> {
         let mut list = self.store().replicas()?;
-        let me = identity(self.dir())?;
+        let me = self.me();
         // A database from before replicas has no row for the initial one until the first add.
         if me.id == INITIAL_REPLICA && !list.iter().any(|r| r.id == INITIAL_REPLICA) {
-            let sans = state::server_sans(self.dir(), &mut self.store())?;
+            let sans = state::server_sans(me, &mut self.store())?;
             list.insert(
                 0,
                 ReplicaRecord {
@@ -190,7 +190,7 @@ impl Authority {
     /// own API certificate and admin credential. Built in a sibling temporary dir and renamed
     /// into place, so a failure leaves no half-made replica dir behind.
     pub fn add_replica(&self, opts: &AddReplica) -> Result<AddedReplica, CaError> {
-        refuse_non_empty(&opts.out)?;
+        state::refuse_non_empty(&opts.out)?;
         let id = match &opts.id {
             Some(id) => {
                 check_id(id).map_err(CaError::BadRequest)?;
@@ -248,20 +248,9 @@ impl Authority {
         seal: &SealKey,
         me: &Me,
     ) -> Result<(), CaError> {
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| CaError::io(parent, e))?;
-        let name = out
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("replica");
-        let tmp = parent.join(format!(".{name}.replica-{}", std::process::id()));
-        let result = (|| {
-            create_private_dir(&tmp)?;
-            remember_location(&tmp, location)?;
-            seal.copy_to(&tmp)?;
+        state::build_beside(out, "replica", |tmp| {
+            remember_location(tmp, location)?;
+            seal.copy_to(tmp)?;
             let json = serde_json::to_string_pretty(me).unwrap_or_default();
             write_file(&tmp.join(REPLICA_FILE), json.as_bytes(), PUBLIC_MODE)?;
             write_file(
@@ -270,13 +259,9 @@ impl Authority {
                 PUBLIC_MODE,
             )?;
             // Opening it materializes the current generation and publishes server/ and admin/.
-            drop(Authority::open(&tmp)?);
-            std::fs::rename(&tmp, out).map_err(|e| CaError::io(out, e))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        result
+            drop(Authority::open(tmp)?);
+            Ok(())
+        })
     }
 
     /// Seals the current generation's keys into the database if they are not yet (a state dir
@@ -297,11 +282,11 @@ impl Authority {
 
     /// Records the replica `init` made, when this is it and the database predates replicas.
     fn record_initial(&self) -> Result<(), CaError> {
-        let me = identity(self.dir())?;
+        let me = self.me();
         if me.id != INITIAL_REPLICA || self.store().replica(INITIAL_REPLICA)?.is_some() {
             return Ok(());
         }
-        let sans = state::server_sans(self.dir(), &mut self.store())?;
+        let sans = state::server_sans(me, &mut self.store())?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         self.store().add_replica(INITIAL_REPLICA, &sans, now)?;
         Ok(())
@@ -310,7 +295,7 @@ impl Authority {
     /// Marks replica `id` removed and revokes its API server and admin certificates, with the
     /// CRL that lists them, in one transaction. Refuses the replica this state dir is.
     pub fn remove_replica(&self, id: &str) -> Result<RemovedReplica, CaError> {
-        if identity(self.dir())?.id == id {
+        if self.me().id == id {
             return Err(CaError::BadRequest(format!(
                 "{id} is the replica this state dir is; remove it from another replica's state dir"
             )));
@@ -341,19 +326,4 @@ impl Authority {
             ))),
         }
     }
-}
-
-/// Refuses an `--out` that exists and is not an empty directory.
-fn refuse_non_empty(out: &Path) -> Result<(), CaError> {
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(CaError::State(format!(
-            "{} already exists and is not empty; refusing to touch it",
-            out.display()
-        )));
-    }
-    Ok(())
 }

@@ -142,8 +142,7 @@ impl Authority {
         bundle
             .push(pair.root.cert().clone())
             .map_err(|e| CaError::Sign(e.to_string()))?;
-        let me = crate::replica::identity(self.dir())?;
-        let sans = state::server_sans(self.dir(), &mut self.store())?;
+        let sans = state::server_sans(self.me(), &mut self.store())?;
         let seal = state::SealKey::load_or_create(self.dir())?;
         let spec = CredentialSpec {
             td: self.trust_domain(),
@@ -157,7 +156,7 @@ impl Authority {
         let inter = &pair.intermediate;
         let rotation = self.store().rotate(
             &pair.describe(now, Vec::new()),
-            &me.id,
+            &self.me().id,
             &credentials,
             now,
             |generation| {

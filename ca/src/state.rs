@@ -19,7 +19,7 @@ use tether_certs::issue::Signer;
 use tether_certs::TrustBundle;
 
 use crate::error::CaError;
-use crate::replica;
+use crate::replica::{self, Me};
 use crate::settings::InitOptions;
 use crate::store::replicas::INITIAL_REPLICA;
 use crate::store::{Generation, Location, NewGeneration, Store, StoredCrl};
@@ -42,13 +42,8 @@ pub(crate) struct Keys {
     pub bundle_version: u64,
     /// The current generation's intermediate and key.
     pub signer: Signer,
-    /// Every root not retired.
-    pub bundle: TrustBundle,
-    /// `bundle` as PEM.
-    pub bundle_pem: String,
-    /// What follows a leaf in every chain handed out (PEM): the current intermediate, then its
-    /// cross-certificate from the previous root while that root is in the bundle.
-    pub chain_tail: String,
+    /// The bundle and the chain tail handed out with every leaf.
+    pub trust: Trust,
 }
 
 /// Where generation `generation`'s `root/`, `intermediate/`, `server/` and `admin/` live:
@@ -101,11 +96,46 @@ pub(crate) fn with_tail(chain_pem: &str, tail: &str) -> Result<String, CaError> 
     ))
 }
 
-/// Lays out a new state directory in `tmp` (renamed into place by the caller).
+/// Refuses to make a state dir at `out` when it exists and is not an empty directory.
+pub(crate) fn refuse_non_empty(out: &Path) -> Result<(), CaError> {
+    let empty = fs::read_dir(out).is_ok_and(|mut d| d.next().is_none());
+    if out.exists() && !empty {
+        return Err(CaError::State(format!(
+            "{} already exists and is not empty; refusing to touch it",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Makes a state dir at `out` (see [`refuse_non_empty`]) with `build`, which fills a sibling
+/// temporary directory (0700, named after `what`) that is then renamed into place: a failure at
+/// any step leaves no half-made state dir behind.
+pub(crate) fn build_beside(
+    out: &Path,
+    what: &str,
+    build: impl FnOnce(&Path) -> Result<(), CaError>,
+) -> Result<(), CaError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = parent.join(format!(".{name}.{what}-{}", std::process::id()));
+    let result = create_private_dir(&tmp)
+        .and_then(|()| build(&tmp))
+        .and_then(|()| fs::rename(&tmp, out).map_err(|e| io_err(out, e)));
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Lays out a new state directory in `tmp`, an empty directory (see [`build_beside`]).
 pub(crate) fn build_state(tmp: &Path, opts: &InitOptions) -> Result<(), CaError> {
     let now = OffsetDateTime::now_utc();
     let td = &opts.trust_domain;
-    create_private_dir(tmp)?;
     let pair = new_pair(tmp, td, opts.root_ttl, opts.intermediate_ttl, now, None)?;
     let sealed = seal_pair(tmp, &SealKey::load_or_create(tmp)?, 1)?;
     let bundle_pem = pair.root.cert_pem();
@@ -228,8 +258,8 @@ pub(crate) struct Trust {
     pub bundle: TrustBundle,
     /// `bundle` as PEM.
     pub bundle_pem: String,
-    /// The current intermediate, then its cross-certificate while the root that made it is
-    /// trusted (see [`Keys::chain_tail`]).
+    /// What follows a leaf in every chain handed out (PEM): the current intermediate, then its
+    /// cross-certificate from the previous root while that root is in the bundle.
     pub chain_tail: String,
 }
 
@@ -263,9 +293,8 @@ impl Trust {
 /// says they are, and brings the published files in line. A replica that lacks the current
 /// generation's files (another replica rotated, or it was just added) materializes them from the
 /// sealed keys first; a replica that was removed loads nothing.
-pub(crate) fn load_keys(dir: &Path, store: &mut Store) -> Result<Keys, CaError> {
-    let me = replica::identity(dir)?;
-    replica::ensure_active(store, &me)?;
+pub(crate) fn load_keys(dir: &Path, me: &Me, store: &mut Store) -> Result<Keys, CaError> {
+    replica::ensure_active(store, me)?;
     let (generation, bundle_version, generations) = store.trust_state()?;
     let current = generations
         .iter()
@@ -280,7 +309,7 @@ pub(crate) fn load_keys(dir: &Path, store: &mut Store) -> Result<Keys, CaError> 
         .join("intermediate/key.pem")
         .exists();
     if materialize {
-        replica::materialize(dir, store, &me, current, &trust)?;
+        replica::materialize(dir, store, me, current, &trust)?;
     }
     let signer = load_signer(dir, generation)?;
     if signer.cert().as_ref() != current.intermediate_der.as_slice() {
@@ -292,9 +321,7 @@ pub(crate) fn load_keys(dir: &Path, store: &mut Store) -> Result<Keys, CaError> 
         generation,
         bundle_version,
         signer,
-        bundle: trust.bundle,
-        bundle_pem: trust.bundle_pem,
-        chain_tail: trust.chain_tail,
+        trust,
     };
     // Another replica may have rotated or retired: this dir's published copies follow at each
     // load, not only when a command of this dir changed them.
@@ -315,7 +342,7 @@ pub(crate) fn load_keys(dir: &Path, store: &mut Store) -> Result<Keys, CaError> 
 pub(crate) fn publish_files(dir: &Path, keys: &Keys) -> Result<(), CaError> {
     write_if_changed(
         &dir.join("bundle.pem"),
-        keys.bundle_pem.as_bytes(),
+        keys.trust.bundle_pem.as_bytes(),
         PUBLIC_MODE,
     )?;
     let source = generation_dir(dir, keys.generation);
@@ -323,7 +350,7 @@ pub(crate) fn publish_files(dir: &Path, keys: &Keys) -> Result<(), CaError> {
         create_private_dir(&dir.join(sub))?;
         let chain = with_tail(
             &read(&source.join(sub).join("chain.pem"))?,
-            &keys.chain_tail,
+            &keys.trust.chain_tail,
         )?;
         write_if_changed(
             &dir.join(sub).join("chain.pem"),
@@ -344,7 +371,7 @@ pub(crate) fn publish_files(dir: &Path, keys: &Keys) -> Result<(), CaError> {
     }
     write_if_changed(
         &dir.join("admin/bundle.pem"),
-        keys.bundle_pem.as_bytes(),
+        keys.trust.bundle_pem.as_bytes(),
         PUBLIC_MODE,
     )
 }

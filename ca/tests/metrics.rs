@@ -59,15 +59,9 @@ fn expected(kind: &str, generation: u64, dir: &Path, file: &str) -> (String, Str
     (kind.to_string(), generation.to_string(), not_after)
 }
 
-/// `tether-ca --state-dir DIR ARGS…` off the runtime (the in-process API must keep serving),
-/// failing the test unless it succeeds.
-async fn ca_cli_ok(dir: &Path, args: &'static [&'static str]) -> String {
-    let dir = dir.to_path_buf();
-    let o = tokio::task::spawn_blocking(move || ca_cli(&dir, args))
-        .await
-        .unwrap();
-    assert_ok(&o, &args.join(" "));
-    stdout(&o)
+/// `tether-ca --state-dir DIR ARGS…` off the runtime, failing the test unless it succeeds.
+async fn ca_cli_ok(dir: &Path, args: &[&str]) {
+    assert_ok(&ca_cli_async(dir, args).await, &args.join(" "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,15 +77,7 @@ async fn ca_expiry_gauges_show_the_certificates_in_force_through_a_rotation() {
     );
 
     // During the rotation both roots are in the bundle; only the new intermediate signs.
-    let rotate = &[
-        "root",
-        "rotate",
-        "--ttl",
-        "90d",
-        "--intermediate-ttl",
-        "10d",
-    ];
-    ca_cli_ok(&ca.dir, rotate).await;
+    ca_cli_ok(&ca.dir, &["root", "rotate"]).await;
     assert_eq!(
         expiries(&scrape(&ca).await),
         vec![
@@ -103,13 +89,7 @@ async fn ca_expiry_gauges_show_the_certificates_in_force_through_a_rotation() {
 
     // Retired, the old root is no longer in force, so it is no longer watched.
     let old = ca.authority.roots().unwrap()[0].fingerprint.clone();
-    let dir = ca.dir.clone();
-    let o = tokio::task::spawn_blocking(move || {
-        ca_cli(&dir, &["root", "retire", old.as_str(), "--force"])
-    })
-    .await
-    .unwrap();
-    assert_ok(&o, "root retire --force");
+    ca_cli_ok(&ca.dir, &["root", "retire", &old, "--force"]).await;
     assert_eq!(
         expiries(&scrape(&ca).await),
         vec![

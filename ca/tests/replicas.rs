@@ -92,6 +92,12 @@ fn token(dir: &Path, path: &str) -> String {
     stdout(&out).trim().to_string()
 }
 
+/// A CSR for `path` under a fresh key.
+fn csr(path: &str) -> String {
+    let key = tether_certs::keys::generate_key().unwrap();
+    tether_certs::keys::generate_csr(&key, &id(path)).unwrap()
+}
+
 /// Enrolls `path` with a token from `from` through `via`'s API.
 async fn enroll(from: &Path, via: &Served, path: &str) -> Enrolled {
     let key = tether_certs::keys::generate_key().unwrap();
@@ -150,8 +156,7 @@ async fn an_added_replica_serves_with_its_own_certificate_and_shares_tokens() {
         assert!(chains_to(&cred.chain, &read(dir1.join("bundle.pem"))));
 
         // One token sent to both replicas at once: exactly one certificate.
-        let key = tether_certs::keys::generate_key().unwrap();
-        let csr = tether_certs::keys::generate_csr(&key, &id("/race")).unwrap();
+        let csr = csr("/race");
         let t = token(&dir2, "/race");
         let (c1, c2) = (r1.client(None), r2.client(None));
         let (a, b) = tokio::join!(c1.enroll(&t, &csr), c2.enroll(&t, &csr));
@@ -211,9 +216,7 @@ async fn serials_never_collide_and_crl_numbers_increase_across_replicas() {
             enroll(&dir1, &r1, "/a").await,
             enroll(&dir1, &r2, "/b").await,
         );
-        let key = tether_certs::keys::generate_key().unwrap();
-        let csr = tether_certs::keys::generate_csr(&key, &id("/a")).unwrap();
-        let csr_b = tether_certs::keys::generate_csr(&key, &id("/b")).unwrap();
+        let (csr, csr_b) = (csr("/a"), csr("/b"));
         let (c1, c2) = (
             r1.client(Some((e1.chain.clone(), e1.key_pem()))),
             r2.client(Some((e2.chain.clone(), e2.key_pem()))),
@@ -297,9 +300,7 @@ async fn a_rotation_through_one_replica_reaches_the_other_without_a_restart() {
             "DIR2 never served the new generation's TLS chain"
         );
         let renewed = r2.client(Some((old.chain.clone(), old.key_pem())));
-        let key = tether_certs::keys::generate_key().unwrap();
-        let csr = tether_certs::keys::generate_csr(&key, &id("/web")).unwrap();
-        let resp = renewed.renew(&csr).await;
+        let resp = renewed.renew(&csr("/web")).await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
         assert_eq!(ders(resp.json()["chain"].as_str().unwrap())[1], new_inter);
         assert_private_generation(&dir2.join("generations/2"));
@@ -351,8 +352,7 @@ async fn a_removed_replica_is_revoked_and_refuses_to_serve() {
         assert_ok(&out, "replica remove");
         // The running replica stops signing at its next look at the database (every 100 ms, or
         // on the change notification): a fresh token each try, until one is refused with 503.
-        let key = tether_certs::keys::generate_key().unwrap();
-        let csr = tether_certs::keys::generate_csr(&key, &id("/late")).unwrap();
+        let csr = csr("/late");
         let started = std::time::Instant::now();
         let pending = loop {
             let t = token(&dir1, "/late");

@@ -33,17 +33,6 @@ fn fingerprint_of(dir: &Path, generation: u64) -> String {
         .to_string()
 }
 
-async fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
-    let dir = dir.to_path_buf();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        ca_cli(&dir, &refs)
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_switches_signer_bundle_and_tls_certificate_of_a_running_server() {
     let ca = TestCa::start().await;
@@ -63,7 +52,7 @@ async fn rotate_switches_signer_bundle_and_tls_certificate_of_a_running_server()
         );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let out = cli(&ca.dir, &["root", "rotate"]).await;
+    let out = ca_cli_async(&ca.dir, &["root", "rotate"]).await;
     assert_ok(&out, "root rotate");
     assert!(
         stdout(&out).contains("rotated to generation 2"),
@@ -391,7 +380,10 @@ fn retire_force_overrides_live_leaves_which_then_stop_authenticating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retire_waits_for_every_recent_sidecar_to_report_the_new_bundle() {
     let ca = TestCa::start().await;
-    assert_ok(&cli(&ca.dir, &["root", "rotate"]).await, "root rotate");
+    assert_ok(
+        &ca_cli_async(&ca.dir, &["root", "rotate"]).await,
+        "root rotate",
+    );
     let bundle = read(ca.dir.join("bundle.pem"));
     let both = ca.client_trusting(&bundle);
     assert!(
@@ -413,7 +405,7 @@ async fn retire_waits_for_every_recent_sidecar_to_report_the_new_bundle() {
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
 
     let old = fingerprint_of(&ca.dir, 1);
-    let o = cli(&ca.dir, &["root", "retire", &old]).await;
+    let o = ca_cli_async(&ca.dir, &["root", "retire", &old]).await;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("without bundle version 2") && stdout(&o).contains("web-1"),
@@ -426,7 +418,7 @@ async fn retire_waits_for_every_recent_sidecar_to_report_the_new_bundle() {
     // credentials were superseded and revoked by the rotation).
     let r = poll_crl(&sidecar, &format!("after={n}"), Some("web-1"), Some(2)).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
-    let o = cli(&ca.dir, &["root", "retire", &old]).await;
+    let o = ca_cli_async(&ca.dir, &["root", "retire", &old]).await;
     assert_ok(&o, "root retire");
 
     // The running server publishes the one-root bundle as version 3, and stops vouching for

@@ -58,9 +58,10 @@ impl EveryFewSeconds {
     }
 }
 
-/// Watches the database for what other processes change, every [`CRL_POLL_INTERVAL`]: a
-/// rotation or retirement (reload, then swap the TLS certificate), new CRLs (wake long-polls);
-/// and does the housekeeping: re-sign the CRL at half its validity, count and prune the fleet.
+/// Watches the database for what other processes change, at each look (see the module docs for
+/// when): a rotation or retirement (reload, then swap the TLS certificate), new CRLs (wake
+/// long-polls), this replica's removal (refuse to sign); and does the housekeeping: re-sign the
+/// CRL at half its validity, count and prune the fleet.
 pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
     let mut last_housekeeping = Instant::now();
     let mut last_fleet_count: Option<Instant> = None;
@@ -88,7 +89,9 @@ pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
         let housekeeping = last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL;
         let count_fleet = last_fleet_count.is_none_or(|t| t.elapsed() >= FLEET_COUNT_INTERVAL);
         let result = blocking(&state.authority, move |a| {
-            if housekeeping {
+            let removed = a.replica_removed()?;
+            // A removed replica signs nothing more, CRLs included: the others keep them fresh.
+            if housekeeping && removed.is_none() {
                 a.current_crl(refresh)?;
                 if let Err(e) = a.prune_fleet() {
                     tracing::warn!("pruning old fleet rows failed: {e}");
@@ -99,7 +102,6 @@ pub(super) async fn watch_database(state: Arc<State>, refresh: Duration) {
             } else {
                 None
             };
-            let removed = a.replica_removed()?;
             let newest = a.latest_crl_number()?;
             // Read after the CRL number: a rotation that committed after this iteration's reload
             // shows here, and its CRL waits for the next iteration, which reloads first. Without

@@ -161,9 +161,9 @@ impl Authority {
             spiffe_id: id.to_string(),
             serial: leaf.serial.to_string(),
             not_after,
-            chain: format!("{certificate}{}", keys.chain_tail),
+            chain: format!("{certificate}{}", keys.trust.chain_tail),
             certificate,
-            bundle: keys.bundle_pem.clone(),
+            bundle: keys.trust.bundle_pem.clone(),
             note,
         };
         let record = NewCert {

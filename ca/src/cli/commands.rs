@@ -1,6 +1,6 @@
 //! The commands that work straight on the state directory and print a line or two: `init`,
-//! `enroll`, `issue`, `revoke`, `crl`, `list` and `replica add | remove | list`. The lifecycle reports (fleet, root, check,
-//! `revoke --wait`) are in `report.rs`.
+//! `enroll`, `issue`, `revoke`, `crl`, `list` and `replica add | remove | list`. The lifecycle
+//! reports (fleet, root, check, `revoke --wait`) are in `report.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -188,7 +188,7 @@ pub(super) fn replica(ca: &Authority, command: &ReplicaCommand) -> Result<(), Cl
                 print_json(&replicas);
                 return Ok(());
             }
-            let me = ca.replica_id()?;
+            let me = ca.replica_id();
             println!(
                 "{:<16}  {:<21}  {:<21}  API NAMES",
                 "ID", "CREATED", "REMOVED"

@@ -18,9 +18,9 @@ use time::OffsetDateTime;
 
 use tether_certs::files::{PUBLIC_MODE, SECRET_MODE};
 use tether_certs::issue::Signer;
-use tether_certs::TrustDomain;
 
 use super::Me;
+use crate::authority;
 use crate::error::CaError;
 use crate::state::{
     self, create_private_dir, generation_dir, io_err, write_file, CredentialSpec, SealKey,
@@ -59,9 +59,9 @@ pub(crate) fn materialize(
         signer,
         key_pem: &unsealed.1,
     };
-    let result = stage(dir, store, me, &material, &staging).and_then(|credentials| {
+    let result = stage(store, me, &material, &staging).and_then(|credentials| {
         let now = OffsetDateTime::now_utc();
-        let validity = crl_validity(store)?;
+        let validity = authority::seconds(store, "crl_validity")?;
         store.record_materialized(
             &me.id,
             generation,
@@ -116,7 +116,6 @@ struct Material<'a> {
 
 /// Writes the generation's files to `staging` and returns the credentials to record.
 fn stage(
-    dir: &Path,
     store: &mut Store,
     me: &Me,
     m: &Material<'_>,
@@ -151,15 +150,8 @@ fn stage(
         let key = seal.unseal(generation, SealKind::Root, &sealed)?;
         write_file(&root_dir.join("key.pem"), &key, SECRET_MODE)?;
     }
-    let td = store
-        .meta("trust_domain")?
-        .ok_or_else(|| CaError::State("the database has no setting trust_domain".into()))?;
-    let td =
-        TrustDomain::new(&td).map_err(|e| CaError::State(format!("database trust_domain: {e}")))?;
-    let sans = match &me.sans {
-        Some(sans) => sans.clone(),
-        None => state::server_sans(dir, store)?,
-    };
+    let td = authority::trust_domain(store)?;
+    let sans = state::server_sans(me, store)?;
     let now = OffsetDateTime::now_utc();
     let ttl = (signer.not_after() - now)
         .try_into()
@@ -228,13 +220,4 @@ fn unseal_required(
             ))
         })?;
     seal.unseal(generation, kind, &sealed)
-}
-
-/// The CRL validity the database records.
-fn crl_validity(store: &mut Store) -> Result<Duration, CaError> {
-    store
-        .meta("crl_validity")?
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_secs)
-        .ok_or_else(|| CaError::State("the database setting crl_validity is not a number".into()))
 }

@@ -16,6 +16,7 @@ use tether_certs::{SpiffeId, TrustDomain};
 use super::{create_private_dir, write_file};
 use crate::error::CaError;
 use crate::metrics::IssueMethod;
+use crate::replica::Me;
 use crate::settings::ADMIN_PATH;
 use crate::store::{NewCert, Store};
 
@@ -118,12 +119,11 @@ fn server_label(sans: &[String]) -> String {
     format!("dns:{}", sans.join(","))
 }
 
-/// The API names of the replica whose state dir is `dir`: what its `replica.json` says, or for
-/// the replica `init` made, the names of its newest API server certificate, from its label.
-pub(crate) fn server_sans(dir: &Path, store: &mut Store) -> Result<Vec<String>, CaError> {
-    let me = crate::replica::identity(dir)?;
-    if let Some(sans) = me.sans {
-        return Ok(sans);
+/// The API names of replica `me`: what its `replica.json` says, or for the replica `init` made,
+/// the names of its newest API server certificate, from its label.
+pub(crate) fn server_sans(me: &Me, store: &mut Store) -> Result<Vec<String>, CaError> {
+    if let Some(sans) = &me.sans {
+        return Ok(sans.clone());
     }
     let label = store.newest_server_label(&me.id)?;
     Ok(

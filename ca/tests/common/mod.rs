@@ -521,6 +521,18 @@ async fn read_response(resp: http::Response<hyper::body::Incoming>) -> Result<Re
     })
 }
 
+/// [`ca_cli`] off the async runtime, so that an API served in-process keeps answering meanwhile.
+pub async fn ca_cli_async(dir: &Path, args: &[&str]) -> Output {
+    let dir = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ca_cli(&dir, &refs)
+    })
+    .await
+    .expect("the tether-ca task")
+}
+
 /// The `tether-ca` binary with no `TETHER_CA_*` variables inherited from the environment.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether-ca"));
