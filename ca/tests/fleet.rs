@@ -239,10 +239,7 @@ async fn fleet_cli_and_fleet_size_metric_show_recent_sidecars() {
 
     // --within narrows the window: wait until both rows are older than it.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let dir = ca.dir.clone();
-    let old_out2 = tokio::task::spawn_blocking(move || ca_cli(&dir, &["fleet", "--within", "1s"]))
-        .await
-        .unwrap();
+    let old_out2 = ca_cli_async(&ca.dir, &["fleet", "--within", "1s"]).await;
     assert_ok(&old_out, "fleet --within 1s");
     assert_ok(&old_out2, "fleet --within 1s");
     assert!(

@@ -538,10 +538,7 @@ async fn revoke_wait_leaves_out_the_sidecars_whose_certificates_it_revoked() {
         "{apart:?}"
     );
     // `fleet` marks it too.
-    let dir = ca.dir.clone();
-    let fleet = tokio::task::spawn_blocking(move || ca_cli(&dir, &["fleet"]))
-        .await
-        .unwrap();
+    let fleet = ca_cli_async(&ca.dir, &["fleet"]).await;
     assert!(
         stdout(&fleet).contains(&format!("{} (revoked)", victim.serial)),
         "{}",
