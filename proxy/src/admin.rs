@@ -129,7 +129,7 @@ fn identity(admin: &Admin) -> Response<Full<Bytes>> {
     }));
     let creds = admin.identity.current();
     let outage = crate::lifecycle::time_until_outage(creds.as_deref(), &admin.revocation, now);
-    // The CA replica that answered last (null in file mode).
+    // The CA URL in use: the last that accepted a call (null in file mode).
     let ca_url = admin.ca.as_ref().and_then(|c| c.url_in_use());
     let body = match creds {
         None => serde_json::json!({ "spiffe_id": null, "crl": crl, "ca_url": ca_url }),

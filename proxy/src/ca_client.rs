@@ -6,12 +6,12 @@
 //! connection error, a timeout or a 5xx passes the call on; any other answer, 4xx included, is
 //! the answer (a revoked or unknown identity is the same at every replica). The URL that
 //! accepted a call is the one in use from then on. Each call opens its own connection (calls
-//! are rare: a renewal per half-lifetime, one long-poll at a time), bounded in time so that a
-//! replica that died or whose host vanished loses the call within two seconds (`transport`,
-//! over HTTP/2 with PINGs where the CA offers it). The CA's
-//! server certificate is verified against our current trust bundle by DNS name or IP (it is a
-//! TLS server certificate, not an SVID). An answer is read up to [`wire::MAX_RESPONSE_BODY`]: a
-//! larger one is an error, never an unbounded buffer.
+//! are rare: a renewal per half-lifetime, one long-poll at a time), with a TLS config built
+//! once per bundle and credential, bounded in time so that a replica that died or whose host
+//! vanished loses the call within two seconds (`transport`, over HTTP/2 with PINGs where the
+//! CA offers it). The CA's server certificate is verified against our current trust bundle by
+//! DNS name or IP (it is a TLS server certificate, not an SVID). An answer is read up to
+//! [`wire::MAX_RESPONSE_BODY`]: a larger one is an error, never an unbounded buffer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,6 +109,8 @@ pub(crate) struct CaClient {
     failovers: prometheus::IntCounterVec,
     /// Identifies this sidecar process in the CA's fleet table ([`wire::INSTANCE_HEADER`]).
     instance: String,
+    /// The TLS config of the calls, kept while the bundle and credential stay the same.
+    tls: transport::TlsConfigs,
 }
 
 impl CaClient {
@@ -125,6 +127,7 @@ impl CaClient {
             in_use: AtomicUsize::new(0),
             failovers,
             instance,
+            tls: Default::default(),
         })
     }
 
@@ -156,7 +159,7 @@ impl CaClient {
     /// `POST` [`wire::RENEW_PATH`], authenticated with `creds` over mTLS.
     pub(crate) async fn renew(
         &self,
-        creds: &Credentials,
+        creds: &Arc<Credentials>,
         csr: &str,
     ) -> Result<Issued, CaClientError> {
         let body = RenewRequest {
@@ -176,7 +179,7 @@ impl CaClient {
     pub(crate) async fn poll_crl(
         &self,
         bundle: &TrustBundle,
-        creds: Option<&Credentials>,
+        creds: Option<&Arc<Credentials>>,
         after: u64,
         wait: Duration,
         bundle_version: u64,

@@ -3,7 +3,7 @@
 //! and its access-log entry, written when its response body has gone ([`Exchange`]).
 //!
 //! Bodies are counted by wrapping them ([`Metered`] for the request's, [`Observed`] for the
-//! response's), so the bytes are the ones that really crossed the sidecar, however the body was
+//! response's: one wrapper, two tallies), so the bytes are the ones that really crossed the sidecar, however the body was
 //! framed. With the access log off the exchange allocates nothing: the entry, its byte totals
 //! and its place in the writer's queue exist only while logging.
 //!
@@ -24,6 +24,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::error::{grpc_status_of, Dialect, Error, RespBody};
 use crate::metrics::{Direction, Metrics, Series};
 
+use body::{Counted, ResponseMeter};
 pub use body::{Meter, Metered, Observed};
 pub use request_id::settle as settle_request_id;
 
@@ -136,6 +137,6 @@ impl Exchange {
                 .response_bytes
                 .with_label_values(&[self.direction.as_str(), peer]),
         };
-        resp.map(|b| Observed::new(b, bytes_out, end))
+        resp.map(|b| Counted::new(b, ResponseMeter::new(bytes_out, end)))
     }
 }

@@ -363,17 +363,24 @@ async fn metrics_slice_by_peer_and_status_class_and_count_body_bytes_per_directi
     }
 }
 
-#[tokio::test]
-async fn a_request_whose_client_goes_away_is_logged_as_499_at_both_hops() {
+/// A plain connection to `a`'s outbound that has sent `head` as it is, for a test that then
+/// drives the client side itself (hangs up, or speaks an upgraded protocol).
+async fn raw_request(a: &Sidecar, head: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let logs = tempfile::tempdir().unwrap();
-    let (_pki, _b, a, a_log, b_log) = logged_pair(logs.path()).await;
-    // The echo app answers /slow after 2 s; the client hangs up after 300 ms.
     let mut tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
         .await
         .unwrap();
-    let head = "GET /slow HTTP/1.1\r\nhost: service-b\r\nx-request-id: gone-1\r\n\r\n";
     tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
+}
+
+#[tokio::test]
+async fn a_request_whose_client_goes_away_is_logged_as_499_at_both_hops() {
+    let logs = tempfile::tempdir().unwrap();
+    let (_pki, _b, a, a_log, b_log) = logged_pair(logs.path()).await;
+    // The echo app answers /slow after 2 s; the client hangs up after 300 ms.
+    let head = "GET /slow HTTP/1.1\r\nhost: service-b\r\nx-request-id: gone-1\r\n\r\n";
+    let tcp = raw_request(&a, head).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(tcp);
     for log in [&a_log, &b_log] {
@@ -394,12 +401,9 @@ async fn an_upgrade_is_logged_once_its_101_has_gone_while_the_stream_still_runs(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let logs = tempfile::tempdir().unwrap();
     let (_pki, _b, a, a_log, b_log) = logged_pair(logs.path()).await;
-    let mut tcp = tokio::net::TcpStream::connect(a.outbound.unwrap())
-        .await
-        .unwrap();
     let head = "GET /ws HTTP/1.1\r\nhost: service-b\r\nconnection: upgrade\r\n\
                 upgrade: websocket\r\nx-request-id: ws-1\r\n\r\n";
-    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut tcp = raw_request(&a, head).await;
     let mut buf = vec![0u8; 1024];
     let n = tcp.read(&mut buf).await.unwrap();
     assert!(

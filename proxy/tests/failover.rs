@@ -51,6 +51,15 @@ async fn ca_url(s: &Sidecar) -> String {
         .to_string()
 }
 
+/// Asserts that `side` counted a failover with `reason` and now uses the CA at `url`.
+async fn assert_moved(side: &Sidecar, reason: &str, url: &str) {
+    let moves = side
+        .scraped("tether_ca_failovers_total", &[("reason", reason)])
+        .await;
+    assert!(moves >= 1.0, "no failover counted with reason {reason}");
+    assert_eq!(ca_url(side).await, url);
+}
+
 /// `POST /v1/revoke` of `serial` on `ca`'s API, as its admin (the state dir's `admin/`
 /// credential), over a real mTLS connection; returns the status and body.
 async fn revoke_through(pki: &Pki, ca: &CaServer, serial: &tether_certs::Serial) -> (u16, String) {
@@ -102,12 +111,7 @@ async fn a_replica_shut_down_mid_poll_hands_the_crl_poll_and_renewals_to_the_nex
         "long-poll at the second replica {:?} after the first shut down",
         died.elapsed()
     );
-    assert!(
-        side.scraped("tether_ca_failovers_total", &[("reason", "connect")])
-            .await
-            >= 1.0
-    );
-    assert_eq!(ca_url(&side).await, b.url);
+    assert_moved(&side, "connect", &b.url).await;
 
     // A revocation through the survivor's API reaches the sidecar: the caller is refused.
     let (status, body) = revoke_through(&pki, &b, &Pki::serial(&caller)).await;
@@ -195,12 +199,7 @@ async fn a_replica_answering_503_passes_enrollment_to_the_next() {
         seen.load(Ordering::SeqCst) >= 1,
         "the 503 replica was never asked"
     );
-    assert!(
-        side.scraped("tether_ca_failovers_total", &[("reason", "status")])
-            .await
-            >= 1.0
-    );
-    assert_eq!(ca_url(&side).await, real.url);
+    assert_moved(&side, "status", &real.url).await;
     real.stop().await;
 }
 
@@ -242,12 +241,7 @@ async fn a_replica_that_never_answers_loses_the_calls_within_seconds() {
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        side.scraped("tether_ca_failovers_total", &[("reason", "timeout")])
-            .await
-            >= 1.0
-    );
-    assert_eq!(ca_url(&side).await, real.url);
+    assert_moved(&side, "timeout", &real.url).await;
     drop(silent);
     real.stop().await;
 }

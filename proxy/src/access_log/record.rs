@@ -121,8 +121,7 @@ impl super::Entry for Record {
             duration_ms: self.duration.as_secs_f64() * 1e3,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            // Visible ASCII by construction (settle_request_id), so this never falls back.
-            request_id: self.request_id.to_str().unwrap_or("-"),
+            request_id: crate::observe::id_str(&self.request_id),
             decision: self.decision.map(AuthzLabel::as_str),
             rule: self.rule.as_deref(),
             // serde writes an address as its text, without an allocation.

@@ -56,13 +56,17 @@ fn seqs(path: &Path) -> Vec<u64> {
     seqs_in(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
+/// Waits until the sequence numbers in the file at `path` satisfy `done`.
+async fn until_seqs(path: &Path, done: impl Fn(&[u64]) -> bool) -> bool {
+    eventually(PATIENCE, || std::future::ready(done(&seqs(path)))).await
+}
+
 /// Pushes lines numbered from `next` on every poll until one lands in the file at `path`.
 async fn push_until_written(log: &AccessLog<Line>, next: &mut u64, path: &Path) -> bool {
     eventually(PATIENCE, || {
         log.push(Line(*next));
         *next += 1;
-        let path = path.to_path_buf();
-        async move { !seqs(&path).is_empty() }
+        std::future::ready(!seqs(path).is_empty())
     })
     .await
 }
@@ -97,26 +101,14 @@ async fn an_idle_log_is_written_without_closing_and_dropping_it_flushes() {
     let log: AccessLog<Line> = AccessLog::open(&file(&path), counter()).expect("open");
     log.push(Line(0));
     // The queue ran empty, so the line is written while the handle is alive.
-    let p = path.clone();
-    assert!(
-        eventually(PATIENCE, || {
-            let p = p.clone();
-            async move { seqs(&p) == [0] }
-        })
-        .await
-    );
+    assert!(until_seqs(&path, |s| s == [0]).await);
     let other = log.clone();
     for i in 1..1000 {
         other.push(Line(i));
     }
     drop((log, other));
-    let p = path.clone();
-    let all = eventually(PATIENCE, || {
-        let p = p.clone();
-        async move { seqs(&p).len() == 1000 }
-    });
     assert!(
-        all.await,
+        until_seqs(&path, |s| s.len() == 1000).await,
         "dropping every handle writes what was queued: {:?}",
         seqs(&path).len()
     );
@@ -215,14 +207,7 @@ async fn reopen_moves_to_the_file_now_at_the_path() {
     std::fs::rename(&path, &rotated).expect("rename");
     // Without a reopen (and with the check off) lines still go to the renamed file.
     log.push(Line(0));
-    let r = rotated.clone();
-    assert!(
-        eventually(PATIENCE, || {
-            let r = r.clone();
-            async move { seqs(&r) == [0] }
-        })
-        .await
-    );
+    assert!(until_seqs(&rotated, |s| s == [0]).await);
     assert!(!path.exists());
     log.reopen();
     log.push(Line(1));
@@ -258,8 +243,7 @@ async fn sighup_reopens_the_file() {
         assert!(sent.is_ok_and(|s| s.success()), "kill -HUP");
         log.push(Line(next));
         next += 1;
-        let path = path.clone();
-        async move { !seqs(&path).is_empty() }
+        std::future::ready(!seqs(&path).is_empty())
     });
     assert!(
         reopened.await,

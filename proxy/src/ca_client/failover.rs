@@ -12,7 +12,7 @@
 //! and the caller treats it as retryable); otherwise the error lists each URL's miss.
 
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Uri;
@@ -123,10 +123,10 @@ impl CaClient {
     pub(super) async fn call(
         &self,
         bundle: &TrustBundle,
-        creds: Option<&Credentials>,
+        creds: Option<&Arc<Credentials>>,
         call: Call<'_>,
     ) -> Result<Answer, CaClientError> {
-        let config = transport::tls_config(bundle, creds)?;
+        let config = self.tls.get(bundle, creds)?;
         let n = self.targets.len();
         let first = self.in_use.load(Ordering::Relaxed);
         // The URL in use as this call left it, and why it missed, if it did.

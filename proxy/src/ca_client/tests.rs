@@ -4,11 +4,15 @@
 
 use std::net::SocketAddr;
 
+use http::Response;
 use http_body_util::Full;
+use hyper::body::Incoming;
+use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::transport::read_limited;
+use super::transport::{read_limited, TlsConfigs};
 use super::*;
+use crate::outbound::test_credentials;
 
 mod failover;
 
@@ -33,6 +37,44 @@ pub(super) fn pki() -> (TrustBundle, Arc<rustls::ServerConfig>) {
         .with_single_cert(vec![leaf.der, inter.cert().clone()], key)
         .unwrap();
     (bundle, Arc::new(config))
+}
+
+/// An HTTPS server on 127.0.0.1 with `config`, speaking whichever HTTP version the client does
+/// (as the CA's does), answering every request with `answer(handshake, &request)`, where
+/// `handshake` is how its connection's TLS handshake went.
+pub(super) async fn serving<F>(config: Arc<rustls::ServerConfig>, answer: F) -> SocketAddr
+where
+    F: Fn(HandshakeKind, &http::Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (config, answer) = (config.clone(), answer.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
+                    return;
+                };
+                let kind = tls
+                    .get_ref()
+                    .1
+                    .handshake_kind()
+                    .unwrap_or(HandshakeKind::Full);
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let resp = answer(kind, &req);
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 /// A one-connection HTTPS server that answers any request with a 200 (bundle version 3) and
@@ -159,4 +201,45 @@ fn a_refusal_quotes_the_json_error_or_the_start_of_the_body() {
         unreachable!()
     };
     assert_eq!(message.chars().count(), QUOTED_ERROR_CHARS);
+}
+
+#[test]
+fn a_tls_config_is_built_once_per_bundle_and_credential() {
+    let configs = TlsConfigs::default();
+    let ((bundle, _), (rotated, _)) = (pki(), pki());
+    let (creds, renewed) = (test_credentials(), test_credentials());
+    let get = |b: &TrustBundle, c: Option<&Arc<Credentials>>| configs.get(b, c).unwrap();
+    let anonymous = get(&bundle, None);
+    assert!(!anonymous.client_auth_cert_resolver.has_certs());
+    assert!(Arc::ptr_eq(&anonymous, &get(&bundle, None)), "built again");
+    let presenting = get(&bundle, Some(&creds));
+    assert!(presenting.client_auth_cert_resolver.has_certs());
+    assert!(
+        Arc::ptr_eq(&presenting, &get(&bundle, Some(&creds))),
+        "built again"
+    );
+    // A renewed credential, then a new bundle: each is a new config.
+    let after_renewal = get(&bundle, Some(&renewed));
+    assert!(!Arc::ptr_eq(&presenting, &after_renewal));
+    assert!(!Arc::ptr_eq(&after_renewal, &get(&rotated, Some(&renewed))));
+}
+
+#[tokio::test]
+async fn every_ca_call_takes_a_full_handshake_even_where_the_ca_offers_resumption() {
+    // Unlike `tether-ca`'s, this server issues session tickets (rustls' default).
+    let (bundle, config) = pki();
+    assert!(config.send_tls13_tickets > 0);
+    let kinds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = kinds.clone();
+    let addr = serving(config, move |kind, _| {
+        seen.lock().unwrap().push(kind);
+        Response::new(Full::new(Bytes::new()))
+    })
+    .await;
+    let client = client(&[addr]);
+    for _ in 0..3 {
+        client.bundle(&bundle).await.unwrap();
+    }
+    // A resumed session would skip the CA's check of the certificate we present.
+    assert_eq!(*kinds.lock().unwrap(), [HandshakeKind::Full; 3]);
 }

@@ -1,7 +1,8 @@
 //! One call to one CA URL: a new TCP + TLS 1.3 connection (our client certificate, if any; the
 //! CA's server certificate checked against our bundle), one exchange over HTTP/2 if the CA
 //! offers it by ALPN (`tether-ca` does), else HTTP/1.1, the answer read up to
-//! [`wire::MAX_RESPONSE_BODY`].
+//! [`wire::MAX_RESPONSE_BODY`]. The TLS config is built once per trust bundle and credential
+//! ([`TlsConfigs`]), not per call.
 //!
 //! Every step is bounded so a replica that is gone loses the call within two seconds, whether
 //! it died (its kernel resets the connection: at once) or its host was cut off (silence),
@@ -15,7 +16,7 @@
 //!   the last acknowledgement, since keepalive counts in whole seconds. This is what bounds an
 //!   HTTP/1.1 connection, and a second line under HTTP/2.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 use tether_certs::wire;
@@ -63,9 +64,61 @@ pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// it unanswered past this); a request that is never acknowledged fails after this long.
 pub(super) const USER_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The rustls client config for a CA call: TLS 1.3, our bundle's roots, our certificate (for
-/// a renewal or a poll that reports our state) or none (enrollment, the bundle).
-pub(super) fn tls_config(
+/// The rustls client config of CA calls, built once per trust bundle and credential and then
+/// shared by every call made with both: the CRL long-poll alone calls every 30 s (every second
+/// while the CRL is stale), and each build parses the bundle's roots and loads our key. One
+/// slot: a sidecar calls with its current credential (or, before its first, with none), and
+/// the rare call that differs (a bundle fetch, an enrollment after a refused renewal) simply
+/// rebuilds.
+#[derive(Default)]
+pub(super) struct TlsConfigs(Mutex<Option<Built>>);
+
+/// A config and what it was built from.
+struct Built {
+    /// The bundle's roots, in order.
+    roots: Vec<CertificateDer<'static>>,
+    /// The credential presented, by identity: a `Weak` keeps its allocation (so no later
+    /// credential can take its address) without keeping its key alive.
+    creds: Option<Weak<Credentials>>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl Built {
+    fn is_for(&self, bundle: &TrustBundle, creds: Option<&Arc<Credentials>>) -> bool {
+        let same_creds = match (&self.creds, creds) {
+            (None, None) => true,
+            (Some(built), Some(c)) => std::ptr::eq(built.as_ptr(), Arc::as_ptr(c)),
+            _ => false,
+        };
+        same_creds && bundle.roots().iter().map(|r| &r.der).eq(self.roots.iter())
+    }
+}
+
+impl TlsConfigs {
+    /// The config for a call verifying the CA against `bundle` and presenting `creds` (a
+    /// renewal, a poll that reports our state) or nothing (an enrollment, a bundle fetch).
+    pub(super) fn get(
+        &self,
+        bundle: &TrustBundle,
+        creds: Option<&Arc<Credentials>>,
+    ) -> Result<Arc<rustls::ClientConfig>, CaClientError> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(built) = slot.as_ref().filter(|b| b.is_for(bundle, creds)) {
+            return Ok(built.config.clone());
+        }
+        let config = tls_config(bundle, creds.map(|c| &**c))?;
+        *slot = Some(Built {
+            roots: bundle.roots().iter().map(|r| r.der.clone()).collect(),
+            creds: creds.map(Arc::downgrade),
+            config: config.clone(),
+        });
+        Ok(config)
+    }
+}
+
+/// A new rustls client config for CA calls: TLS 1.3, `bundle`'s roots, `creds`' certificate or
+/// none.
+fn tls_config(
     bundle: &TrustBundle,
     creds: Option<&Credentials>,
 ) -> Result<Arc<rustls::ClientConfig>, CaClientError> {
@@ -88,6 +141,9 @@ pub(super) fn tls_config(
     };
     // HTTP/2 first, for its PINGs (see the module doc); HTTP/1.1 for a CA that offers no h2.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Every call a full handshake, as when each call built its own config: the config now
+    // outlives a call, and a resumed session would skip the CA's check of our certificate.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -126,8 +182,8 @@ impl Session {
     }
 }
 
-/// Connects to `target`: TCP (tuned by [`tune`]), TLS and an HTTP/1.1 session, within
-/// [`CONNECT_TIMEOUT`].
+/// Connects to `target`: TCP (tuned by [`tune`]), TLS and an HTTP/2 or HTTP/1.1 session
+/// ([`open`]), within [`CONNECT_TIMEOUT`].
 pub(super) async fn connect(
     target: &Target,
     config: Arc<rustls::ClientConfig>,

@@ -1,6 +1,8 @@
-//! The body wrappers that count what crosses the sidecar: [`Metered`] on a request body,
-//! [`Observed`] on a response body, which also ends its request's exchange — writing the
-//! access-log entry — when it has gone: at its last frame, or when the connection drops it.
+//! The body wrappers that count what crosses the sidecar: one wrapper, [`Counted`], telling each
+//! frame to a [`Tally`]: [`Metered`] on a request body counts its bytes ([`Meter`]);
+//! [`Observed`] on a response body also reads its `grpc-status` trailer and ends its request's
+//! exchange — writing the access-log entry — when it has gone: at its last frame, or when the
+//! connection drops it.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -9,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Buf;
+use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 
@@ -26,8 +29,10 @@ impl Meter {
     pub(super) fn new(bytes: IntCounter, total: Option<Arc<AtomicU64>>) -> Self {
         Meter { bytes, total }
     }
+}
 
-    fn count(&self, n: usize) {
+impl Tally for Meter {
+    fn data(&mut self, n: usize) {
         self.bytes.inc_by(n as u64);
         if let Some(total) = &self.total {
             total.fetch_add(n as u64, Relaxed);
@@ -35,20 +40,37 @@ impl Meter {
     }
 }
 
-/// A request body on its way upstream, its data bytes counted by a [`Meter`].
-pub struct Metered<B> {
-    inner: B,
-    meter: Meter,
+/// What a [`Counted`] body tells of its frames as they go by.
+pub trait Tally {
+    /// A data frame of `n` bytes.
+    fn data(&mut self, n: usize);
+    /// The trailers.
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
+    /// The body is done, or failed.
+    fn end(&mut self) {}
 }
 
-impl<B> Metered<B> {
-    /// Wraps `inner`.
-    pub fn new(inner: B, meter: Meter) -> Self {
-        Metered { inner, meter }
+/// A body whose frames are told to a [`Tally`] as they go by; nothing else changes.
+pub struct Counted<B, T> {
+    inner: B,
+    tally: T,
+}
+
+/// A request body on its way upstream, its data bytes counted by a [`Meter`].
+pub type Metered<B> = Counted<B, Meter>;
+
+/// A response body on its way downstream: its data bytes counted, its `grpc-status` trailer
+/// read, and its exchange's entry written when it has gone ([`ResponseMeter`]).
+pub type Observed<B> = Counted<B, ResponseMeter>;
+
+impl<B, T> Counted<B, T> {
+    /// Wraps `inner`, telling its frames to `tally`.
+    pub fn new(inner: B, tally: T) -> Self {
+        Counted { inner, tally }
     }
 }
 
-impl<B: Body + Unpin> Body for Metered<B> {
+impl<B: Body + Unpin, T: Tally + Unpin> Body for Counted<B, T> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -57,8 +79,16 @@ impl<B: Body + Unpin> Body for Metered<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            self.meter.count(data.map_or(0, Buf::remaining));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    self.tally.data(data.remaining());
+                } else if let Some(trailers) = f.trailers_ref() {
+                    self.tally.trailers(trailers);
+                }
+            }
+            // The body is done (or failed): say so now, not when hyper drops it.
+            None | Some(Err(_)) => self.tally.end(),
         }
         Poll::Ready(frame)
     }
@@ -72,7 +102,6 @@ impl<B: Body + Unpin> Body for Metered<B> {
     }
 }
 
-/// The end of an exchange that is being logged: the entry, where it goes, and the totals.
 /// The access-log side of one exchange, from its head to its end: the entry being filled in,
 /// where it goes, and the byte totals. Dropping it writes the entry — wherever the exchange
 /// ended: with its response body ([`Observed`]), or before any response (status
@@ -121,55 +150,35 @@ impl Drop for End {
     }
 }
 
-/// A response body on its way downstream: its data bytes counted, its `grpc-status` trailer
-/// read, and its exchange's entry written when it has gone.
-pub struct Observed<B> {
-    inner: B,
+/// What an [`Observed`] response body tells: its bytes into the byte counter and, when logging,
+/// into its exchange's entry, with the `grpc-status` of its trailers; its end ends the exchange.
+pub struct ResponseMeter {
     bytes: IntCounter,
     end: Option<Box<End>>,
 }
 
-impl<B> Observed<B> {
-    /// Wraps `inner`, counting into `bytes`, ending `end` (if logging) when it has gone.
-    pub(super) fn new(inner: B, bytes: IntCounter, end: Option<Box<End>>) -> Self {
-        Observed { inner, bytes, end }
+impl ResponseMeter {
+    /// Counts into `bytes`, ending `end` (if logging) when the body has gone.
+    pub(super) fn new(bytes: IntCounter, end: Option<Box<End>>) -> Self {
+        ResponseMeter { bytes, end }
     }
 }
 
-impl<B: Body + Unpin> Body for Observed<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    let n = data.remaining();
-                    self.bytes.inc_by(n as u64);
-                    if let Some(end) = &mut self.end {
-                        end.bytes_out += n as u64;
-                    }
-                } else if let (Some(trailers), Some(end)) = (f.trailers_ref(), &mut self.end) {
-                    if let Some(r) = &mut end.record {
-                        r.grpc_status = grpc_status_of(trailers).or(r.grpc_status);
-                    }
-                }
-            }
-            // The body is done (or failed): the exchange ends now, not when hyper drops it.
-            None | Some(Err(_)) => drop(self.end.take()),
+impl Tally for ResponseMeter {
+    fn data(&mut self, n: usize) {
+        self.bytes.inc_by(n as u64);
+        if let Some(end) = &mut self.end {
+            end.bytes_out += n as u64;
         }
-        Poll::Ready(frame)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(r) = self.end.as_mut().and_then(|end| end.record.as_mut()) {
+            r.grpc_status = grpc_status_of(trailers).or(r.grpc_status);
+        }
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn end(&mut self) {
+        drop(self.end.take());
     }
 }

@@ -51,6 +51,10 @@ pub use tcp::run_tcp;
 use affinity::Affinity;
 use route::Routes;
 
+/// Real credentials for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) use route::tests::test_credentials;
+
 /// A request body from the app on its way to a peer, its bytes counted.
 pub(crate) type PeerBody = Metered<Incoming>;
 

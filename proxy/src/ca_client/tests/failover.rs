@@ -7,9 +7,6 @@
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
-use http::Response;
-use hyper::body::Incoming;
-
 use super::super::failover::{judge, Miss, Quiet, Target};
 use super::super::transport::{tune, KEEPALIVE, PING_EVERY, PING_TIMEOUT, USER_TIMEOUT};
 use super::*;
@@ -21,30 +18,16 @@ async fn answering(
     status: StatusCode,
     message: &'static str,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     let count = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (config, count) = (config.clone(), count.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |_: http::Request<Incoming>| {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let body = format!(r#"{{"error":"{message}"}}"#);
-                    let mut resp = Response::new(Full::new(Bytes::from(body)));
-                    *resp.status_mut() = status;
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serving(config, move |_, _| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let body = format!(r#"{{"error":"{message}"}}"#);
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp
+    })
+    .await;
     (addr, seen)
 }
 
@@ -306,32 +289,13 @@ fn offering(config: &rustls::ServerConfig, alpn: &[&[u8]]) -> Arc<rustls::Server
 async fn recording_versions(
     config: Arc<rustls::ServerConfig>,
 ) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (config, record) = (config.clone(), record.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    record.lock().unwrap().push(req.version());
-                    async {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                let _ = builder
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serving(config, move |_, req| {
+        record.lock().unwrap().push(req.version());
+        Response::new(Full::new(Bytes::new()))
+    })
+    .await;
     (addr, seen)
 }
 

@@ -38,7 +38,7 @@ impl CaMode {
             let (after, wait) = self.crl_query(creds.is_some());
             let polled = self
                 .client
-                .poll_crl(&bundle, creds.as_deref(), after, wait, version)
+                .poll_crl(&bundle, creds.as_ref(), after, wait, version)
                 .await;
             let (outcome, ca_version) = match polled {
                 Ok(CrlPoll::New {
