@@ -2,7 +2,7 @@
 //!
 //! | route | auth | what |
 //! |---|---|---|
-//! | `POST /v1/enroll` | one-time token in the body | `{token, csr}` → leaf + chain + bundle |
+//! | `POST /v1/enroll` | one-time token, or a Kubernetes service-account token, in the body | `{token, csr}` or `{k8s_token, csr}` → leaf + chain + bundle |
 //! | `POST /v1/renew` | client certificate (mTLS) | `{csr}` → leaf for the *same* identity |
 //! | `GET /v1/bundle` | none | trust bundle, PEM; `x-tether-bundle-version` |
 //! | `GET /v1/crl` | none (a client certificate is recorded in the fleet) | current CRL + the intermediate that signed it (+ its cross-certificate during a rotation), PEM; `ETag`, `If-None-Match`, long-poll `?after=N&wait=30s`; `x-tether-crl-number`, `x-tether-bundle-version` |
@@ -38,12 +38,13 @@
 //! HTTP/1.1 the answer then says `Connection: close`.
 //!
 //! Where it lives: `server.rs` runs both listeners on the shared accept loop, `routes.rs` maps a
-//! request to its typed `Endpoint` and turns every error into a response, `body.rs` reads and
-//! discards request bodies, `watcher.rs` watches the database, `revocation.rs` answers revoke
-//! and the CRL long-poll, `fleet.rs` takes a poll's report to the fleet, `tls.rs` holds the
-//! swappable certificate. Bodies, header names and limits come from [`tether_certs::wire`].
+//! request to its typed `Endpoint` and turns every error into a response, `enroll.rs` answers
+//! enrollment (one-time or Kubernetes token), `body.rs` reads and discards request bodies,
+//! `watcher.rs` watches the database, `revocation.rs` answers revoke and the CRL long-poll,
+//! `fleet.rs` takes a poll's report to the fleet, `tls.rs` holds the swappable certificate. Bodies, header names and limits come from [`tether_certs::wire`].
 
 mod body;
+mod enroll;
 mod fleet;
 mod revocation;
 mod routes;
@@ -55,7 +56,9 @@ use std::time::Duration;
 
 use crate::error::CaError;
 
-pub use server::{run, run_metrics, MAX_API_CONNECTIONS, MAX_METRICS_CONNECTIONS};
+pub use server::{
+    run, run_metrics, run_with, ServeOptions, MAX_API_CONNECTIONS, MAX_METRICS_CONNECTIONS,
+};
 
 /// Largest request body accepted (the wire contract's [`tether_certs::wire::MAX_REQUEST_BODY`]).
 pub const MAX_BODY: usize = tether_certs::wire::MAX_REQUEST_BODY;

@@ -14,10 +14,12 @@ use crate::rotation::RotateOptions;
 
 mod args;
 mod commands;
+mod k8s_args;
 mod report;
 
 pub use args::{Cli, Command, InitArgs, ReplicaCommand, RootCommand};
 use commands::RevokeTarget;
+pub use k8s_args::K8sArgs;
 
 /// A command failure: printed as `tether-ca: <message>` with exit status 1.
 #[derive(Debug, thiserror::Error)]

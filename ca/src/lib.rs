@@ -26,6 +26,8 @@
 //! - [`fleet`]: what polling sidecars report (only what was published, only under their own
 //!   row), and waiting for them to acknowledge a CRL.
 //! - [`check`]: the CA's health check.
+//! - [`k8s`]: enrollment with Kubernetes service-account tokens: the JWKS (file or https URL,
+//!   refreshed), the token checks and the `--k8s-allow` globs.
 //! - [`api`]: the HTTPS API (HTTP/1.1 and h2) and the metrics listener: `api/server.rs` (both
 //!   listeners on `tether_net::serve`), `api/routes.rs` (the typed `Endpoint`, dispatch, the
 //!   error → response edge), `api/body.rs` (request bodies: read within the limit, the unread
@@ -35,8 +37,9 @@
 //!   swappable server certificate, deferred client authentication).
 //! - [`metrics`]: the CA's Prometheus metrics on an injected registry, with typed labels.
 //! - [`timefmt`]: RFC 3339 and short durations, parsed and printed one way everywhere.
-//! - [`cli`]: the `tether-ca` command line: `cli/args.rs` (flags), `cli/commands.rs` (init,
-//!   enroll, issue, revoke, crl, list) and `cli/report.rs` (revoke --wait, fleet, root, check).
+//! - [`cli`]: the `tether-ca` command line: `cli/args.rs` (flags; `serve`'s Kubernetes ones in
+//!   `cli/k8s_args.rs`), `cli/commands.rs` (init, enroll, issue, revoke, crl, list) and
+//!   `cli/report.rs` (revoke --wait, fleet, root, check).
 //!
 //! The request and answer bodies, header names and limits of the API are the wire contract in
 //! [`tether_certs::wire`], shared with the sidecar.
@@ -47,6 +50,7 @@ pub(crate) mod check;
 pub mod cli;
 pub(crate) mod error;
 pub(crate) mod fleet;
+pub mod k8s;
 pub(crate) mod metrics;
 pub mod replica;
 pub mod rotation;

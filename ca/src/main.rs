@@ -15,7 +15,8 @@ fn main() -> ExitCode {
         Command::Serve {
             listen,
             metrics_listen,
-        } => serve(&cli, *listen, *metrics_listen),
+            k8s,
+        } => serve(&cli, *listen, *metrics_listen, k8s),
         _ => tether_ca::cli::run(&cli).map_err(anyhow::Error::from),
     };
     match result {
@@ -39,8 +40,10 @@ fn serve(
     cli: &Cli,
     listen: std::net::SocketAddr,
     metrics_listen: Option<std::net::SocketAddr>,
+    k8s: &tether_ca::cli::K8sArgs,
 ) -> anyhow::Result<()> {
     tether_net::init_logging(cli.log_format);
+    let k8s = k8s.options().map_err(anyhow::Error::msg)?;
     let authority = Arc::new(tether_ca::Authority::open(&cli.state_dir)?);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
@@ -58,12 +61,19 @@ fn serve(
                 tether_net::shutdown_signal(),
             ));
         }
+        let mut options = tether_ca::api::ServeOptions::default();
+        if let Some(k8s) = k8s {
+            let verifier = tether_ca::k8s::K8sVerifier::start(k8s).await?;
+            tracing::info!("Kubernetes enrollment on: {}", verifier.describe());
+            options.k8s = Some(verifier);
+        }
         tracing::info!(
             "tether-ca serving trust domain {} on https://{}",
             authority.trust_domain(),
             listener.local_addr()?
         );
-        tether_ca::api::run(listener, authority, registry, tether_net::shutdown_signal()).await?;
+        let shutdown = tether_net::shutdown_signal();
+        tether_ca::api::run_with(listener, authority, registry, options, shutdown).await?;
         tracing::info!("tether-ca stopped");
         Ok(())
     })

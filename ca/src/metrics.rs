@@ -31,7 +31,8 @@ pub(crate) struct Metrics {
     /// `tether_ca_revocations_total`.
     pub(crate) revocations: prometheus::IntCounter,
     /// `tether_ca_request_failures_total{endpoint,reason}`; reason is the HTTP status class
-    /// word (`bad_request`, `unauthorized`, `forbidden`, `not_found`, `too_large`, `internal`).
+    /// word (`bad_request`, `unauthorized`, `forbidden`, `not_found`, `too_large`, `internal`),
+    /// or `not_allowed` for a Kubernetes service account outside `--k8s-allow`.
     failures: IntCounterVec,
     /// `tether_ca_requests_total{endpoint,code}`.
     requests: IntCounterVec,
@@ -276,6 +277,8 @@ pub(crate) enum FailureReason {
     Internal,
     /// 405.
     MethodNotAllowed,
+    /// 403 for a Kubernetes service account outside `--k8s-allow`.
+    NotAllowed,
     /// 404.
     NotFound,
     /// 413.
@@ -305,6 +308,7 @@ impl FailureReason {
             FailureReason::Forbidden => "forbidden",
             FailureReason::Internal => "internal",
             FailureReason::MethodNotAllowed => "method_not_allowed",
+            FailureReason::NotAllowed => "not_allowed",
             FailureReason::NotFound => "not_found",
             FailureReason::TooLarge => "too_large",
             FailureReason::Unauthorized => "unauthorized",

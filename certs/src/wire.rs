@@ -77,10 +77,49 @@ pub fn crl_poll_uri(after: u64, wait: Duration) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
-    /// The one-time enrollment token (`tether-…`).
-    pub token: String,
+    /// The one-time enrollment token (`tether-…`). Give this or `k8s_token`, never both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A Kubernetes projected service-account token (a JWT with audience `tether-ca`): the CA
+    /// verifies it against the cluster's JWKS and enrolls `spiffe://TD/ns/NS/sa/SA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_token: Option<String>,
     /// The CSR, PEM.
     pub csr: String,
+}
+
+/// What an enrollment proves itself with (see [`EnrollRequest::credential`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollCredential<'a> {
+    /// A one-time token made by `tether-ca enroll`.
+    Token(&'a str),
+    /// A Kubernetes service-account token.
+    K8s(&'a str),
+}
+
+impl EnrollRequest {
+    /// A request proving itself with `credential`.
+    pub fn new(credential: EnrollCredential<'_>, csr: String) -> Self {
+        let (token, k8s_token) = match credential {
+            EnrollCredential::Token(t) => (Some(t.to_string()), None),
+            EnrollCredential::K8s(t) => (None, Some(t.to_string())),
+        };
+        EnrollRequest {
+            token,
+            k8s_token,
+            csr,
+        }
+    }
+
+    /// The one credential the request carries; an error when it has none or both.
+    pub fn credential(&self) -> Result<EnrollCredential<'_>, &'static str> {
+        match (&self.token, &self.k8s_token) {
+            (Some(t), None) => Ok(EnrollCredential::Token(t)),
+            (None, Some(t)) => Ok(EnrollCredential::K8s(t)),
+            (None, None) => Err("enrollment needs a token or a k8s_token"),
+            (Some(_), Some(_)) => Err("enrollment takes a token or a k8s_token, not both"),
+        }
+    }
 }
 
 /// Body of `POST /v1/renew`.
@@ -195,13 +234,30 @@ mod tests {
     #[test]
     fn requests_reject_unknown_fields() {
         let ok: EnrollRequest = serde_json::from_str(r#"{"token":"t","csr":"c"}"#).unwrap();
-        assert_eq!(ok.token, "t");
+        assert_eq!(ok.credential(), Ok(EnrollCredential::Token("t")));
         assert!(serde_json::from_str::<EnrollRequest>(r#"{"token":"t","csr":"c","x":1}"#).is_err());
         assert!(serde_json::from_str::<RenewRequest>(r#"{"csr":"c","token":"t"}"#).is_err());
         assert!(serde_json::from_str::<RevokeRequest>(r#"{"serial":"01","why":"x"}"#).is_err());
         let revoke: RevokeRequest = serde_json::from_str(r#"{"id":"spiffe://td/a"}"#).unwrap();
         assert_eq!(revoke.id.as_deref(), Some("spiffe://td/a"));
         assert_eq!(revoke.serial, None);
+    }
+
+    #[test]
+    fn an_enrollment_carries_exactly_one_credential() {
+        let k8s: EnrollRequest = serde_json::from_str(r#"{"k8s_token":"j","csr":"c"}"#).unwrap();
+        assert_eq!(k8s.credential(), Ok(EnrollCredential::K8s("j")));
+        for body in [
+            r#"{"csr":"c"}"#,
+            r#"{"token":"t","k8s_token":"j","csr":"c"}"#,
+        ] {
+            let req: EnrollRequest = serde_json::from_str(body).unwrap();
+            assert!(req.credential().is_err(), "{body}");
+        }
+        let wire =
+            serde_json::to_string(&EnrollRequest::new(EnrollCredential::K8s("j"), "c".into()))
+                .unwrap();
+        assert_eq!(wire, r#"{"k8s_token":"j","csr":"c"}"#);
     }
 
     #[test]

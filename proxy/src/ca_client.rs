@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use tether_certs::wire::{self, EnrollRequest, ErrorBody, Issued, RenewRequest};
+use tether_certs::wire::{self, EnrollCredential, EnrollRequest, ErrorBody, Issued, RenewRequest};
 use tether_certs::TrustBundle;
 
 use crate::identity::Credentials;
@@ -143,13 +143,10 @@ impl CaClient {
     pub(crate) async fn enroll(
         &self,
         bundle: &TrustBundle,
-        token: &str,
+        credential: EnrollCredential<'_>,
         csr: &str,
     ) -> Result<Issued, CaClientError> {
-        let body = EnrollRequest {
-            token: token.to_string(),
-            csr: csr.to_string(),
-        };
+        let body = EnrollRequest::new(credential, csr.to_string());
         let (status, _, bytes) = self
             .call(bundle, None, Call::post(wire::ENROLL_PATH, json(&body)?))
             .await?;

@@ -1,4 +1,5 @@
 //! `tether-proxy`: the sidecar's command line. `run` starts the sidecar from a config file;
+//! `check` validates a config file (and the policy it names) without starting anything;
 //! `authz check` explains what the policy decides for one request. Everything else lives in the
 //! library.
 
@@ -36,6 +37,9 @@ struct Cli {
 enum Command {
     /// Run the sidecar.
     Run(RunArgs),
+    /// Validate a config file and the inbound policy it names, starting nothing: prints
+    /// `ok: FILE` and exits 0, or prints the problem and exits 64.
+    Check(CheckArgs),
     /// Policy tools.
     Authz {
         #[command(subcommand)]
@@ -52,6 +56,17 @@ struct RunArgs {
     /// How the process log is written: "text" (the default) or "json", one object per line.
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value_t = tether_net::LogFormat::Text)]
     log_format: tether_net::LogFormat,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// What `check` reads: the file and the same overrides as `run`, so it judges the very
+/// configuration `run` would start with.
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The TOML config file.
+    #[arg(long, env = "TETHER_PROXY_CONFIG")]
+    config: PathBuf,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -86,6 +101,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
         Command::Authz {
             command:
                 AuthzCommand::Check {
@@ -154,6 +170,30 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
         _ => ExitCode::from(EXIT_CONFIG),
+    }
+}
+
+/// `tether-proxy check`: the config as `run` validates it, then the inbound policy through the
+/// loader `run` uses; exit 0, or 64 as `run` would exit on the same problem. Certificates, the
+/// CA and ports are not looked at: in CA mode they do not exist before the sidecar runs.
+fn check(args: CheckArgs) -> ExitCode {
+    let checked = Config::load(&args.config, &args.overrides)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| match &cfg.inbound {
+            Some(inbound) => Policy::load(&inbound.policy)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        });
+    match checked {
+        Ok(()) => {
+            println!("ok: {}", args.config.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether-proxy check: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

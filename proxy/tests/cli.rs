@@ -1,8 +1,8 @@
 //! The `tether-proxy` binary as an operator meets it: `authz check` exit codes and explanations,
 //! config errors (and overrides with nothing to override) that exit 64 naming the file, key and
-//! problem, and a real run of two sidecar processes carrying a request from curl to an app, with
-//! `openssl s_client` as an outside mTLS client (accepted with a mesh certificate, refused
-//! without one).
+//! problem, `check` judging a config and its policy without starting anything, and a real run
+//! of two sidecar processes carrying a request from curl to an app, with `openssl s_client` as
+//! an outside mTLS client (accepted with a mesh certificate, refused without one).
 
 mod common;
 
@@ -191,6 +191,81 @@ fn an_override_for_a_section_the_file_lacks_exits_64_naming_the_flag() {
     assert_eq!(o.status.code(), Some(64), "stderr: {err}");
     assert!(err.contains("--token") && err.contains("[ca]"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// Runs `tether-proxy check --config NAME` on `config` (written to `dir/NAME`) with the
+/// environment `env`.
+fn check_config(dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Output {
+    let p = dir.join(name);
+    std::fs::write(&p, config).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--config"]).arg(&p);
+    run_until_exit(cmd.envs(env.iter().copied()))
+}
+
+#[test]
+fn check_validates_a_config_and_its_policy_exiting_0_or_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pol = write_policy(d, "policy.toml", POLICY);
+    // A pod's config before the pod runs: no bundle, token or state dir exists yet, and
+    // nothing is bound (port 1 would need root).
+    let ca = "[ca]\nurls = [\"https://tether-ca.tether-system.svc:8443\"]\n\
+              bundle = \"/etc/tether/bundle/bundle.pem\"\nstate_dir = \"/var/lib/tether\"\n\
+              k8s_token_file = \"/var/run/secrets/tether/token\"\n";
+    let inbound = |policy: &Path| {
+        format!("[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:1\"\npolicy = {policy:?}\n")
+    };
+    let good = format!("{ca}{}", inbound(&pol));
+    let o = check_config(d, "good.toml", &good, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        stdout(&o),
+        format!("ok: {}\n", d.join("good.toml").display())
+    );
+
+    let broken = write_policy(
+        d,
+        "broken.toml",
+        "[[rule]]\nname = \"x\"\nfrom = [\"not an id\"]\n",
+    );
+    // (config, TETHER_PROXY_TOKEN, what the error must name)
+    let cases = [
+        // Bad config: two enrollment credentials, or one from the file and one from the env.
+        (
+            format!("{ca}token_file = \"t\"\n{}", inbound(&pol)),
+            None,
+            "ca.token_file / ca.k8s_token_file",
+        ),
+        (good.clone(), Some("s3cret"), "ca.k8s_token_file"),
+        (format!("{ca}{}", inbound(&broken)), None, "broken.toml"),
+        (
+            format!("{ca}{}", inbound(&d.join("nope.toml"))),
+            None,
+            "nope.toml",
+        ),
+        ("not toml".into(), None, "bad.toml"),
+    ];
+    for (config, token, needle) in cases {
+        let env: Vec<_> = token
+            .map(|t| ("TETHER_PROXY_TOKEN", t))
+            .into_iter()
+            .collect();
+        let o = check_config(d, "bad.toml", &config, &env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(64),
+            "config:\n{config}\nstderr: {err}"
+        );
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        assert!(!err.contains("s3cret") && stdout(&o).is_empty(), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

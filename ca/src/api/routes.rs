@@ -1,7 +1,8 @@
 //! Which request goes where: the typed [`Endpoint`] of each path with its allowed method and
-//! metrics label, the dispatch to the handlers, and the one place an error becomes a response
-//! (status, JSON `{"error": …}`, the failure counted, `Allow` on a 405, and the unread rest of
-//! the body discarded so the answer arrives — see [`super::body`]).
+//! metrics label, the dispatch to the handlers, and the one
+//! place an error becomes a response (status, JSON `{"error": …}`, the failure counted — under
+//! the reason the status implies, or one a refusal names with [`refused`] — `Allow` on a 405,
+//! and the unread rest of the body discarded so the answer arrives — see [`super::body`]).
 
 use std::time::Instant;
 
@@ -15,8 +16,8 @@ use rustls_pki_types::CertificateDer;
 use tether_certs::wire::{self, EnrollRequest, ErrorBody, RenewRequest, RevokeRequest};
 
 use super::body::RequestBody;
-use super::revocation;
 use super::server::{blocking, State};
+use super::{enroll, revocation};
 use crate::error::CaError;
 use crate::metrics::{FailureReason, IssueMethod};
 use crate::store::StoreError;
@@ -125,9 +126,6 @@ pub(super) async fn handle(
         Err(fail) => Err(fail),
     };
     let mut resp = answer.unwrap_or_else(|(status, msg)| {
-        state
-            .metrics
-            .count_failure(label, FailureReason::from_status(status));
         let mut resp = error(status, &msg);
         if let (StatusCode::METHOD_NOT_ALLOWED, Some(e)) = (status, endpoint) {
             // RFC 9110 15.5.6: a 405 must say which methods the resource supports.
@@ -136,6 +134,13 @@ pub(super) async fn handle(
         }
         resp
     });
+    let status = resp.status();
+    if status.is_client_error() || status.is_server_error() {
+        // A refusal that names its own reason carries it (see `refused`).
+        let reason = resp.extensions().get::<FailureReason>().copied();
+        let reason = reason.unwrap_or_else(|| FailureReason::from_status(status));
+        state.metrics.count_failure(label, reason);
+    }
     // h2 has no Connection header (and needs none: only the stream ends).
     if body.discard() && parts.version < Version::HTTP_2 {
         resp.headers_mut()
@@ -164,10 +169,7 @@ async fn serve(
     match endpoint {
         Endpoint::Enroll => {
             let body: EnrollRequest = body.json(&parts.headers).await?;
-            issue(state, IssueMethod::Enroll, move |a| {
-                a.enroll(&body.token, body.csr.as_bytes())
-            })
-            .await
+            enroll::enroll(state, body).await
         }
         Endpoint::Renew => {
             if peer.is_empty() {
@@ -204,7 +206,7 @@ async fn serve(
 }
 
 /// Runs an issuance (`enroll` or `renew`) off the runtime and counts it under `method`.
-async fn issue(
+pub(super) async fn issue(
     state: &State,
     method: IssueMethod,
     op: impl FnOnce(&crate::Authority) -> Result<wire::Issued, CaError> + Send + 'static,
@@ -276,6 +278,13 @@ pub(super) fn error(status: StatusCode, msg: &str) -> Resp {
             error: msg.to_string(),
         },
     )
+}
+
+/// An error answer counted under `reason` instead of the one its status implies.
+pub(super) fn refused(reason: FailureReason, status: StatusCode, msg: &str) -> Resp {
+    let mut resp = error(status, msg);
+    resp.extensions_mut().insert(reason);
+    resp
 }
 
 fn with_body(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {

@@ -1,4 +1,5 @@
-//! The two listeners: the HTTPS API ([`run`]) and the plain-HTTP metrics listener
+//! The two listeners: the HTTPS API ([`run`], or [`run_with`] and its [`ServeOptions`] for
+//! Kubernetes enrollment) and the plain-HTTP metrics listener
 //! ([`run_metrics`]), both on the shared accept loop [`tether_net::serve`]; and [`blocking`],
 //! which runs an authority operation off the async runtime.
 
@@ -22,6 +23,7 @@ use super::tls::{certified_key, tls_config, ServerCert};
 use super::{watcher, ApiError, HANDSHAKE_TIMEOUT};
 use crate::authority::Authority;
 use crate::error::CaError;
+use crate::k8s::K8sVerifier;
 use crate::metrics::Metrics;
 use crate::store::ServedCrl;
 
@@ -69,6 +71,8 @@ pub(super) struct State {
     pub(super) last_crl: RwLock<Option<Arc<ServedCrl>>>,
     /// Why this replica must not sign any more (`replica remove`), as the watcher last saw it.
     pub(super) removed: RwLock<Option<String>>,
+    /// The Kubernetes token verifier, if `serve` was given `--k8s-issuer`.
+    pub(super) k8s: Option<Arc<K8sVerifier>>,
 }
 
 impl State {
@@ -100,12 +104,39 @@ impl State {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves. Also keeps the CRL fresh: re-signs it
-/// at half its validity, and notices CRLs published by the CLI.
+/// What [`run_with`] serves beyond the API itself.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// Enrollment with Kubernetes service-account tokens; `None` refuses them (401).
+    pub k8s: Option<Arc<K8sVerifier>>,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, with the default [`ServeOptions`]
+/// (no Kubernetes enrollment). Also keeps the CRL fresh: re-signs it at half its validity, and
+/// notices CRLs published by the CLI.
 pub async fn run(
     listener: TcpListener,
     authority: Arc<Authority>,
     registry: Registry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ApiError> {
+    run_with(
+        listener,
+        authority,
+        registry,
+        ServeOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with `options`; a Kubernetes verifier's key set is refreshed beside the API while it
+/// serves.
+pub async fn run_with(
+    listener: TcpListener,
+    authority: Arc<Authority>,
+    registry: Registry,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
     let metrics = Metrics::register(&registry, authority.clone())?;
@@ -130,8 +161,10 @@ pub async fn run(
         server_cert,
         last_crl: RwLock::new(None),
         removed: RwLock::new(None),
+        k8s: options.k8s.clone(),
     });
     let publisher = tokio::spawn(watcher::watch_database(state.clone(), refresh));
+    let keys = options.k8s.map(|k8s| tokio::spawn(k8s.keep_fresh()));
     tether_net::serve(
         "ca-api",
         listener,
@@ -145,6 +178,9 @@ pub async fn run(
     )
     .await;
     publisher.abort();
+    if let Some(keys) = keys {
+        keys.abort();
+    }
     Ok(())
 }
 

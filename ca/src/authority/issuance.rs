@@ -1,5 +1,6 @@
-//! Issuance: one-time enrollment tokens, enrollment, renewal over mTLS, and issuing to a
-//! directory for the CLI. Every leaf is signed outside the store lock and recorded in the
+//! Issuance: one-time enrollment tokens, enrollment (with a token, or with an identity proved
+//! elsewhere, behind the revocation gate), renewal over mTLS, and issuing to a directory for the
+//! CLI. Every leaf is signed outside the store lock and recorded in the
 //! transaction that also consumes the token or checks the presented certificate.
 
 use std::path::Path;
@@ -77,6 +78,48 @@ impl Authority {
             } else {
                 // Used (or expired) by a concurrent enrollment since we looked.
                 Err(token_error(self.store().token(&hash)?.as_ref()))
+            }
+        })
+    }
+
+    /// Enrollment of `id`, already proved by a credential verified outside the store (a
+    /// Kubernetes service-account token, see [`crate::k8s`]) that was issued at
+    /// `credential_issued_at` (Unix seconds), + a CSR → a leaf for `id`.
+    ///
+    /// The revocation gate: such a credential is reusable until it expires, so a revocation of
+    /// `id` would be undone by the same token enrolling again at once. Refused (403) when any
+    /// certificate of `id` was revoked at or after the credential was issued; a token the
+    /// kubelet issues after the revocation enrolls. The check and the record are one
+    /// transaction, so a revocation cannot slip in between.
+    pub fn enroll_verified(
+        &self,
+        id: &SpiffeId,
+        csr: &[u8],
+        credential_issued_at: i64,
+    ) -> Result<Issued, CaError> {
+        self.check_member(id)?;
+        let key = tether_certs::issue::parse_csr(csr)?;
+        let now = OffsetDateTime::now_utc();
+        self.with_current_keys(|keys| {
+            let (record, issued) = self.sign(
+                keys,
+                id,
+                &key,
+                self.settings.default_ttl,
+                now,
+                IssueMethod::Enroll,
+            )?;
+            if self
+                .store()
+                .record_unless_revoked_since(&record, credential_issued_at)?
+            {
+                Ok(issued)
+            } else {
+                Err(CaError::Forbidden(
+                    "a certificate of this identity was revoked after this token was issued; \
+                     the kubelet's next token will enroll"
+                        .into(),
+                ))
             }
         })
     }

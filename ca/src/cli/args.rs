@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use tether_certs::crl::Reason;
 use tether_certs::{Serial, SpiffeId, TrustDomain};
 
+use super::k8s_args::K8sArgs;
 use crate::settings::{InitOptions, Settings};
 use crate::store::DatabaseUrl;
 use crate::timefmt::parse_rfc3339;
@@ -51,6 +52,9 @@ pub enum Command {
         /// Optional plain-HTTP listener for `GET /metrics` (the API serves /metrics too).
         #[arg(long, env = "TETHER_CA_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Enrollment with Kubernetes service-account tokens.
+        #[command(flatten)]
+        k8s: K8sArgs,
     },
     /// Print a one-time enrollment token for SPIFFE_ID (only its hash is stored).
     Enroll {

@@ -1,5 +1,6 @@
 //! CRLs and revocations: revoke a serial or an identity and publish the CRL that lists it in the
-//! same transaction; re-publish; read CRLs back.
+//! same transaction; re-publish; read CRLs back; and the latest revocation of an identity, which
+//! gates enrollment with reusable credentials (`record_unless_revoked_since`).
 
 use time::OffsetDateTime;
 
@@ -7,7 +8,7 @@ use tether_certs::crl::{CrlEntry, Reason};
 use tether_certs::Serial;
 
 use super::db::{args, Exec, Row};
-use super::{ensure_current, revocation_state, Store, StoreError, Tx};
+use super::{ensure_current, insert_cert, revocation_state, NewCert, Store, StoreError, Tx};
 
 /// A stored, signed CRL.
 #[derive(Debug, Clone)]
@@ -171,6 +172,28 @@ impl Store {
         })
     }
 
+    /// When a certificate of `spiffe_id` was last revoked (Unix seconds), if one ever was.
+    pub fn latest_revocation(&mut self, spiffe_id: &str) -> Result<Option<i64>, StoreError> {
+        latest_revocation_in(&mut self.db, spiffe_id)
+    }
+
+    /// Records `cert` unless a certificate of its identity was revoked at or after `since`
+    /// (Unix seconds); whether it did. One write transaction, so a revocation either lands
+    /// before (refused) or after (the CRL lists it like any other certificate of the identity).
+    pub fn record_unless_revoked_since(
+        &mut self,
+        cert: &NewCert,
+        since: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.immediate()?;
+        if latest_revocation_in(&mut tx, &cert.spiffe_id)?.is_some_and(|at| at >= since) {
+            return Ok(false);
+        }
+        insert_cert(&mut tx, cert, None)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Publishes a new CRL (next number, same revoked entries): used at init and to re-sign
     /// before nextUpdate so readers never see a stale list while the CA is up.
     pub fn publish_crl<E: From<StoreError>>(
@@ -192,6 +215,15 @@ pub(super) fn newest_crl_number(db: &mut dyn Exec) -> Result<u64, StoreError> {
         .query_one("SELECT max(number) FROM crls", args![])?
         .get(0)?;
     Ok(n.unwrap_or(0))
+}
+
+/// The latest `revoked_at` of any certificate of `spiffe_id`.
+fn latest_revocation_in(db: &mut dyn Exec, spiffe_id: &str) -> Result<Option<i64>, StoreError> {
+    db.query_one(
+        "SELECT max(revoked_at) FROM certificates WHERE spiffe_id = ?1",
+        args![spiffe_id],
+    )?
+    .get(0)
 }
 
 /// Records `serial` (lowercase hex) as revoked at `now` for `reason`.

@@ -7,6 +7,8 @@
 //! - [`pki`]: a throw-away root → intermediate per trust domain (rcgen at test time, nothing
 //!   committed), leaves through the real issuance policy or from hand-edited params, and small
 //!   x509-parser helpers for looking into what was issued.
+//! - [`k8s`]: Kubernetes service-account tokens in the exact shape a kube-apiserver issues, signed
+//!   with a throwaway key, and the JWKS that publishes it.
 //! - [`metrics`]: samples read out of Prometheus text exposition, by name and labels.
 //! - [`netns`]: simulated hosts (network namespaces on one bridge) that can be cut off and
 //!   restored, and a PostgreSQL server running on one of them.
@@ -20,6 +22,7 @@
 //! The kit depends on `tether-certs` only: suites that need a running CA (`tether-ca`) build it
 //! in their own `tests/common`, so no dependency circle runs through the kit.
 
+pub mod k8s;
 pub mod metrics;
 pub mod netns;
 pub mod pki;

@@ -101,12 +101,35 @@ pub struct CaSettings {
     pub urls: Vec<http::Uri>,
     /// Initial trust anchors: verify the CA and peers until the CA publishes a newer bundle.
     pub bundle: PathBuf,
-    /// File holding the one-time enrollment token (read at each enrollment attempt).
-    pub token_file: Option<PathBuf>,
-    /// The token itself, from `TETHER_PROXY_TOKEN`.
-    pub token: Option<String>,
+    /// What the sidecar enrolls with when it has no usable certificate; `None` when only a
+    /// cached certificate can start it.
+    pub enrollment: Option<Enrollment>,
     /// Cached key (0600), certificate, bundle and CRL: the sidecar restarts from here.
     pub state_dir: PathBuf,
+}
+
+/// The one credential a `[ca]` sidecar enrolls with. A file is read again at every enrollment
+/// attempt, so a token replaced in place (an operator's new one, the kubelet's rotation of a
+/// projected service-account token) counts from the next attempt without a restart.
+#[derive(Clone)]
+pub enum Enrollment {
+    /// `ca.k8s_token_file`: a Kubernetes service-account token, sent as `k8s_token`.
+    K8sTokenFile(PathBuf),
+    /// `TETHER_PROXY_TOKEN` (or `--token`): a one-time token given directly.
+    Token(String),
+    /// `ca.token_file`: a file holding a one-time token from `tether-ca enroll`.
+    TokenFile(PathBuf),
+}
+
+/// By hand, so that printing a config never prints the token.
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Enrollment::K8sTokenFile(p) => f.debug_tuple("K8sTokenFile").field(p).finish(),
+            Enrollment::Token(_) => f.write_str("Token(<redacted>)"),
+            Enrollment::TokenFile(p) => f.debug_tuple("TokenFile").field(p).finish(),
+        }
+    }
 }
 
 /// Where the sidecar's certificate comes from.
@@ -144,13 +167,37 @@ pub struct Inbound {
     pub path_params: PathParams,
 }
 
+/// Where a peer sidecar listens (`[services.NAME] address`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// `IP:port`.
+    Ip(SocketAddr),
+    /// `host:port`, looked up with the system resolver each time a connection is opened, so a
+    /// Kubernetes Service name (or any DNS name) follows the records as they change.
+    Name {
+        /// The DNS name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Ip(a) => a.fmt(f),
+            PeerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// A peer service the local app may call.
 #[derive(Debug, Clone)]
 pub struct Service {
     /// The name the app uses as Host.
     pub name: String,
     /// Peer sidecar addresses; several are load-balanced, failed ones skipped for a while.
-    pub addresses: Vec<SocketAddr>,
+    pub addresses: Vec<PeerAddr>,
     /// The exact SPIFFE ID the peer must present.
     pub identity: SpiffeId,
     /// HTTP (routed by Host on the outbound listener) or TCP (own listener).
@@ -240,10 +287,11 @@ impl Service {
 }
 
 impl CaSettings {
-    /// Whether an enrollment token is configured (`ca.token_file` or `TETHER_PROXY_TOKEN`).
-    /// Without one the sidecar can still start from a certificate cached in `state_dir`.
+    /// Whether an enrollment token is configured (`ca.token_file`, `ca.k8s_token_file` or
+    /// `TETHER_PROXY_TOKEN`). Without one the sidecar can still start from a certificate cached
+    /// in `state_dir`.
     pub fn has_enrollment_token(&self) -> bool {
-        self.token.is_some() || self.token_file.is_some()
+        self.enrollment.is_some()
     }
 }
 

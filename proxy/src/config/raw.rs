@@ -44,6 +44,8 @@ pub(super) struct RawCa {
     pub(super) urls: Vec<String>,
     pub(super) bundle: String,
     pub(super) token_file: Option<String>,
+    /// A Kubernetes projected service-account token (instead of `token_file`).
+    pub(super) k8s_token_file: Option<String>,
     pub(super) state_dir: String,
     pub(super) on_stale_crl: Option<OnStale>,
     pub(super) crl_grace: Option<String>,

@@ -12,8 +12,8 @@ use crate::policy::PathParams;
 
 use super::raw::{RawAccessLog, RawCa, RawIdentity, RawInbound, RawLimits, RawService};
 use super::{
-    AccessLogTarget, CaSettings, ConfigError, CrlPolicy, IdentityFiles, IdentitySource, Inbound,
-    Limits, Mode, Service, DEFAULT_CRL_GRACE,
+    AccessLogTarget, CaSettings, ConfigError, CrlPolicy, Enrollment, IdentityFiles, IdentitySource,
+    Inbound, Limits, Mode, PeerAddr, Service, DEFAULT_CRL_GRACE,
 };
 
 /// The smallest `limits.max_header_bytes`: hyper's HTTP/1.1 read buffer cannot be smaller (it
@@ -52,6 +52,23 @@ impl Context<'_> {
     pub(super) fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         s.parse()
             .map_err(|_| self.err(key, format!("{s:?} is not an IP:port address")))
+    }
+
+    /// A peer address: `IP:port`, or `host:port` with a DNS name (see [`PeerAddr`]).
+    fn peer_addr(&self, key: &str, s: &str) -> Result<PeerAddr, ConfigError> {
+        if let Ok(a) = s.parse() {
+            return Ok(PeerAddr::Ip(a));
+        }
+        let bad = || self.err(key, format!("{s:?} is not an IP:port or host:port address"));
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if port == 0 || !is_dns_name(host) {
+            return Err(bad());
+        }
+        Ok(PeerAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 
     /// A human duration (`"10s"`, `"5m"`), or `default` when the key is absent.
@@ -117,12 +134,50 @@ pub(super) fn identity(
             let source = IdentitySource::Ca(CaSettings {
                 urls,
                 bundle: ctx.path(&c.bundle),
-                token_file: c.token_file.as_deref().map(|p| ctx.path(p)),
-                token: c.token,
+                enrollment: enrollment(ctx, &c)?,
                 state_dir: ctx.path(&c.state_dir),
             });
             Ok((source, CrlPolicy { on_stale, grace }))
         }
+    }
+}
+
+/// `ca.token_file`, `ca.k8s_token_file` and the `TETHER_PROXY_TOKEN` override: at most one
+/// kind of credential. A Kubernetes token with a one-time token is refused rather than one
+/// silently preferred, because which identity the sidecar enrolls as would then depend on a
+/// precedence rule the operator may not know. The override beats `token_file` (both one-time
+/// tokens), as it always has.
+fn enrollment(ctx: &Context<'_>, c: &RawCa) -> Result<Option<Enrollment>, ConfigError> {
+    let path = |key: &str, p: &str| {
+        if p.trim().is_empty() {
+            Err(ctx.err(key, "is empty: give the token file's path"))
+        } else {
+            Ok(ctx.path(p))
+        }
+    };
+    match (&c.token, &c.token_file, &c.k8s_token_file) {
+        (Some(_), _, Some(_)) => {
+            let (flag, env) = super::overrides::flag_of("token");
+            Err(ctx.err(
+                "ca.k8s_token_file",
+                format!(
+                    "conflicts with the one-time token set by {flag} / {env}: a sidecar enrolls \
+                     with one credential; drop one of them"
+                ),
+            ))
+        }
+        (None, Some(_), Some(_)) => Err(ctx.err(
+            "ca.token_file / ca.k8s_token_file",
+            "give one: token_file holds a one-time token from `tether-ca enroll`, \
+             k8s_token_file a Kubernetes service-account token",
+        )),
+        (None, None, Some(p)) => Ok(Some(Enrollment::K8sTokenFile(path(
+            "ca.k8s_token_file",
+            p,
+        )?))),
+        (Some(t), _, None) => Ok(Some(Enrollment::Token(t.clone()))),
+        (None, Some(p), None) => Ok(Some(Enrollment::TokenFile(path("ca.token_file", p)?))),
+        (None, None, None) => Ok(None),
     }
 }
 
@@ -199,7 +254,7 @@ fn service(ctx: &Context<'_>, name: &str, s: &RawService) -> Result<Service, Con
         .address
         .iter()
         .enumerate()
-        .map(|(i, a)| ctx.addr(&key(&format!("address[{i}]")), a))
+        .map(|(i, a)| ctx.peer_addr(&key(&format!("address[{i}]")), a))
         .collect::<Result<Vec<_>, _>>()?;
     let identity = SpiffeId::parse(&s.identity).map_err(|e| {
         let problem = format!("{:?} is not a valid SPIFFE ID: {e}", s.identity);
@@ -233,6 +288,21 @@ fn service(ctx: &Context<'_>, name: &str, s: &RawService) -> Result<Service, Con
         listen,
         peer_protocol: s.peer_protocol.unwrap_or_default(),
     })
+}
+
+/// A DNS name (RFC 1123 host name): dot-separated labels of letters, digits and inner '-', each
+/// 1–63 bytes, 253 in all, not all digits (that would be a mistyped IPv4 address).
+fn is_dns_name(host: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (1..=253).contains(&host.len())
+        && host.split('.').all(label_ok)
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 /// `[limits]`: each key optional, with the defaults of [`Limits::default`].
@@ -296,5 +366,65 @@ pub(super) fn access_log(
                 other.type_str()
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(s: &str) -> Result<PeerAddr, ConfigError> {
+        let ctx = Context {
+            file: "t.toml",
+            base: Path::new("."),
+        };
+        ctx.peer_addr("services.x.address[0]", s)
+    }
+
+    #[test]
+    fn a_peer_address_is_an_ip_and_port_or_a_dns_name_and_port() {
+        assert_eq!(
+            peer("10.0.0.7:15006").unwrap(),
+            PeerAddr::Ip("10.0.0.7:15006".parse().unwrap())
+        );
+        assert_eq!(
+            peer("[::1]:15006").unwrap(),
+            PeerAddr::Ip("[::1]:15006".parse().unwrap())
+        );
+        let named = peer("Ledger.payments.svc.cluster.local:15006").unwrap();
+        assert_eq!(
+            named,
+            PeerAddr::Name {
+                host: "ledger.payments.svc.cluster.local".into(),
+                port: 15006
+            }
+        );
+        assert_eq!(named.to_string(), "ledger.payments.svc.cluster.local:15006");
+        assert!(peer("localhost:1").is_ok());
+    }
+
+    #[test]
+    fn a_bad_peer_address_is_an_error_naming_the_key() {
+        for bad in [
+            "ledger",
+            "ledger:",
+            "ledger:0",
+            "ledger:65536",
+            "ledger:http",
+            ":15006",
+            "-ledger:1",
+            "led_ger:1",
+            "a..b:1",
+            "10.0.0:1",
+            "::1:80",
+            "http://ledger:1",
+            "ledger :1",
+        ] {
+            let e = peer(bad).unwrap_err();
+            assert_eq!(e.key, "services.x.address[0]", "{bad}");
+            assert!(e.problem.contains("host:port"), "{bad}: {}", e.problem);
+        }
+        let long = format!("{}:1", "a".repeat(64));
+        assert!(peer(&long).is_err(), "a label over 63 bytes");
     }
 }

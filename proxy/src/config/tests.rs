@@ -1,12 +1,14 @@
 //! Tests of the config: every override lands in its field or names its flag when the file lacks
-//! the section, the limits refuse what they used to repair, `[access_log]` names its key when
-//! wrong, and parsing logs nothing.
+//! the section, the `[ca]` enrollment credential is one of a kind, the limits refuse what they
+//! used to repair, `[access_log]` names its key when wrong, and parsing logs nothing.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::overrides::flag_of;
 use super::*;
+
+mod enrollment;
 
 const IDENTITY: &str = "[identity]\ncert = \"c.pem\"\nkey = \"k.pem\"\nbundle = \"b.pem\"\n";
 const CA: &str =
@@ -193,37 +195,7 @@ fn outbound_and_admin_listen_overrides_create_their_section() {
     assert_eq!(parse(IDENTITY, &bad).expect_err("bad").key, "admin.listen");
 }
 
-#[test]
-fn the_token_override_is_the_enrollment_token() {
-    let text = format!("{CA}{OUTBOUND}");
-    let cfg = ok(&text, &only("token", "t0k3n"));
-    assert_eq!(ca(&cfg).token.as_deref(), Some("t0k3n"));
-    assert!(ca(&cfg).has_enrollment_token());
-    // Neither a token nor a token file: still starts (from the cache), and says so later.
-    let cfg = ok(&text, &Overrides::default());
-    assert!(ca(&cfg).token.is_none() && !ca(&cfg).has_enrollment_token());
-    // A blank token is no token, in either mode.
-    assert!(ca(&ok(&text, &only("token", "  "))).token.is_none());
-    ok(&format!("{IDENTITY}{INBOUND}"), &only("token", ""));
-    // A token file counts too.
-    let with_file = text.replace("[ca]\n", "[ca]\ntoken_file = \"t.token\"\n");
-    let cfg = ok(&with_file, &Overrides::default());
-    assert_eq!(
-        ca(&cfg).token_file.as_deref(),
-        Some(Path::new("/etc/tether/t.token"))
-    );
-    assert!(ca(&cfg).has_enrollment_token());
-    // The file cannot carry the secret itself.
-    let e = parse(
-        &text.replace("[ca]\n", "[ca]\ntoken = \"x\"\n"),
-        &Overrides::default(),
-    );
-    assert!(e
-        .expect_err("token key")
-        .problem
-        .contains("unknown field `token`"));
-}
-
+/// The enrollment credential of `cfg`'s `[ca]`, as its Debug shows it (which hides a token).
 #[test]
 fn flags_and_env_vars_come_from_the_clap_definition() {
     let command = <Overrides as clap::Args>::augment_args(clap::Command::new("t"));

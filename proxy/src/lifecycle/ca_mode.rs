@@ -1,5 +1,5 @@
-//! CA mode: enrollment with a one-time token, renewal over mTLS, the state-directory cache, the
-//! CRL long-poll and trust-bundle updates.
+//! CA mode: enrollment with a one-time or a Kubernetes service-account token, renewal over
+//! mTLS, the state-directory cache, the CRL long-poll and trust-bundle updates.
 //!
 //! The CRL poller asks for a CRL newer than ours, held at the CA until one comes or until ours
 //! would go stale, whichever is first. While ours is stale it asks for the CA's current CRL,
@@ -7,7 +7,7 @@
 //! a second of its CA's return however long the outage was; every CRL it gets passes the
 //! revocation cache's one acceptance rule.
 //!
-//! Apart from reading the cache once at start (see [`StateDir`]), file work — the token file,
+//! Apart from reading the cache once at start (see [`StateDir`]), file work — the token files,
 //! caching what the CA sent — runs on tokio's blocking pool.
 
 use std::sync::{Arc, Mutex};
@@ -16,11 +16,11 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use tether_certs::wire::Issued;
+use tether_certs::wire::{EnrollCredential, Issued};
 use tether_certs::{RevocationList, TrustBundle};
 
 use crate::ca_client::{CaClient, CaClientError};
-use crate::config::CaSettings;
+use crate::config::{CaSettings, Enrollment};
 use crate::identity::{read_file, Credentials, IdentityError, IdentityStore};
 use crate::metrics::{Metrics, Outcome};
 use crate::revocation::RevocationCache;
@@ -29,6 +29,38 @@ use super::state_dir::StateDir;
 use super::{off_runtime, renewal_loop, Clock};
 
 mod crl_poll;
+
+/// Why a sidecar without a usable certificate cannot enroll, when nothing is configured.
+const NO_CREDENTIAL: &str = "no usable certificate and no enrollment token (set ca.token_file, \
+                             ca.k8s_token_file or TETHER_PROXY_TOKEN)";
+
+/// An enrollment credential as read for one attempt. A secret: its Display names only its kind,
+/// and it has no Debug, so it cannot end up in a log line.
+enum Credential {
+    /// A Kubernetes service-account token.
+    K8s(String),
+    /// A one-time token from `tether-ca enroll`.
+    Token(String),
+}
+
+impl Credential {
+    /// As the wire contract sends it.
+    fn wire(&self) -> EnrollCredential<'_> {
+        match self {
+            Credential::K8s(t) => EnrollCredential::K8s(t),
+            Credential::Token(t) => EnrollCredential::Token(t),
+        }
+    }
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::K8s(_) => "Kubernetes service-account token",
+            Credential::Token(_) => "one-time enrollment token",
+        })
+    }
+}
 
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -155,24 +187,32 @@ impl CaMode {
         .await;
     }
 
-    /// The enrollment token: the configured one, else the token file's content (read at each
-    /// attempt, so an operator can drop a new token in place), if it is not empty.
-    async fn token(&self) -> Option<String> {
-        if let Some(t) = &self.settings.token {
-            return Some(t.trim().to_string());
+    /// The credential for this enrollment attempt: the configured token, else the token file's
+    /// content, read now so that a file replaced in place (an operator's new token, the
+    /// kubelet's rotated service-account token) counts at once. An error says why there is none
+    /// (no credential configured, or its file missing or empty) and never quotes the file.
+    async fn credential(&self) -> Result<Credential, String> {
+        let Some(enrollment) = &self.settings.enrollment else {
+            return Err(NO_CREDENTIAL.to_string());
+        };
+        let (path, key, credential): (_, _, fn(String) -> Credential) = match enrollment {
+            Enrollment::Token(t) => return Ok(Credential::Token(t.trim().to_string())),
+            Enrollment::TokenFile(p) => (p.clone(), "ca.token_file", Credential::Token),
+            Enrollment::K8sTokenFile(p) => (p.clone(), "ca.k8s_token_file", Credential::K8s),
+        };
+        let shown = path.display().to_string();
+        let text = off_runtime(move || std::fs::read_to_string(path))
+            .await?
+            .map_err(|e| format!("cannot read {key} {shown}: {e}"))?;
+        match text.trim() {
+            "" => Err(format!("{key} {shown} is empty")),
+            token => Ok(credential(token.to_string())),
         }
-        let path = self.settings.token_file.clone()?;
-        off_runtime(move || std::fs::read_to_string(path))
-            .await
-            .ok()?
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
     }
 
-    /// Renews with the current certificate, or enrolls with the token when there is no usable
-    /// certificate (none yet, expired, or refused by the CA). On failure nothing changes: the
-    /// current certificate keeps serving.
+    /// Renews with the current certificate, or enrolls with the configured credential when there
+    /// is no usable certificate (none yet, expired, or refused by the CA). On failure nothing
+    /// changes: the current certificate keeps serving.
     async fn refresh(&self) -> Result<(), String> {
         let key = tether_certs::keys::generate_key().map_err(|e| e.to_string())?;
         let current = self
@@ -186,20 +226,19 @@ impl CaMode {
                 match self.client.renew(creds, &csr).await {
                     Ok(i) => i,
                     Err(e @ CaClientError::Refused { .. }) if e.is_forbidden() => {
-                        let Some(token) = self.token().await else {
-                            return Err(e.to_string());
-                        };
-                        tracing::warn!("renewal refused ({e}); trying the enrollment token");
-                        self.enroll(&key, &token).await?
+                        let credential = self
+                            .credential()
+                            .await
+                            .map_err(|why| format!("{e}; {why}"))?;
+                        tracing::warn!("renewal refused ({e}); enrolling with the {credential}");
+                        self.enroll(&key, &credential).await?
                     }
                     Err(e) => return Err(e.to_string()),
                 }
             }
             None => {
-                let token = self.token().await.ok_or_else(|| {
-                    "no usable certificate and no enrollment token (set ca.token_file or TETHER_PROXY_TOKEN)".to_string()
-                })?;
-                self.enroll(&key, &token).await?
+                let credential = self.credential().await?;
+                self.enroll(&key, &credential).await?
             }
         };
         if let Some(note) = &issued.note {
@@ -208,11 +247,15 @@ impl CaMode {
         self.adopt(issued, key).await
     }
 
-    async fn enroll(&self, key: &rcgen::KeyPair, token: &str) -> Result<Issued, String> {
+    async fn enroll(
+        &self,
+        key: &rcgen::KeyPair,
+        credential: &Credential,
+    ) -> Result<Issued, String> {
         let csr = tether_certs::keys::generate_anonymous_csr(key).map_err(|e| e.to_string())?;
         let (bundle, _) = self.bundle();
         self.client
-            .enroll(&bundle, token, &csr)
+            .enroll(&bundle, credential.wire(), &csr)
             .await
             .map_err(|e| e.to_string())
     }

@@ -148,17 +148,20 @@ impl Load {
 /// the target dir (`cargo test --workspace` and `make test` build them all).
 pub fn binaries() -> [PathBuf; 3] {
     let proxy = PathBuf::from(env!("CARGO_BIN_EXE_tether-proxy"));
-    let dir = proxy.parent().unwrap().to_path_buf();
-    let [ca, app] = ["tether-ca", "service-b"].map(|b| dir.join(b));
-    for bin in [&ca, &app] {
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`, \
-             as `make test` does)",
-            bin.display()
-        );
-    }
-    [ca, proxy, app]
+    [binary("tether-ca"), proxy, binary("service-b")]
+}
+
+/// The workspace binary `name`, next to `tether-proxy` in the target dir; fails the test,
+/// saying how to build it, when it is not there.
+pub fn binary(name: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_tether-proxy")).with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`, \
+         as `make test` does)",
+        bin.display()
+    );
+    bin
 }
 
 /// Runs `program ARGS` on `host` to completion and returns its stdout; fails the test, with its
