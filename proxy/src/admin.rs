@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/live`, `/ready`, `/identity`.
+//! The admin listener: `/metrics`, `/live`, `/ready`, `/identity`, and `POST /rotate` (from
+//! loopback only, since the listener may face the pod network for the kubelet's probes).
 //!
 //! `/ready` is 200 only while a valid certificate is loaded, so an orchestrator sends no traffic
 //! to a sidecar that would fail every handshake. `/identity` shows what the sidecar presents and
@@ -7,6 +8,7 @@
 //! from the same state by the same functions, so the two agree at every moment.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -51,22 +53,28 @@ pub async fn run(
         overflow: 0,
         drain: std::time::Duration::ZERO,
     };
-    tether_net::serve("admin", listener, limits, shutdown, move |tcp, _, _, _| {
-        let admin = admin.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        }
-    })
+    tether_net::serve(
+        "admin",
+        listener,
+        limits,
+        shutdown,
+        move |tcp, peer, _, _| {
+            let admin = admin.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(handle(&admin, peer, &req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            }
+        },
+    )
     .await;
 }
 
-fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(admin: &Admin, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
@@ -94,6 +102,13 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/rotate" => match (&admin.rotate, req.method() == http::Method::POST) {
             (_, false) => text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST /rotate\n".into()),
+            // The listener may face the pod network (the kubelet probes /ready there); only a
+            // process on this host may make the sidecar act.
+            _ if !peer.ip().is_loopback() => text(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "POST /rotate is accepted from loopback only\n".into(),
+            ),
             (None, true) => text(
                 StatusCode::CONFLICT,
                 "text/plain",

@@ -301,3 +301,47 @@ async fn drains_in_flight_requests_on_shutdown() {
     stopped.await.unwrap().unwrap();
     drop(a);
 }
+
+#[tokio::test]
+async fn a_peer_addressed_by_dns_name_is_reached_and_a_name_that_does_not_resolve_is_502() {
+    let pki = Pki::new();
+    let app = start_app().await;
+    let (bdir, adir) = (pki.issue(SERVICE_B), pki.issue("ns/default/sa/service-a"));
+    let pol = pki.policy(POLICY);
+    let b = pki
+        .start_inbound(
+            "b",
+            &identity_section(&bdir, None),
+            app,
+            &pol,
+            ADMIN_SECTION,
+        )
+        .await;
+    let port = b.inbound.unwrap().port();
+    // `localhost` is looked up at connect time, as a Kubernetes Service name would be; `.invalid`
+    // never resolves (RFC 6761).
+    let a_toml = format!(
+        "{}{OUTBOUND_SECTION}{ADMIN_SECTION}\
+         [services.service-b]\naddress = [\"localhost:{port}\"]\nidentity = \"{}\"\n\
+         [services.nowhere]\naddress = [\"no-such-host.invalid:{port}\"]\nidentity = \"{}\"\n",
+        identity_section(&adir, None),
+        id(SERVICE_B),
+        id(SERVICE_B),
+    );
+    let a = pki.start("a", &a_toml).await;
+    let out = a.outbound.unwrap();
+    let (status, body) = get(out, "service-b", "/data/x", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(echo(&body)["path"], "/data/x");
+    let (status, body) = get(out, "nowhere", "/data/x", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body.contains("nowhere"),
+        "the 502 names the service: {body}"
+    );
+    assert_eq!(
+        b.metric("tether_requests_total", &[("direction", "inbound")]),
+        1.0,
+        "only the request to the resolvable name reached service-b"
+    );
+}

@@ -2,6 +2,7 @@
 //! used, so its requests skip the pool and are still balanced over a service's addresses one by
 //! one. When the app connection closes they go to their addresses' idle pools.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +23,8 @@ pub struct H1Tag {
     pub upstream: usize,
     /// The credentials the connection was made with (a rotation retires it).
     pub creds: Arc<Credentials>,
+    /// The socket address it reached (what the access log names as the upstream).
+    pub peer: SocketAddr,
 }
 
 /// A peer connection with what it was made for.
@@ -95,10 +98,11 @@ pub fn give_back(conn: PeerConn) {
         route,
         upstream,
         creds,
+        peer,
     } = conn.tag;
     route.upstreams[upstream].idle.give_back(Conn {
         sender: conn.sender,
-        tag: creds,
+        tag: (creds, peer),
     });
 }
 
@@ -129,6 +133,7 @@ mod tests {
                 route: route.clone(),
                 upstream,
                 creds: creds.clone(),
+                peer: SocketAddr::from(([127, 0, 0, 1], 1000 + upstream as u16)),
             },
         }
     }

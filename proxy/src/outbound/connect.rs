@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::config::PeerAddr;
 use crate::error::{ConnectError, ConnectFailure, Error};
 use crate::identity::{Alpn, Credentials};
 use crate::metrics::Direction;
@@ -30,14 +31,16 @@ use crate::tls::{self, HandshakeResult, PeerCert, Refusal};
 pub type PeerTls = TlsStream<TcpStream>;
 
 impl Outbound {
-    /// TCP + mTLS to `addr`, requiring `route`'s identity; counts the handshake result.
+    /// TCP + mTLS to `addr` (a name: the first of its looked-up addresses that accepts),
+    /// requiring `route`'s identity; counts the handshake result. Returns the connection and the
+    /// socket address it reached.
     async fn connect_addr(
         &self,
         route: &Route,
-        addr: SocketAddr,
+        addr: &PeerAddr,
         creds: &Credentials,
         alpn: Alpn,
-    ) -> Result<PeerTls, ConnectFailure> {
+    ) -> Result<(PeerTls, SocketAddr), ConnectFailure> {
         let config = creds.client_for(&route.identity, alpn).map_err(|e| {
             ConnectFailure::Handshake(Refusal {
                 result: HandshakeResult::Protocol,
@@ -45,7 +48,7 @@ impl Outbound {
             })
         })?;
         let timeout = self.limits.handshake_timeout;
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let (tcp, peer) = match tokio::time::timeout(timeout, tcp_connect(addr)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(ConnectFailure::Unreachable(format!("{addr}: {e}"))),
             Err(_) => {
@@ -59,7 +62,7 @@ impl Outbound {
             Ok(tls) => {
                 self.metrics
                     .count_handshake(Direction::Outbound, HandshakeResult::Ok);
-                Ok(tls)
+                Ok((tls, peer))
             }
             Err(mut refusal) => {
                 self.metrics
@@ -71,19 +74,20 @@ impl Outbound {
     }
 
     /// An mTLS connection to `route`, trying its addresses in order from `start`; returns the
-    /// connection and the index of the address used. Each address that fails is marked down.
+    /// connection, the index of the address used and the socket address it reached. Each
+    /// address that fails is marked down.
     pub(super) async fn connect_route(
         &self,
         route: &Route,
         creds: &Credentials,
         alpn: Alpn,
         start: usize,
-    ) -> Result<(PeerTls, usize), Error> {
+    ) -> Result<(PeerTls, usize, SocketAddr), Error> {
         let mut last = None;
         for i in route.order(start) {
             let up = &route.upstreams[i];
-            match self.connect_addr(route, up.addr, creds, alpn).await {
-                Ok(tls) => return Ok((tls, i)),
+            match self.connect_addr(route, &up.addr, creds, alpn).await {
+                Ok((tls, peer)) => return Ok((tls, i, peer)),
                 Err(e) => {
                     up.mark_down();
                     last = Some(e);
@@ -111,13 +115,14 @@ impl Outbound {
         }
         route.upstreams[upstream]
             .idle
-            .pop(|c| Arc::ptr_eq(c, creds))
+            .pop(|(c, _)| Arc::ptr_eq(c, creds))
             .map(|c| Conn {
                 sender: c.sender,
                 tag: H1Tag {
                     route: route.clone(),
                     upstream,
                     creds: creds.clone(),
+                    peer: c.tag.1,
                 },
             })
     }
@@ -130,7 +135,7 @@ impl Outbound {
         creds: &Arc<Credentials>,
         first: usize,
     ) -> Result<PeerConn, Error> {
-        let (tls, upstream) = self.connect_route(route, creds, Alpn::Http1, first).await?;
+        let (tls, upstream, peer) = self.connect_route(route, creds, Alpn::Http1, first).await?;
         let serial = peer_serial(&tls);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(tls))
@@ -143,6 +148,7 @@ impl Outbound {
                 route: route.clone(),
                 upstream,
                 creds: creds.clone(),
+                peer,
             },
         })
     }
@@ -157,17 +163,17 @@ impl Outbound {
         for i in route.order(route.turn()) {
             let up = &route.upstreams[i];
             let mut slot = up.h2.lock().await;
-            if let Some((c, s)) = slot.as_ref() {
+            if let Some((c, s, peer)) = slot.as_ref() {
                 if Arc::ptr_eq(c, creds) && !s.is_closed() {
-                    return Ok((s.clone(), up.addr));
+                    return Ok((s.clone(), *peer));
                 }
             }
             // Boxed: the handshakes' state is kilobytes, and inline it would be copied with
             // every request's future, though almost every request finds the session open.
-            match Box::pin(self.open_h2(route, up.addr, creds)).await {
-                Ok(sender) => {
-                    *slot = Some((creds.clone(), sender.clone()));
-                    return Ok((sender, up.addr));
+            match Box::pin(self.open_h2(route, &up.addr, creds)).await {
+                Ok((sender, peer)) => {
+                    *slot = Some((creds.clone(), sender.clone(), peer));
+                    return Ok((sender, peer));
                 }
                 Err(e) => last = Some(e),
             }
@@ -176,14 +182,15 @@ impl Outbound {
         Err(connect_error(route, last))
     }
 
-    /// A new HTTP/2 mTLS connection to `addr` of `route`, its connection task spawned.
+    /// A new HTTP/2 mTLS connection to `addr` of `route`, its connection task spawned; with
+    /// the socket address it reached.
     async fn open_h2(
         &self,
         route: &Route,
-        addr: SocketAddr,
+        addr: &PeerAddr,
         creds: &Credentials,
-    ) -> Result<SendRequest<PeerBody>, ConnectFailure> {
-        let tls = self.connect_addr(route, addr, creds, Alpn::H2).await?;
+    ) -> Result<(SendRequest<PeerBody>, SocketAddr), ConnectFailure> {
+        let (tls, peer) = self.connect_addr(route, addr, creds, Alpn::H2).await?;
         let serial = peer_serial(&tls);
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder
@@ -197,7 +204,7 @@ impl Outbound {
             })
         })?;
         self.spawn_peer_connection(route, &serial, conn);
-        Ok(sender)
+        Ok((sender, peer))
     }
 
     /// Runs a client connection to a peer until it ends, or until a CRL revokes the peer's
@@ -237,4 +244,25 @@ fn connect_error(route: &Route, last: Option<ConnectFailure>) -> Error {
         // made; the fallback only keeps this total.
         failure: last.unwrap_or_else(|| ConnectFailure::Unreachable("no address tried".into())),
     })
+}
+
+/// A TCP connection to `addr`: an IP address directly; a name through the system resolver
+/// (looked up now, so a changed record is followed at the next connection), trying each of its
+/// addresses in turn. Returns the socket address that accepted.
+async fn tcp_connect(addr: &PeerAddr) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match addr {
+        PeerAddr::Ip(a) => Ok((TcpStream::connect(a).await?, *a)),
+        PeerAddr::Name { host, port } => {
+            let mut last = None;
+            for a in tokio::net::lookup_host((host.as_str(), *port)).await? {
+                match TcpStream::connect(a).await {
+                    Ok(tcp) => return Ok((tcp, a)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no addresses")
+            }))
+        }
+    }
 }

@@ -48,9 +48,9 @@ pub(super) async fn forward_h1(
     let open = || Box::pin(outbound.open_h1(route, creds, pick));
     let timeout = outbound.limits.request_timeout;
     let (resp, conn) = pool::send(Hop::Peer, kept, open, req, timeout).await?;
-    let addr = route.upstreams[conn.tag.upstream].addr;
+    let peer = conn.tag.peer;
     affinity.keep(conn);
-    Ok((forward::finish(resp), addr))
+    Ok((forward::finish(resp), peer))
 }
 
 /// Forwards a request on the shared HTTP/2 connection to one of `route`'s addresses.
@@ -89,7 +89,7 @@ pub(super) async fn forward_upgrade(
     mut req: Request<PeerBody>,
 ) -> Answered {
     let downstream = hyper::upgrade::on(&mut req);
-    let (tls, upstream) = outbound
+    let (tls, _, peer) = outbound
         .connect_route(route, creds, Alpn::Http1, route.turn())
         .await?;
     let live = outbound.revocation.watch(&peer_serial(&tls));
@@ -108,5 +108,5 @@ pub(super) async fn forward_upgrade(
     let until = async move { live.revoked().await };
     let send = sender.send_request(req);
     let resp = forward::exchange_upgrade(Hop::Peer, timeout, downstream, upgrade, until, send);
-    Ok((resp.await?, route.upstreams[upstream].addr))
+    Ok((resp.await?, peer))
 }

@@ -15,7 +15,7 @@ use hyper::client::conn::http2::SendRequest;
 
 use super::PeerBody;
 
-use crate::config::{Limits, PeerProtocol, Service};
+use crate::config::{Limits, PeerAddr, PeerProtocol, Service};
 use crate::error::Error;
 use crate::forward;
 use crate::identity::Credentials;
@@ -56,16 +56,21 @@ pub struct Route {
     pub peer_protocol: PeerProtocol,
 }
 
+/// A shared HTTP/2 connection: the credentials it was made with, its sender and the socket
+/// address it reached.
+pub type H2Session = (Arc<Credentials>, SendRequest<PeerBody>, SocketAddr);
+
 /// One address of a peer service, with its connections and health.
 pub struct Upstream {
-    /// Where the peer sidecar listens.
-    pub addr: SocketAddr,
-    /// The shared HTTP/2 connection, tagged with the credentials it was made with: after a
-    /// rotation the next request opens a new connection, and the old one finishes what it has.
-    pub h2: tokio::sync::Mutex<Option<(Arc<Credentials>, SendRequest<PeerBody>)>>,
+    /// Where the peer sidecar listens, as configured (a name is looked up at each connect).
+    pub addr: PeerAddr,
+    /// The shared HTTP/2 connection, tagged with the credentials it was made with (after a
+    /// rotation the next request opens a new connection, and the old one finishes what it has)
+    /// and the socket address it reached.
+    pub h2: tokio::sync::Mutex<Option<H2Session>>,
     /// HTTP/1.1 connections given back by app connections that closed, tagged with the
-    /// credentials they were made with.
-    pub idle: IdlePool<Arc<Credentials>, PeerBody>,
+    /// credentials they were made with and the socket address they reached.
+    pub idle: IdlePool<(Arc<Credentials>, SocketAddr), PeerBody>,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -107,7 +112,7 @@ impl Route {
             upstreams: s
                 .addresses
                 .iter()
-                .map(|a| Upstream::new(*a, limits))
+                .map(|a| Upstream::new(a.clone(), limits))
                 .collect(),
             next: AtomicUsize::new(0),
             peer_protocol: s.peer_protocol,
@@ -149,7 +154,7 @@ impl Route {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr, limits: &Limits) -> Self {
+    fn new(addr: PeerAddr, limits: &Limits) -> Self {
         Upstream {
             addr,
             h2: Default::default(),
@@ -188,7 +193,7 @@ pub(crate) mod tests {
         let service = Service {
             name: "svc".into(),
             addresses: (0..addresses)
-                .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+                .map(|i| PeerAddr::Ip(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16))))
                 .collect(),
             identity: tether_certs::SpiffeId::parse("spiffe://td/svc").unwrap(),
             mode: crate::config::Mode::Http,

@@ -45,7 +45,7 @@ async fn carry(outbound: &Outbound, route: &Route, mut tcp: TcpStream) {
         .connect_route(route, &creds, Alpn::None, route.turn())
         .await
     {
-        Ok((mut tls, _)) => {
+        Ok((mut tls, _, _)) => {
             let live = outbound.revocation.watch(&peer_serial(&tls));
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut tcp, &mut tls) => {}
