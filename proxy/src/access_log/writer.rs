@@ -219,6 +219,10 @@ impl Writer {
                 Message::Wake => {}
                 Message::Close(ack) => {
                     self.flush();
+                    // Closed before the ack, so a push after `close` returns finds the queue
+                    // disconnected and counts its line as dropped, instead of queueing it for
+                    // a writer that will never read it.
+                    drop(rx);
                     let _ = ack.send(());
                     return;
                 }
