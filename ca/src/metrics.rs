@@ -285,6 +285,9 @@ pub(crate) enum FailureReason {
     TooLarge,
     /// 401.
     Unauthorized,
+    /// 503: the database, or the cluster's JWKS, cannot be reached (retryable; the sidecar tries
+    /// the next replica). Apart from `internal`, so a database outage has its own alert.
+    Unavailable,
 }
 
 impl FailureReason {
@@ -297,6 +300,7 @@ impl FailureReason {
             StatusCode::NOT_FOUND => FailureReason::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => FailureReason::MethodNotAllowed,
             StatusCode::PAYLOAD_TOO_LARGE => FailureReason::TooLarge,
+            StatusCode::SERVICE_UNAVAILABLE => FailureReason::Unavailable,
             _ => FailureReason::Internal,
         }
     }
@@ -312,6 +316,7 @@ impl FailureReason {
             FailureReason::NotFound => "not_found",
             FailureReason::TooLarge => "too_large",
             FailureReason::Unauthorized => "unauthorized",
+            FailureReason::Unavailable => "unavailable",
         }
     }
 }

@@ -89,6 +89,18 @@ async fn a_silent_database_is_503_then_issuance_resumes_without_a_restart() {
     );
     let (status, body) = enroll(&client, &tokens[2].0, &tokens[2].1).await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The outage's answers are counted as `unavailable` (their own alert), never `internal`.
+    let scraped = client.try_get("/metrics").await.unwrap().text();
+    let failures = |reason| {
+        tether_testkit::metrics::sum(
+            &scraped,
+            "tether_ca_request_failures_total",
+            &[("endpoint", "enroll"), ("reason", reason)],
+        )
+    };
+    assert!(failures("unavailable") >= 1.0, "{scraped}");
+    assert_eq!(failures("internal"), 0.0, "{scraped}");
 }
 
 /// (server address, database name) of a `postgres://user@host:port/db` URL.
