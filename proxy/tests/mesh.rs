@@ -39,18 +39,8 @@ struct Mesh {
 /// knows service-b (correct identity) and "impostor" (same address, another expected identity).
 async fn mesh(policy: &str, caller: &str) -> Mesh {
     let pki = Pki::new();
-    let app = start_app().await;
-    let (bdir, adir) = (pki.issue(SERVICE_B), pki.issue(caller));
-    let pol = pki.policy(policy);
-    let b = pki
-        .start_inbound(
-            "b",
-            &identity_section(&bdir, None),
-            app,
-            &pol,
-            ADMIN_SECTION,
-        )
-        .await;
+    let b = service_b(&pki, policy).await;
+    let adir = pki.issue(caller);
     let inbound = [b.inbound.unwrap()];
     let a_toml = format!(
         "{}{OUTBOUND_SECTION}{ADMIN_SECTION}{}{}",
@@ -60,6 +50,16 @@ async fn mesh(policy: &str, caller: &str) -> Mesh {
     );
     let a = pki.start("a", &a_toml).await;
     Mesh { pki, b, a }
+}
+
+/// service-b's inbound sidecar in front of the echo app, enforcing `policy`.
+async fn service_b(pki: &Pki, policy: &str) -> Sidecar {
+    let app = start_app().await;
+    let bdir = pki.issue(SERVICE_B);
+    let pol = pki.policy(policy);
+    let identity = identity_section(&bdir, None);
+    pki.start_inbound("b", &identity, app, &pol, ADMIN_SECTION)
+        .await
 }
 
 #[tokio::test]
@@ -305,18 +305,8 @@ async fn drains_in_flight_requests_on_shutdown() {
 #[tokio::test]
 async fn a_peer_addressed_by_dns_name_is_reached_and_a_name_that_does_not_resolve_is_502() {
     let pki = Pki::new();
-    let app = start_app().await;
-    let (bdir, adir) = (pki.issue(SERVICE_B), pki.issue("ns/default/sa/service-a"));
-    let pol = pki.policy(POLICY);
-    let b = pki
-        .start_inbound(
-            "b",
-            &identity_section(&bdir, None),
-            app,
-            &pol,
-            ADMIN_SECTION,
-        )
-        .await;
+    let b = service_b(&pki, POLICY).await;
+    let adir = pki.issue("ns/default/sa/service-a");
     let port = b.inbound.unwrap().port();
     // `localhost` is looked up at connect time, as a Kubernetes Service name would be; `.invalid`
     // never resolves (RFC 6761).

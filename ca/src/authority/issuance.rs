@@ -62,14 +62,7 @@ impl Authority {
         self.with_current_keys(|keys| {
             // Signed without the store lock, so enrollments sign in parallel; the token is
             // consumed in the transaction that records the certificate.
-            let (record, issued) = self.sign(
-                keys,
-                &id,
-                &key,
-                self.settings.default_ttl,
-                now,
-                IssueMethod::Enroll,
-            )?;
+            let (record, issued) = self.sign_enrollment(keys, &id, &key, now)?;
             if self
                 .store()
                 .record_enrollment(&hash, now.unix_timestamp(), &record)?
@@ -101,14 +94,7 @@ impl Authority {
         let key = tether_certs::issue::parse_csr(csr)?;
         let now = OffsetDateTime::now_utc();
         self.with_current_keys(|keys| {
-            let (record, issued) = self.sign(
-                keys,
-                id,
-                &key,
-                self.settings.default_ttl,
-                now,
-                IssueMethod::Enroll,
-            )?;
+            let (record, issued) = self.sign_enrollment(keys, id, &key, now)?;
             if self
                 .store()
                 .record_unless_revoked_since(&record, credential_issued_at)?
@@ -178,6 +164,18 @@ impl Authority {
             self.store().record(&record)?;
             Ok(issued)
         })
+    }
+
+    /// An enrollment's leaf: `id` over `key` for the default lifetime.
+    fn sign_enrollment(
+        &self,
+        keys: &Keys,
+        id: &SpiffeId,
+        key: &impl rcgen::PublicKeyData,
+        now: OffsetDateTime,
+    ) -> Result<(NewCert, Issued), CaError> {
+        let ttl = self.settings.default_ttl;
+        self.sign(keys, id, key, ttl, now, IssueMethod::Enroll)
     }
 
     fn sign(
