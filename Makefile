@@ -9,9 +9,11 @@ TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 build:
 	$(CARGO) build --release --workspace --bins
 
-## test: the whole test suite (unit, integration, end to end with real sockets), then the alert
+## test: the whole test suite (unit, integration, end to end with real sockets; the workspace's
+## binaries are built first, since the multi-host tests run service-b and tether-ca), then the alert
 ## rules and their unit tests with promtool (deploy/check.sh; it says SKIPPED without promtool)
 test:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	bash deploy/check.sh

@@ -2,7 +2,8 @@
 //! database on the test cluster; skipped with a SKIPPED line where none is configured, failed
 //! under CI). Two `Store`s opened on one database stand for two CA replicas: what must hold
 //! across replicas — a token consumed once, serials never reused, CRL numbers one strictly
-//! increasing sequence, a revocation and its CRL all or nothing — is raced here from threads.
+//! increasing sequence, a revocation and its CRL all or nothing — is raced here from threads;
+//! the revocation gate of Kubernetes enrollment is checked on both too.
 //! PostgreSQL alone: a connection killed by the server is reopened by the next call, an
 //! unreachable database is a quick `Unavailable` (503 at the API), never a hang.
 
@@ -219,6 +220,42 @@ on_both_backends!(a_revocation_and_its_crl_commit_together, |at: Location| {
         })
     ));
 });
+
+on_both_backends!(
+    a_credential_older_than_a_revocation_of_its_identity_records_nothing,
+    |at: Location| {
+        let mut store = open(&at);
+        let id = "spiffe://t.test/ns/payments/sa/api";
+        assert_eq!(store.latest_revocation(id).unwrap(), None);
+        let first = leaf(id);
+        store.record(&first).unwrap();
+        let now = OffsetDateTime::now_utc();
+        store
+            .revoke_and_publish(&first.serial, None, now, 1, sign)
+            .unwrap();
+        let revoked_at = store.latest_revocation(id).unwrap().expect("revoked");
+        assert!(
+            (revoked_at - now.unix_timestamp()).abs() <= 1,
+            "{revoked_at}"
+        );
+        assert_eq!(
+            store.latest_revocation("spiffe://t.test/other").unwrap(),
+            None
+        );
+        // Issued at or before the revocation: refused, nothing recorded.
+        let refused = leaf(id);
+        assert!(!store
+            .record_unless_revoked_since(&refused, revoked_at)
+            .unwrap());
+        assert!(store.certificate(&refused.serial).unwrap().is_none());
+        // Issued after it (the kubelet's next token): recorded.
+        let accepted = leaf(id);
+        assert!(store
+            .record_unless_revoked_since(&accepted, revoked_at + 1)
+            .unwrap());
+        assert!(store.certificate(&accepted.serial).unwrap().is_some());
+    }
+);
 
 on_both_backends!(
     opening_again_upgrades_nothing_and_keeps_everything,
