@@ -196,6 +196,35 @@ async fn a_pod_token_enrolls_its_service_account_and_every_bad_token_is_refused(
     ca.assert_log_hides(&used);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_k8s_settings_also_come_from_the_environment() {
+    let signer = Signer::rsa();
+    let tmp = tempfile::tempdir().unwrap();
+    let jwks = tmp.path().join("jwks.json");
+    std::fs::write(&jwks, k8s::jwks(&[&signer])).unwrap();
+    let dir = init_state(tmp.path());
+    let env = [
+        ("TETHER_CA_K8S_ISSUER", ISSUER),
+        ("TETHER_CA_K8S_JWKS", jwks.to_str().unwrap()),
+        ("TETHER_CA_K8S_AUDIENCE", "mesh-ca"),
+        ("TETHER_CA_K8S_ALLOW", "payments/*,ops/web"),
+    ];
+    let log = tmp.path().join("serve.log");
+    let (_child, client) = procs::serve_with_env(&dir, &log, &[], &env).await;
+    let enroll = |ns: &str, sa: &str, audience: &str| {
+        let claims = k8s::pod_claims(ISSUER, audience, ns, sa, k8s::now(), 3600);
+        let body = json!({"k8s_token": signer.sign(&claims), "csr": csr()});
+        let client = &client;
+        async move { client.post_json("/v1/enroll", &body).await.status }
+    };
+    // Both entries of the comma-separated allow-list, and the audience, came from the env.
+    assert_eq!(enroll("payments", "api", "mesh-ca").await, StatusCode::OK);
+    assert_eq!(enroll("ops", "web", "mesh-ca").await, StatusCode::OK);
+    assert_eq!(enroll("ops", "db", "mesh-ca").await, StatusCode::FORBIDDEN);
+    let default_audience = enroll("payments", "api", AUDIENCE).await;
+    assert_eq!(default_audience, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn a_ca_without_k8s_issuer_refuses_service_account_tokens() {
     let ca = TestCa::start().await;

@@ -19,6 +19,16 @@ pub fn free_addr() -> SocketAddr {
 
 /// Starts `tether-ca serve` on a free port and waits until it answers.
 pub async fn serve(dir: &Path, log: &Path, extra: &[&str]) -> (tokio::process::Child, Client) {
+    serve_with_env(dir, log, extra, &[]).await
+}
+
+/// [`serve`] with `env` set for the child (its `TETHER_CA_*` settings).
+pub async fn serve_with_env(
+    dir: &Path,
+    log: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, Client) {
     let addr = free_addr();
     let log = std::fs::File::create(log).expect("log file");
     let mut cmd = tokio::process::Command::from(bin());
@@ -26,6 +36,7 @@ pub async fn serve(dir: &Path, log: &Path, extra: &[&str]) -> (tokio::process::C
         .arg(dir)
         .args(["serve", "--listen", &addr.to_string()])
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
