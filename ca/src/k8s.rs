@@ -154,6 +154,15 @@ impl K8sVerifier {
         let who = verify::claims(token, (alg, &kid), &key, (&o.issuer, &o.audience), now)
             .map_err(Refusal::Unauthorized)?;
         let (ns, sa) = (&who.namespace, &who.service_account);
+        // The apiserver only signs real names, but a name with a '/' would change the path's
+        // shape (and dodge the allow-list's segments), so it is checked, not assumed.
+        if !is_k8s_name(ns, 63, false) || !is_k8s_name(sa, 253, true) {
+            return Err(Refusal::Unauthorized(format!(
+                "the token's namespace/serviceaccount {}/{} is not a Kubernetes name",
+                shown(ns),
+                shown(sa)
+            )));
+        }
         let id = SpiffeId::from_parts(td, &format!("/ns/{ns}/sa/{sa}")).map_err(|e| {
             Refusal::Unauthorized(format!(
                 "service account {ns}/{sa} makes no valid SPIFFE ID: {e}"
@@ -169,4 +178,16 @@ impl K8sVerifier {
             issued_at: who.issued_at,
         })
     }
+}
+
+/// A Kubernetes object name: lower-case letters, digits and '-' (and '.' where `dots`, as in a
+/// DNS subdomain; a namespace is a DNS label), starting and ending alphanumeric, at most `max`.
+fn is_k8s_name(name: &str, max: usize, dots: bool) -> bool {
+    let ok =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.');
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (1..=max).contains(&name.len())
+        && name.bytes().all(ok)
+        && edge(name.as_bytes().first())
+        && edge(name.as_bytes().last())
 }

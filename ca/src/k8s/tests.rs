@@ -190,7 +190,26 @@ async fn every_bad_token_is_refused_with_its_own_reason() {
                 now,
                 3600,
             )),
-            "no valid SPIFFE ID",
+            "not a Kubernetes name",
+        ),
+        (
+            "slash in the namespace",
+            rsa.sign(&k8s::pod_claims(
+                ISSUER,
+                AUDIENCE,
+                "payments/sa/admin/ns/x",
+                "api",
+                now,
+                3600,
+            )),
+            "not a Kubernetes name",
+        ),
+        (
+            "upper case",
+            rsa.sign(&k8s::pod_claims(
+                ISSUER, AUDIENCE, "payments", "Api", now, 3600,
+            )),
+            "not a Kubernetes name",
         ),
     ];
     for (what, token, needle) in cases {
