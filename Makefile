@@ -27,7 +27,7 @@ lint:
 demo: build
 	$(TARGET_DIR)/release/tether-demo
 
-## bench: Tether (built with the shipping profile, dist) against nginx and haproxy sidecar pairs,
+## bench: Tether (the release build, what `make build` gives users) against nginx and haproxy pairs,
 ## interleaved rounds; report in target/bench/report.md (env: ROUNDS=3 DURATION=10, SMOKE=1 for a
 ## 1-round 2 s check, WORKLOADS to pick some; see proxy/bench/run.sh). Micro-benchmarks:
 ## cargo bench -p tether-certs / tether-proxy / tether-ca

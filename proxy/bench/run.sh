@@ -12,7 +12,7 @@
 # HOLD_CONNS (1000, the "RSS holding N connections" check), CA_COUNT (4000 enrollments per CA
 # run), BENCH_PORT_BASE (28000: every port used is BASE + a fixed offset, on 127.0.0.1 only;
 # the reference configs used 18000),
-# SKIP_BUILD=1 (use the binaries already built: target/dist for Tether, target/release for the
+# SKIP_BUILD=1 (use the binaries already built in target/release: Tether's and the
 # bench clients), WORKLOADS (all of: ka32 ka32_log ka1 newconn_pair newconn_inbound
 # handshake_inbound hold ca; a subset is for quick iteration),
 # BASELINE=PATH (optional: another tether-proxy binary, e.g. the previous commit's build, run as
@@ -239,16 +239,15 @@ done
 
 # Build. Incremental; never cleans.
 if [ "$SKIP_BUILD" != 1 ]; then
-    # What is measured is the shipping build (profile `dist`: release + fat LTO, several minutes
-    # per binary on 2 cores); the load clients and the fallback upstream are plain release builds.
-    log "building tether-proxy and tether-ca (profile dist), the bench clients (release)"
-    (cd "$ROOT" && cargo build --profile dist -p tether-proxy -p tether-ca --bins &&
+    # What is measured is what users run: the release build (`cargo build --release`, the one
+    # `make build` and `make demo` make; fat LTO, see Cargo.toml), bench clients included.
+    log "building tether-proxy, tether-ca and the bench clients (release)"
+    (cd "$ROOT" && cargo build --release -p tether-proxy -p tether-ca --bins &&
         cargo build --release -p demo-services --bin upstream-ok &&
         cargo build --release -p tether-proxy -p tether-ca --examples) || exit 1
 fi
-DIST="$ROOT/target/dist"
 BIN="$ROOT/target/release"
-for b in "$DIST/tether-ca" "$DIST/tether-proxy" "$BIN/upstream-ok" "$BIN/examples/handshake_load" \
+for b in "$BIN/tether-ca" "$BIN/tether-proxy" "$BIN/upstream-ok" "$BIN/examples/handshake_load" \
     "$BIN/examples/enroll_load"; do
     [ -x "$b" ] || {
         log "$b is missing: run without SKIP_BUILD=1"
@@ -264,9 +263,9 @@ PKI="$WORK/pki"
 mkdir -p "$PKI"
 log "making a throwaway PKI in $PKI"
 {
-    "$DIST/tether-ca" --state-dir "$PKI/ca" init --trust-domain demo.local &&
-        "$DIST/tether-ca" --state-dir "$PKI/ca" issue "$ID_A" --out "$PKI/service-a" --ttl 24h &&
-        "$DIST/tether-ca" --state-dir "$PKI/ca" issue "$ID_B" --out "$PKI/service-b" --ttl 24h
+    "$BIN/tether-ca" --state-dir "$PKI/ca" init --trust-domain demo.local &&
+        "$BIN/tether-ca" --state-dir "$PKI/ca" issue "$ID_A" --out "$PKI/service-a" --ttl 24h &&
+        "$BIN/tether-ca" --state-dir "$PKI/ca" issue "$ID_B" --out "$PKI/service-b" --ttl 24h
 } >"$WORK/logs/pki.log" 2>&1 || {
     log "tether-ca failed:"
     cat "$WORK/logs/pki.log" >&2
@@ -354,10 +353,10 @@ pair_configs log "$P_TETHER_LOG_IN" "$P_TETHER_LOG_OUT"
 for side in inbound outbound; do
     printf '\n[access_log]\npath = "%s"\n' "$WORK/tether/access-$side.log" >>"$WORK/tether/$side-log.toml"
 done
-start tether-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound.toml"
-start tether-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound.toml"
-start tether-h2-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-h2.toml"
-start tether-http1-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-http1.toml"
+start tether-in "$BIN/tether-proxy" run --config "$WORK/tether/inbound.toml"
+start tether-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound.toml"
+start tether-h2-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound-h2.toml"
+start tether-http1-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound-http1.toml"
 # The baseline pair: the default pair's configs on ports of their own, run by $BASELINE.
 if [ -n "$BASELINE" ]; then
     [ -x "$BASELINE" ] || {
@@ -369,8 +368,8 @@ if [ -n "$BASELINE" ]; then
     start baseline-out "$BASELINE" run --config "$WORK/tether/outbound-baseline.toml"
     wait_port "$P_BASELINE_IN" baseline-in && wait_port "$P_BASELINE_OUT" baseline-out || exit 1
 fi
-start tether-log-in "$DIST/tether-proxy" run --config "$WORK/tether/inbound-log.toml"
-start tether-log-out "$DIST/tether-proxy" run --config "$WORK/tether/outbound-log.toml"
+start tether-log-in "$BIN/tether-proxy" run --config "$WORK/tether/inbound-log.toml"
+start tether-log-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound-log.toml"
 wait_port "$P_TETHER_IN" tether-in || exit 1
 wait_port "$P_TETHER_OUT" tether-out || exit 1
 wait_port "$P_TETHER_H2_OUT" tether-h2-out || exit 1
@@ -629,7 +628,7 @@ want ca && for ((round = 1; round <= ROUNDS; round++)); do
         raw="$RAW/r$round-ca-$mode.txt"
         extra=()
         [ "$mode" = newconn ] && extra=(--new-connections)
-        run_fg "$BIN/examples/enroll_load" --ca-bin "$DIST/tether-ca" --count "$CA_COUNT" --concurrency 32 "${extra[@]}" >"$raw" 2>&1 ||
+        run_fg "$BIN/examples/enroll_load" --ca-bin "$BIN/tether-ca" --count "$CA_COUNT" --concurrency 32 "${extra[@]}" >"$raw" 2>&1 ||
             note "round $round CA $mode: enroll_load failed (see $raw)"
         line=$(grep '^enroll_load: .* certs/s' "$raw" | tail -1)
         rate=$(sed -n 's/.* = \([0-9]*\) certs\/s.*/\1/p' <<<"$line")
