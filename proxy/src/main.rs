@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use tether_proxy::config::{Config, IdentitySource, Overrides};
+use tether_proxy::config::{Config, ConfigError, IdentitySource, Overrides};
 use tether_proxy::policy::{is_method_token, normalize_path_with, Decision, PathParams, Policy};
 
 /// Exit status for configuration errors (EX_USAGE from sysexits.h), so supervisors can tell a
@@ -39,7 +39,7 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file and the inbound policy it names, starting nothing: prints
     /// `ok: FILE` and exits 0, or prints the problem and exits 64.
-    Check(CheckArgs),
+    Check(ConfigArgs),
     /// Policy tools.
     Authz {
         #[command(subcommand)]
@@ -47,28 +47,32 @@ enum Command {
     },
 }
 
-/// Settings given here override the config file's.
+/// The config file and the settings that override it: what `run` starts with and what `check`
+/// judges, read the same way by both.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+struct ConfigArgs {
     /// The TOML config file.
     #[arg(long, env = "TETHER_PROXY_CONFIG")]
     config: PathBuf,
-    /// How the process log is written: "text" (the default) or "json", one object per line.
-    #[arg(long, env = "TETHER_LOG_FORMAT", default_value_t = tether_net::LogFormat::Text)]
-    log_format: tether_net::LogFormat,
     #[command(flatten)]
     overrides: Overrides,
 }
 
-/// What `check` reads: the file and the same overrides as `run`, so it judges the very
-/// configuration `run` would start with.
+impl ConfigArgs {
+    /// The file, validated, with the overrides applied.
+    fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(&self.config, &self.overrides)
+    }
+}
+
+/// `run`: the config, and how the process log is written.
 #[derive(Debug, clap::Args)]
-struct CheckArgs {
-    /// The TOML config file.
-    #[arg(long, env = "TETHER_PROXY_CONFIG")]
-    config: PathBuf,
+struct RunArgs {
     #[command(flatten)]
-    overrides: Overrides,
+    file: ConfigArgs,
+    /// How the process log is written: "text" (the default) or "json", one object per line.
+    #[arg(long, env = "TETHER_LOG_FORMAT", default_value_t = tether_net::LogFormat::Text)]
+    log_format: tether_net::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,7 +122,7 @@ fn main() -> ExitCode {
 
 /// `tether-proxy run`: exit 64 on a bad config, 1 on a port that cannot be bound.
 fn run(args: RunArgs) -> ExitCode {
-    let cfg = match Config::load(&args.config, &args.overrides) {
+    let cfg = match args.file.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tether-proxy: {e}");
@@ -176,8 +180,9 @@ fn run(args: RunArgs) -> ExitCode {
 /// `tether-proxy check`: the config as `run` validates it, then the inbound policy through the
 /// loader `run` uses; exit 0, or 64 as `run` would exit on the same problem. Certificates, the
 /// CA and ports are not looked at: in CA mode they do not exist before the sidecar runs.
-fn check(args: CheckArgs) -> ExitCode {
-    let checked = Config::load(&args.config, &args.overrides)
+fn check(args: ConfigArgs) -> ExitCode {
+    let checked = args
+        .load()
         .map_err(|e| e.to_string())
         .and_then(|cfg| match &cfg.inbound {
             Some(inbound) => Policy::load(&inbound.policy)

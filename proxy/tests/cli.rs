@@ -108,10 +108,23 @@ fn run_with(config: &str, dir: &Path) -> Output {
 
 /// [`run_with`], with extra command-line `flags` and environment variables `env`.
 fn run_with_flags(config: &str, dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Output {
-    let p = dir.join("bad.toml");
+    invoke("run", dir, "bad.toml", config, flags, env)
+}
+
+/// `tether-proxy SUBCOMMAND --config DIR/NAME FLAGS…` with `config` written to `DIR/NAME` and
+/// `env` set, run to its exit.
+fn invoke(
+    subcommand: &str,
+    dir: &Path,
+    name: &str,
+    config: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let p = dir.join(name);
     std::fs::write(&p, config).unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"]).arg(&p).args(flags);
+    cmd.args([subcommand, "--config"]).arg(&p).args(flags);
     run_until_exit(cmd.envs(env.iter().copied()))
 }
 
@@ -196,11 +209,7 @@ fn an_override_for_a_section_the_file_lacks_exits_64_naming_the_flag() {
 /// Runs `tether-proxy check --config NAME` on `config` (written to `dir/NAME`) with the
 /// environment `env`.
 fn check_config(dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Output {
-    let p = dir.join(name);
-    std::fs::write(&p, config).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["check", "--config"]).arg(&p);
-    run_until_exit(cmd.envs(env.iter().copied()))
+    invoke("check", dir, name, config, &[], env)
 }
 
 #[test]
