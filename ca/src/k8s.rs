@@ -30,6 +30,7 @@ pub use allow::AllowList;
 pub use jwks::JwksSource;
 use jwks::{Jwks, Lookup};
 use verify::shown;
+pub(crate) use verify::LEEWAY_SECS;
 
 /// The issuer of legacy secret-based tokens, which never expire: refused as `--k8s-issuer`
 /// and in every token.

@@ -253,14 +253,22 @@ async fn a_revoked_identity_enrolls_again_only_with_a_token_issued_after_the_rev
 
     let out = ca_cli_async(&ca.dir, &["revoke", "--id", PAYMENTS_API]).await;
     assert_ok(&out, "tether-ca revoke --id");
+    let revoked = k8s::now();
     ca.enroll(&token).await.assert_error(
         StatusCode::FORBIDDEN,
         "revoked after this token was issued; the kubelet's next token will enroll",
     );
 
-    // The kubelet's next token: issued after the revocation (a second ahead, within the
-    // CA's clock-skew allowance, so the test needs no sleep).
-    let after = k8s::pod_claims(ISSUER, AUDIENCE, "payments", "api", k8s::now() + 2, 3600);
+    // A token a fast apiserver minted within the clock-skew allowance (30 s) of the revocation
+    // still counts as issued before it.
+    let skewed = k8s::pod_claims(ISSUER, AUDIENCE, "payments", "api", revoked + 25, 3600);
+    ca.enroll(&rsa.sign(&skewed))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "revoked after this token was issued");
+    // The kubelet's next token, issued more than the allowance after the revocation: minted
+    // as far ahead as the CA accepts, a second after the revocation (so no long sleep).
+    assert!(eventually(Duration::from_secs(5), || async { k8s::now() > revoked }).await);
+    let after = k8s::pod_claims(ISSUER, AUDIENCE, "payments", "api", k8s::now() + 30, 3600);
     let next = rsa.sign(&after);
     let r = ca.enroll(&next).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -351,7 +359,7 @@ async fn serve_refuses_k8s_flags_that_cannot_work() {
     let missing = tmp.path().join("absent.json");
     let missing = missing.to_str().unwrap();
     let url = "https://kubernetes.default.svc/openid/v1/jwks";
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &[
                 "--k8s-issuer",
@@ -362,7 +370,11 @@ async fn serve_refuses_k8s_flags_that_cannot_work() {
             "legacy secret-based tokens",
         ),
         (&["--k8s-issuer", ISSUER], "--k8s-issuer needs --k8s-jwks"),
-        (&["--k8s-jwks", jwks], "need --k8s-issuer"),
+        (&["--k8s-jwks", jwks], "--k8s-jwks needs --k8s-issuer"),
+        (
+            &["--k8s-audience", "tether-ca"],
+            "--k8s-audience needs --k8s-issuer",
+        ),
         (
             &[
                 "--k8s-issuer",

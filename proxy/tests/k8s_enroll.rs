@@ -87,7 +87,7 @@ impl Cluster {
         .await;
         if !up || ca.0.try_wait().unwrap().is_some() {
             let log = std::fs::read_to_string(pki.dir.path().join("ca.stderr")).unwrap();
-            panic!("tether-ca serve --k8s-issuer did not start (built with it?): {log}");
+            panic!("tether-ca serve --k8s-issuer did not start (a stale tether-ca binary?): {log}");
         }
         Cluster {
             pki,
@@ -172,7 +172,7 @@ impl Cluster {
 impl Pod {
     /// Whether `/ready` answers 200.
     async fn is_ready(&self) -> bool {
-        try_get(self.admin, "admin", "/ready").await == Some(StatusCode::OK)
+        admin_ready(self.admin).await
     }
 
     /// Waits up to [`PATIENCE`] for `/ready`; whether it came.
@@ -182,8 +182,7 @@ impl Pod {
 
     /// `GET /identity`, parsed.
     async fn identity(&self) -> serde_json::Value {
-        let (_, body) = get(self.admin, "admin", "/identity", &[]).await;
-        serde_json::from_str(&body).unwrap()
+        admin_identity(self.admin).await
     }
 
     /// Replaces the token file at once, as the kubelet's atomic writer does.
@@ -264,8 +263,10 @@ async fn pods_enroll_with_service_account_tokens_call_each_other_and_reenroll_wh
         "the revoked certificate's renewal was never refused: {}",
         cluster.log("api")
     );
+    // The CA counts a token as issued 30 s (its clock-skew allowance) before its iat, so the
+    // next token is minted as a fast apiserver would: 30 s ahead, a second after the revocation.
     assert!(eventually(PATIENCE, || k8s::now() > revoked_at).await);
-    let next_token = cluster.token("payments", "api", 0);
+    let next_token = cluster.token("payments", "api", -30);
     api.write_token(&next_token);
     send(api.admin, "admin", "POST", "/rotate", &[], "").await;
     let renewed = tether_testkit::wait::eventually(PATIENCE, || async {

@@ -81,8 +81,8 @@ impl Authority {
     ///
     /// The revocation gate: such a credential is reusable until it expires, so a revocation of
     /// `id` would be undone by the same token enrolling again at once. Refused (403) when any
-    /// certificate of `id` was revoked at or after the credential was issued; a token the
-    /// kubelet issues after the revocation enrolls. The check and the record are one
+    /// certificate of `id` was revoked at or after the credential was issued, less the clock
+    /// skew the checks allow; a token the kubelet issues after the revocation enrolls. The check and the record are one
     /// transaction, so a revocation cannot slip in between.
     pub fn enroll_verified(
         &self,
@@ -95,9 +95,13 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         self.with_current_keys(|keys| {
             let (record, issued) = self.sign_enrollment(keys, id, &key, now)?;
+            // The checks accept an `iat` up to the clock skew ahead of this CA's clock, so a
+            // token minted just before the revocation by a fast apiserver must not pass: it
+            // counts as issued that much earlier.
+            let issued_no_later = credential_issued_at - crate::k8s::LEEWAY_SECS as i64;
             if self
                 .store()
-                .record_unless_revoked_since(&record, credential_issued_at)?
+                .record_unless_revoked_since(&record, issued_no_later)?
             {
                 Ok(issued)
             } else {
