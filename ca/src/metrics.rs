@@ -285,8 +285,9 @@ pub(crate) enum FailureReason {
     TooLarge,
     /// 401.
     Unauthorized,
-    /// 503: the database, or the cluster's JWKS, cannot be reached (retryable; the sidecar tries
-    /// the next replica). Apart from `internal`, so a database outage has its own alert.
+    /// 503: the database, or the cluster's JWKS, cannot be reached, or this replica was removed
+    /// (retryable; the sidecar tries the next replica). Apart from `internal`, so a database
+    /// outage has its own alert.
     Unavailable,
 }
 

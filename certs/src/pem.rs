@@ -28,6 +28,19 @@ pub fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError
     Ok(certs)
 }
 
+/// Every `CERTIFICATE` in `pem` as TLS trust anchors (a CA file that verifies a server, such
+/// as PostgreSQL's `sslrootcert` or the CA's `--k8s-jwks-ca`); errors if there is none or one
+/// is not a usable anchor.
+pub fn root_store(pem: &[u8]) -> Result<rustls::RootCertStore, PemError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| PemError::Malformed(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
 /// The first private key (PKCS#8, SEC1 or PKCS#1) in `pem`.
 pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, PemError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {

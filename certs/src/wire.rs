@@ -73,8 +73,9 @@ pub fn crl_poll_uri(after: u64, wait: Duration) -> String {
     )
 }
 
-/// Body of `POST /v1/enroll`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Body of `POST /v1/enroll`. Its `Debug` hides the tokens (a service-account token is
+/// reusable until it expires).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The one-time enrollment token (`tether-…`). Give this or `k8s_token`, never both.
@@ -89,12 +90,32 @@ pub struct EnrollRequest {
 }
 
 /// What an enrollment proves itself with (see [`EnrollRequest::credential`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum EnrollCredential<'a> {
     /// A one-time token made by `tether-ca enroll`.
     Token(&'a str),
     /// A Kubernetes service-account token.
     K8s(&'a str),
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("EnrollRequest")
+            .field("token", &hidden(&self.token))
+            .field("k8s_token", &hidden(&self.k8s_token))
+            .field("csr", &self.csr)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EnrollCredential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EnrollCredential::Token(_) => "Token(<redacted>)",
+            EnrollCredential::K8s(_) => "K8s(<redacted>)",
+        })
+    }
 }
 
 impl EnrollRequest {

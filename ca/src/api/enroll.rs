@@ -63,10 +63,12 @@ async fn enroll_k8s(state: &State, jwt: &str, csr: String) -> Result<Resp, Fail>
     .await;
     match &answer {
         Ok(_) => tracing::info!("enrolled {id} with a Kubernetes service-account token"),
-        Err((status, msg)) => tracing::warn!(
+        // 5xx were logged, with their cause, where they became an answer (`routes::fail`).
+        Err((status, msg)) if status.is_client_error() => tracing::warn!(
             "refused a Kubernetes enrollment of {id} ({}): {msg}",
             status.as_u16()
         ),
+        Err(_) => {}
     }
     answer
 }

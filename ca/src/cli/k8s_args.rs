@@ -23,9 +23,13 @@ pub struct K8sArgs {
         value_name = "FILE_OR_URL"
     )]
     pub jwks: Option<String>,
-    /// The audience every token must list.
-    #[arg(long = "k8s-audience", env = "TETHER_CA_K8S_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
-    pub audience: String,
+    /// The audience every token must list [default: tether-ca].
+    #[arg(
+        long = "k8s-audience",
+        env = "TETHER_CA_K8S_AUDIENCE",
+        value_name = "AUD"
+    )]
+    pub audience: Option<String>,
     /// PEM roots that verify the https JWKS server (in a pod:
     /// /var/run/secrets/kubernetes.io/serviceaccount/ca.crt). Required with a URL.
     #[arg(
@@ -58,12 +62,16 @@ impl K8sArgs {
     /// cannot work together.
     pub fn options(&self) -> Result<Option<K8sOptions>, String> {
         let Some(issuer) = self.issuer.as_deref() else {
-            if self.jwks.is_some()
-                || !self.allow.is_empty()
-                || self.jwks_ca.is_some()
-                || self.jwks_token_file.is_some()
-            {
-                return Err("the --k8s-* flags need --k8s-issuer".into());
+            // No default stands in for a flag here, so every one given is seen and named.
+            let given = [
+                ("--k8s-jwks", self.jwks.is_some()),
+                ("--k8s-audience", self.audience.is_some()),
+                ("--k8s-jwks-ca", self.jwks_ca.is_some()),
+                ("--k8s-jwks-token-file", self.jwks_token_file.is_some()),
+                ("--k8s-allow", !self.allow.is_empty()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(format!("{flag} needs --k8s-issuer"));
             }
             return Ok(None);
         };
@@ -73,7 +81,8 @@ impl K8sArgs {
                  secret-based tokens ({LEGACY_ISSUER}) never expire and are not accepted"
             ));
         }
-        if self.audience.is_empty() {
+        let audience = self.audience.as_deref().unwrap_or(DEFAULT_AUDIENCE);
+        if audience.is_empty() {
             return Err("--k8s-audience must not be empty".into());
         }
         let jwks = self
@@ -82,7 +91,7 @@ impl K8sArgs {
             .ok_or("--k8s-issuer needs --k8s-jwks FILE_OR_URL")?;
         Ok(Some(K8sOptions {
             issuer: issuer.to_string(),
-            audience: self.audience.clone(),
+            audience: audience.to_string(),
             jwks: JwksSource::parse(jwks, self.jwks_ca.clone(), self.jwks_token_file.clone())?,
             allow: AllowList::parse(&self.allow)?,
         }))

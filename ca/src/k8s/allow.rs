@@ -12,7 +12,8 @@ pub struct AllowList {
 impl AllowList {
     /// Parses `NS/SA` patterns; an error names the first bad one. A pattern has exactly one
     /// `/`, two non-empty segments, and only characters a Kubernetes name can hold
-    /// (`a-z 0-9 - .`, any case) besides `*` and `?`, so a typo cannot silently match nothing.
+    /// (`a-z 0-9 - .`, lower case: a token naming an upper-case account is refused anyway)
+    /// besides `*` and `?`, so a typo cannot silently match nothing.
     pub fn parse(patterns: &[String]) -> Result<Self, String> {
         let mut parsed = Vec::with_capacity(patterns.len());
         for p in patterns {
@@ -29,10 +30,10 @@ impl AllowList {
                 }
                 if !segment
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-.*?".contains(c))
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.*?".contains(c))
                 {
                     return Err(bad(
-                        "only letters, digits, '-', '.', '*' and '?' are allowed",
+                        "only lower-case letters, digits, '-', '.', '*' and '?' are allowed",
                     ));
                 }
             }
@@ -141,7 +142,15 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused_naming_the_pattern() {
-        for bad in ["payments", "a/b/c", "/api", "ns/", "ns/sa!", "n s/sa"] {
+        for bad in [
+            "payments",
+            "a/b/c",
+            "/api",
+            "ns/",
+            "ns/sa!",
+            "n s/sa",
+            "Payments/*",
+        ] {
             let err = AllowList::parse(&[bad.to_string()]).unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }

@@ -125,7 +125,7 @@ pub(super) struct Jwks {
     roots: Option<Arc<RootCertStore>>,
     /// The last good set by key id; `None` until one loads.
     keys: RwLock<Option<Arc<HashMap<String, Key>>>>,
-    /// When the last refresh started; held during a refresh, so refreshes never overlap.
+    /// When the last refresh ended; held during a refresh, so refreshes never overlap.
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -185,15 +185,17 @@ impl Jwks {
         keys.as_ref().and_then(|set| set.get(kid).cloned())
     }
 
-    /// Refreshes unless one started less than [`MIN_REFRESH_GAP`] ago (then the caller gets
-    /// the set as it is).
+    /// Refreshes unless one ended less than [`MIN_REFRESH_GAP`] ago (then the caller gets the
+    /// set as it is). Measured from the end, so callers that queued behind a slow fetch (an
+    /// apiserver timing out) take its result instead of each fetching again in turn.
     async fn refresh_if_due(&self) {
         let mut last = self.last_attempt.lock().await;
         if last.is_some_and(|at| at.elapsed() < MIN_REFRESH_GAP) {
             return;
         }
+        let loaded = self.load().await;
         *last = Some(Instant::now());
-        if let Err(e) = self.load().await {
+        if let Err(e) = loaded {
             tracing::warn!(
                 "refreshing the Kubernetes JWKS from {}: {e}; keeping the last good set",
                 self.source.describe()
@@ -205,8 +207,9 @@ impl Jwks {
     /// last good set stays and the error says why.
     pub(super) async fn refresh(&self) -> Result<(), String> {
         let mut last = self.last_attempt.lock().await;
+        let loaded = self.load().await;
         *last = Some(Instant::now());
-        self.load().await
+        loaded
     }
 
     /// Reads, parses and installs the set (the caller holds `last_attempt`).
@@ -295,13 +298,5 @@ fn read_token(path: &Path) -> Result<String, String> {
 fn read_roots(path: &Path) -> Result<RootCertStore, SetupError> {
     let bad = |why: String| SetupError(format!("--k8s-jwks-ca {}: {why}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let certs = tether_certs::pem::certificates(&pem).map_err(|e| bad(e.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificate in it".into()));
-    }
-    Ok(roots)
+    tether_certs::pem::root_store(&pem).map_err(|e| bad(e.to_string()))
 }

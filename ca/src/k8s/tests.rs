@@ -167,6 +167,14 @@ async fn every_bad_token_is_refused_with_its_own_reason() {
         ),
         ("garbage", "not-a-jwt".to_string(), "malformed"),
         (
+            "kid not a string",
+            rsa.sign_with_header(
+                &json!({"alg": "RS256", "kid": 5}),
+                &claims("payments", "api"),
+            ),
+            "malformed",
+        ),
+        (
             "no kubernetes.io",
             rsa.sign(&edited(|c| {
                 drop(c.as_object_mut().unwrap().remove("kubernetes.io"))

@@ -58,6 +58,8 @@ pub(super) fn header(token: &str) -> Result<(Algorithm, String), String> {
         Some(alg) if alg.eq_ignore_ascii_case("none") => {
             "alg none is not accepted: the token must be signed (RS256 or ES256)".to_string()
         }
+        // An alg jsonwebtoken knows, so the header failed for another reason.
+        Some(alg) if alg.parse::<Algorithm>().is_ok() => malformed(&e),
         Some(alg) => format!("alg {} is not accepted (RS256 or ES256 only)", shown(&alg)),
         None => malformed(&e),
     })?;

@@ -105,18 +105,13 @@ impl DatabaseUrl {
     /// The TLS connector: verifying against `sslrootcert`, read at each connect so a renewed
     /// CA file is picked up by the next reconnect; unused when TLS is off.
     pub(super) fn tls(&self) -> Result<MakeRustlsConnect, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(path) = &self.root {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            let certs = tether_certs::pem::certificates(&pem)
-                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            }
-        }
+        let roots = match &self.root {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| tether_certs::pem::root_store(&pem).map_err(|e| e.to_string()))
+                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?,
+            None => rustls::RootCertStore::empty(),
+        };
         let config = rustls::ClientConfig::builder_with_provider(tether_certs::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
