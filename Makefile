@@ -9,11 +9,10 @@ TARGET_DIR ?= $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 build:
 	$(CARGO) build --release --workspace --bins
 
-## test: the whole test suite (unit, integration, end to end with real sockets; the workspace's
-## binaries are built first, since the multi-host tests run service-b and tether-ca), then the alert
-## rules and their unit tests with promtool (deploy/check.sh; it says SKIPPED without promtool)
+## test: the whole test suite (unit, integration, end to end with real sockets; each binary the
+## end-to-end tests run is built for its own package's integration tests), then deploy/check.sh:
+## the alert rules with promtool and the Kubernetes manifests (SKIPPED without the tools)
 test:
-	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	bash deploy/check.sh

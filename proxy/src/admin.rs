@@ -104,7 +104,7 @@ fn handle(admin: &Admin, peer: SocketAddr, req: &Request<Incoming>) -> Response<
             (_, false) => text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST /rotate\n".into()),
             // The listener may face the pod network (the kubelet probes /ready there); only a
             // process on this host may make the sidecar act.
-            _ if !peer.ip().is_loopback() => text(
+            _ if !from_this_host(peer) => text(
                 StatusCode::FORBIDDEN,
                 "text/plain",
                 "POST /rotate is accepted from loopback only\n".into(),
@@ -174,4 +174,35 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         http::HeaderValue::from_static(content_type),
     );
     r
+}
+
+/// Whether `peer` is a process on this host: a loopback address, also as an IPv4-mapped IPv6
+/// one (`::ffff:127.0.0.1`, how a dual-stack `[::]` listener sees a local IPv4 client).
+fn from_this_host(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_in_every_spelling_is_this_host_and_nothing_else_is() {
+        for local in [
+            "127.0.0.1:1",
+            "127.9.9.9:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(from_this_host(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.7:1",
+            "[::ffff:10.0.0.7]:1",
+            "[fe80::1]:1",
+            "0.0.0.0:1",
+        ] {
+            assert!(!from_this_host(remote.parse().unwrap()), "{remote}");
+        }
+    }
 }

@@ -220,8 +220,15 @@ impl Writer {
                 Message::Close(ack) => {
                     self.flush();
                     // Closed before the ack, so a push after `close` returns finds the queue
-                    // disconnected and counts its line as dropped, instead of queueing it for
-                    // a writer that will never read it.
+                    // disconnected and counts its line as dropped. What was pushed after the
+                    // close began is counted as dropped too, and a second close is answered.
+                    for late in rx.try_iter() {
+                        match late {
+                            Message::Entry(_) => self.shared.dropped.inc(),
+                            Message::Close(other) => drop(other.send(())),
+                            Message::Wake => {}
+                        }
+                    }
                     drop(rx);
                     let _ = ack.send(());
                     return;

@@ -195,7 +195,6 @@ fn outbound_and_admin_listen_overrides_create_their_section() {
     assert_eq!(parse(IDENTITY, &bad).expect_err("bad").key, "admin.listen");
 }
 
-/// The enrollment credential of `cfg`'s `[ca]`, as its Debug shows it (which hides a token).
 #[test]
 fn flags_and_env_vars_come_from_the_clap_definition() {
     let command = <Overrides as clap::Args>::augment_args(clap::Command::new("t"));

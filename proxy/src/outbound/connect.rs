@@ -247,22 +247,13 @@ fn connect_error(route: &Route, last: Option<ConnectFailure>) -> Error {
 }
 
 /// A TCP connection to `addr`: an IP address directly; a name through the system resolver
-/// (looked up now, so a changed record is followed at the next connection), trying each of its
-/// addresses in turn. Returns the socket address that accepted.
+/// (looked up now, so a changed record is followed at the next connection; tokio tries each of
+/// its addresses in turn). Returns the socket address that accepted.
 async fn tcp_connect(addr: &PeerAddr) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match addr {
-        PeerAddr::Ip(a) => Ok((TcpStream::connect(a).await?, *a)),
-        PeerAddr::Name { host, port } => {
-            let mut last = None;
-            for a in tokio::net::lookup_host((host.as_str(), *port)).await? {
-                match TcpStream::connect(a).await {
-                    Ok(tcp) => return Ok((tcp, a)),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no addresses")
-            }))
-        }
-    }
+    let tcp = match addr {
+        PeerAddr::Ip(a) => TcpStream::connect(a).await?,
+        PeerAddr::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await?,
+    };
+    let peer = tcp.peer_addr()?;
+    Ok((tcp, peer))
 }

@@ -145,7 +145,8 @@ impl Load {
 }
 
 /// `tether-ca`, `tether-proxy` and `service-b`: the workspace's binaries, next to each other in
-/// the target dir (`cargo test --workspace` and `make test` build them all).
+/// the target dir (`cargo test --workspace`, as `make test` runs it, builds each for its own
+/// package's integration tests: `service-b` for `demo-services/tests/service_b.rs`).
 pub fn binaries() -> [PathBuf; 3] {
     let proxy = PathBuf::from(env!("CARGO_BIN_EXE_tether-proxy"));
     [binary("tether-ca"), proxy, binary("service-b")]
@@ -157,8 +158,8 @@ pub fn binary(name: &str) -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_tether-proxy")).with_file_name(name);
     assert!(
         bin.exists(),
-        "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`, \
-         as `make test` does)",
+        "{} is missing: run the whole workspace's tests (`cargo test --workspace`, as `make \
+         test` does), or build it first (`cargo build --workspace --bins`)",
         bin.display()
     );
     bin

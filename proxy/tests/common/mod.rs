@@ -618,16 +618,26 @@ impl Pki {
     }
 }
 
+/// `GET /identity` on the admin listener `admin`, parsed.
+pub async fn admin_identity(admin: SocketAddr) -> serde_json::Value {
+    let (_, body) = get(admin, "admin", "/identity", &[]).await;
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Whether `GET /ready` on the admin listener `admin` answers 200 (false while nothing listens).
+pub async fn admin_ready(admin: SocketAddr) -> bool {
+    try_get(admin, "admin", "/ready").await == Some(StatusCode::OK)
+}
+
 impl Sidecar {
     /// `GET /identity`, parsed.
     pub async fn identity(&self) -> serde_json::Value {
-        let (_, body) = get(self.admin.unwrap(), "admin", "/identity", &[]).await;
-        serde_json::from_str(&body).unwrap()
+        admin_identity(self.admin.unwrap()).await
     }
 
     /// Whether `GET /ready` answers 200.
     pub async fn is_ready(&self) -> bool {
-        get(self.admin.unwrap(), "admin", "/ready", &[]).await.0 == StatusCode::OK
+        admin_ready(self.admin.unwrap()).await
     }
 
     /// The sum of the samples of `name` with `labels`, as `GET /metrics` serves them over HTTP

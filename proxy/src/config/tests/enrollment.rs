@@ -4,6 +4,7 @@
 
 use super::*;
 
+/// The enrollment credential of `cfg`'s `[ca]`, as its Debug shows it (which hides a token).
 fn enrollment(cfg: &Config) -> String {
     format!("{:?}", ca(cfg).enrollment)
 }
