@@ -11,9 +11,12 @@
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY . .
-# --locked: exactly the dependency versions the tests ran with.
-RUN cargo build --release --locked -p tether-ca -p tether-proxy --bins \
- && cargo build --release --locked -p demo-services --bin service-b
+# The three binaries the image ships, in one build; --locked: exactly the dependency versions
+# the tests ran with. The release profile has debuginfo (debug = 1); the image's copies drop
+# it with strip --strip-debug (binutils, in the rust image), keeping the symbol table.
+RUN cargo build --release --locked --bin tether-ca --bin tether-proxy --bin service-b \
+ && strip --strip-debug target/release/tether-ca target/release/tether-proxy \
+      target/release/service-b
 
 FROM debian:bookworm-slim
 RUN apt-get update \

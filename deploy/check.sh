@@ -7,9 +7,10 @@
 #    runs the rest of the suite; .ci/run installs promtool, so CI checks.
 # 2. The Kubernetes manifests, with kubernetes/check.py: rendered with kubectl kustomize,
 #    validated against the 1.30 schemas, their properties checked, the sidecar's config run
-#    through `tether-proxy check`, then the same checks proven against broken copies
-#    (--self-test). Without kubectl or kubernetes-validate it prints SKIPPED, except under CI
-#    (CI=true), where .ci/run has installed both and a missing one fails.
+#    through `tether-proxy check`, then the same checks proven against broken copies of that
+#    one render (--with-self-test: the check, then the self-test). Without kubectl or
+#    kubernetes-validate it prints SKIPPED, except under CI (CI=true), where .ci/run has
+#    installed both and a missing one fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -35,8 +36,7 @@ check_kubernetes() {
     echo "SKIPPED: python3 not installed: deploy/kubernetes not checked"
     return 0
   fi
-  python3 "$here/kubernetes/check.py"
-  python3 "$here/kubernetes/check.py" --self-test
+  python3 "$here/kubernetes/check.py" --with-self-test
 }
 
 check_prometheus

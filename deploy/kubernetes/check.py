@@ -5,13 +5,15 @@ properties in `checks/` (the CA's availability, RBAC and secrets; the native sid
 and mounts), runs `tether-proxy check` on the sidecar's config and policy as mounted, and
 checks that `tether-ca serve --help` lists every flag the CA container is given.
 
-    python3 deploy/kubernetes/check.py              # everything above
-    python3 deploy/kubernetes/check.py --self-test  # proves each check catches a broken copy
+    python3 deploy/kubernetes/check.py                   # everything above
+    python3 deploy/kubernetes/check.py --self-test       # each check catches a broken copy
+    python3 deploy/kubernetes/check.py --with-self-test  # both, on one render
 
-`deploy/check.sh` (and so `make test`) runs both. Without kubectl, kubernetes-validate (whose
-PyYAML this reads with) or the debug builds of tether-proxy and tether-ca ($TETHER_PROXY_BIN,
-$TETHER_CA_BIN), the step prints SKIPPED and succeeds, except when CI is set: .ci/run installs
-the tools and `make test` builds the binaries, so there a missing one is a failure.
+`deploy/check.sh` (and so `make test`) runs `--with-self-test`. Without kubectl,
+kubernetes-validate (whose PyYAML this reads with) or the debug builds of tether-proxy and
+tether-ca ($TETHER_PROXY_BIN, $TETHER_CA_BIN), the step prints SKIPPED and succeeds, except when
+CI is set: .ci/run installs the tools and `make test` builds the binaries, so there a missing
+one is a failure.
 """
 
 import copy
@@ -85,14 +87,16 @@ def validate(text):
 
 
 def problems(objs):
-    """Every property check's problems with `objs`."""
-    found = []
+    """Every property check's problems with `objs`; checks that cannot read the objects for the
+    same reason (the sidecar's checks all read its config) share one problem."""
+    found, unreadable = [], {}
     for check in checks.ALL:
         try:
             found += check(objs)
         except UNREADABLE as e:
-            found.append(f"{check.__name__}: cannot read the objects: {e}")
-    return found
+            unreadable.setdefault(str(e), []).append(check.__name__)
+    return found + [f"{', '.join(names)}: cannot read the objects: {why}"
+                    for why, names in unreadable.items()]
 
 
 def binary(name, env_var, subcommand):
@@ -142,7 +146,8 @@ def proxy_check(binary, objs, break_config=False):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_PROXY_")}
         out = subprocess.run([binary, "check", "--config", config, "--inbound-policy",
                               policy_file], capture_output=True, text=True, env=env)
-    said = (out.stdout + out.stderr).strip().replace(tmp + "/", "ConfigMap api-tether: ")
+    said = (out.stdout + out.stderr).strip()
+    said = said.replace(tmp + "/", f"ConfigMap {checks.APP_CONFIGMAP}: ")
     return out.returncode == 0, said
 
 
@@ -196,13 +201,14 @@ def self_test(objs):
 
 
 def main():
-    if sys.argv[1:] not in ([], ["--self-test"]):
-        sys.exit(f"usage: {sys.argv[0]} [--self-test]")
+    mode = sys.argv[1:]
+    if mode not in ([], ["--self-test"], ["--with-self-test"]):
+        sys.exit(f"usage: {sys.argv[0]} [--self-test | --with-self-test]")
     text, objs = render()
-    if sys.argv[1:] == ["--self-test"]:
-        self_test(objs)
-    else:
+    if mode != ["--self-test"]:
         check(text, objs)
+    if mode != []:
+        self_test(objs)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,21 @@
 """Properties of the CA's objects: availability (replicas, anti-affinity, PDB), its Service,
 its RBAC, where its secrets come from, and the Kubernetes-enrollment flags it runs with."""
 
-from .objects import (AUDIENCE, CA_DB_SECRET, CA_NAME, CA_NS, DISCOVERY_ROLE, find, flag,
-                      listen_port, pod_labels, pod_spec, port_number, resolve, selects)
-
-
-def ca_deployment(objs):
-    """The CA's Deployment (LookupError without it)."""
-    d = find(objs, "Deployment", CA_NAME, CA_NS)
-    if d is None:
-        raise LookupError(f"no Deployment {CA_NS}/{CA_NAME}")
-    return d
+from .objects import (AUDIENCE, CA_DB_SECRET, CA_NAME, CA_NS, DISCOVERY_ROLE, deployment, flag,
+                      listen_port, pod_labels, pod_spec, resolve, runs, selects, service_for)
 
 
 def ca_container(objs):
     """The container running `tether-ca` in the CA's pod (LookupError without one)."""
-    for c in pod_spec(ca_deployment(objs)).get("containers", []):
-        if c.get("command", [""])[0] == "tether-ca":
+    for c in pod_spec(deployment(objs, CA_NS, CA_NAME)).get("containers", []):
+        if runs(c, "tether-ca"):
             return c
-    raise LookupError("the CA pod has no container whose command is tether-ca")
+    raise LookupError("the CA pod has no container running tether-ca")
 
 
 def check_ca_availability(objs):
     """Two replicas on different nodes where possible, and a PDB that keeps one."""
-    d = ca_deployment(objs)
+    d = deployment(objs, CA_NS, CA_NAME)
     problems, labels = [], pod_labels(d)
     if d["spec"].get("replicas", 1) < 2:
         problems.append(f"CA Deployment: replicas is {d['spec'].get('replicas', 1)}, needs >= 2")
@@ -46,17 +38,16 @@ def check_ca_availability(objs):
 
 def check_ca_service(objs):
     """A Service selecting the CA pods forwards 8443 to the API port the CA listens on."""
-    d = ca_deployment(objs)
     ca = ca_container(objs)
     listen = flag(ca.get("args", []), "--listen") or "127.0.0.1:8443"
-    svc = find(objs, "Service", CA_NAME, CA_NS)
-    if svc is None or not selects(svc["spec"].get("selector"), pod_labels(d)):
+    found = service_for(objs, deployment(objs, CA_NS, CA_NAME))
+    if found is None:
         return [f"no Service {CA_NS}/{CA_NAME} selecting the CA pods"]
+    svc, targets = found
     port = next((p for p in svc["spec"]["ports"] if p["port"] == 8443), None)
     if port is None:
         return [f"Service {CA_NS}/{CA_NAME} has no port 8443"]
-    target = port_number(ca, port.get("targetPort", 8443))
-    if target != listen_port(listen):
+    if targets[8443] != listen_port(listen):
         return [f"Service {CA_NS}/{CA_NAME}: port 8443 targets {port.get('targetPort')}, "
                 f"not the CA's --listen port {listen_port(listen)}"]
     if not listen.startswith(("0.0.0.0:", "[::]:")):
@@ -98,7 +89,7 @@ def env_secret(container, name):
 
 def check_ca_secrets(objs):
     """The database location and password come from Secret refs; no Secret is rendered."""
-    spec = pod_spec(ca_deployment(objs))
+    spec = pod_spec(deployment(objs, CA_NS, CA_NAME))
     ca = ca_container(objs)
     problems = []
     if env_secret(ca, "PGPASSWORD") != (CA_DB_SECRET, "password"):

@@ -3,19 +3,20 @@ phrase the problem reporting it must contain, a function that breaks a copy in p
 that stops catching its mutation fails the self-test, so the checks cannot rot into no-ops."""
 
 from .ca import ca_container
-from .objects import APP_NAME, APP_NS, CA_NAME, CA_NS, find, pod_spec
+from .objects import APP_CONFIGMAP, APP_NAME, APP_NS, CA_NAME, CA_NS, deployment, find, pod_spec
+from .sidecar import sidecar
 
 
 def ca_pod(objs):
-    return pod_spec(find(objs, "Deployment", CA_NAME, CA_NS))
+    return pod_spec(deployment(objs, CA_NS, CA_NAME))
 
 
 def app_pod(objs):
-    return pod_spec(find(objs, "Deployment", APP_NAME, APP_NS))
+    return pod_spec(deployment(objs, APP_NS, APP_NAME))
 
 
 def proxy(objs):
-    return next(c for c in app_pod(objs)["initContainers"] if c["name"] == "tether-proxy")
+    return sidecar(app_pod(objs))
 
 
 def volume(spec, name):
@@ -29,8 +30,19 @@ def set_arg(container, name, value):
     args[i:i + 2] = [] if value is None else [name, value]
 
 
+def set_literal_env(container, name, value):
+    """Replaces the env variable `name`'s valueFrom with a literal value."""
+    var = next(e for e in container["env"] if e["name"] == name)
+    var.pop("valueFrom")
+    var["value"] = value
+
+
+def drop_env(container, name):
+    container["env"] = [e for e in container["env"] if e["name"] != name]
+
+
 def edit_config(objs, old, new):
-    cm = find(objs, "ConfigMap", "api-tether", APP_NS)
+    cm = find(objs, "ConfigMap", APP_CONFIGMAP, APP_NS)
     assert old in cm["data"]["tether.toml"], old
     cm["data"]["tether.toml"] = cm["data"]["tether.toml"].replace(old, new)
 
@@ -43,7 +55,7 @@ MUTATIONS = [
     ("sidecar without restartPolicy", "restartPolicy is not Always",
      lambda o: proxy(o).pop("restartPolicy")),
     ("CA with 1 replica", "replicas is 1",
-     lambda o: find(o, "Deployment", CA_NAME, CA_NS)["spec"].update(replicas=1)),
+     lambda o: deployment(o, CA_NS, CA_NAME)["spec"].update(replicas=1)),
     ("token for the wrong audience", "the projected token's audience",
      lambda o: token_source(o).update(audience="https://kubernetes.default.svc")),
     ("sidecar with a writable root filesystem", "readOnlyRootFilesystem is not true",
@@ -97,4 +109,19 @@ MUTATIONS = [
     ("app Service bypassing the sidecar", "not the sidecar's inbound",
      lambda o: find(o, "Service", APP_NAME, APP_NS)["spec"]["ports"][0].update(
          targetPort=8080)),
+    ("DATABASE_URL written into the manifest", "DATABASE_URL is not from Secret",
+     lambda o: set_literal_env(ca_pod(o)["initContainers"][0], "DATABASE_URL",
+                               "postgres://tether@db.example:5432/tether")),
+    ("CA without --k8s-jwks-ca", "needs --k8s-jwks-ca",
+     lambda o: set_arg(ca_container(o), "--k8s-jwks-ca", None)),
+    ("CA pod without a seccompProfile",
+     "container tether-ca: seccompProfile is not RuntimeDefault",
+     lambda o: ca_pod(o)["securityContext"].pop("seccompProfile")),
+    ("sidecar allowing privilege escalation",
+     "container tether-proxy: allowPrivilegeEscalation is not false",
+     lambda o: proxy(o)["securityContext"].update(allowPrivilegeEscalation=True)),
+    ("token_file instead of k8s_token_file", "token_file is set",
+     lambda o: edit_config(o, "\nk8s_token_file = ", "\ntoken_file = ")),
+    ("app without http_proxy", "http_proxy is not",
+     lambda o: drop_env(app_pod(o)["containers"][0], "http_proxy")),
 ]

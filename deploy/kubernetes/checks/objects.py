@@ -14,6 +14,8 @@ AUDIENCE = "tether-ca"
 DISCOVERY_ROLE = "system:service-account-issuer-discovery"
 CA_DB_SECRET = "tether-ca-database"
 BUNDLE_CONFIGMAP = "tether-trust-bundle"
+# The generated ConfigMap (kustomization.yaml) holding the sidecar's tether.toml and policy.toml.
+APP_CONFIGMAP = "api-tether"
 
 
 def find(objs, kind, name, namespace=None):
@@ -24,6 +26,14 @@ def find(objs, kind, name, namespace=None):
             if namespace is None or meta.get("namespace") == namespace:
                 return o
     return None
+
+
+def deployment(objs, ns, name):
+    """The Deployment `ns`/`name` (LookupError without it)."""
+    d = find(objs, "Deployment", name, ns)
+    if d is None:
+        raise LookupError(f"no Deployment {ns}/{name} is rendered")
+    return d
 
 
 def pod_spec(deployment):
@@ -39,6 +49,32 @@ def pod_labels(deployment):
 def selects(selector, labels):
     """Whether a matchLabels-style selector (a dict) selects `labels`; an empty one never does."""
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def runs(container, binary):
+    """Whether `container` runs `binary`: the first word of its command or, without a command,
+    of its args (the image has no entrypoint), by name or as a path ending in it."""
+    argv = container.get("command") or container.get("args") or [""]
+    return argv[0] == binary or argv[0].endswith("/" + binary)
+
+
+def service_for(objs, deployment):
+    """The Service named like `deployment`, in its namespace, that selects its pods, and where
+    each of its ports goes: (Service, {port: the targetPort as a number, or None if no
+    container of the pod has a port of that name}); None without such a Service."""
+    meta = deployment["metadata"]
+    svc = find(objs, "Service", meta["name"], meta.get("namespace"))
+    if svc is None or not selects(svc["spec"].get("selector"), pod_labels(deployment)):
+        return None
+    spec = pod_spec(deployment)
+    containers = spec.get("initContainers", []) + spec.get("containers", [])
+    targets = {}
+    for p in svc["spec"].get("ports", []):
+        target = p.get("targetPort", p["port"])
+        named = (port_number(c, target) for c in containers)
+        targets[p["port"]] = target if isinstance(target, int) else next(
+            (n for n in named if n is not None), None)
+    return svc, targets
 
 
 def long_running(spec):

@@ -1,7 +1,7 @@
 """Properties of both Deployments' pods: no service-link variables, and in every container
 resources, probes on the long-running ones, and the restricted Pod Security settings."""
 
-from .objects import APP_NAME, APP_NS, CA_NAME, CA_NS, find, long_running, pod_spec
+from .objects import APP_NAME, APP_NS, CA_NAME, CA_NS, deployment, long_running, pod_spec
 
 
 def security_problems(what, spec, container):
@@ -27,14 +27,15 @@ def check_containers(objs):
     security."""
     problems = []
     for ns, name in ((CA_NS, CA_NAME), (APP_NS, APP_NAME)):
-        d = find(objs, "Deployment", name, ns)
-        if d is None:
-            problems.append(f"no Deployment {ns}/{name}")
+        try:
+            spec = pod_spec(deployment(objs, ns, name))
+        except LookupError as e:
+            problems.append(str(e))
             continue
-        spec = pod_spec(d)
         if spec.get("enableServiceLinks") is not False:
-            # The binaries read TETHER_CA_* / TETHER_PROXY_* variables as settings; service
-            # links would add TETHER_CA_PORT and the like for a Service called tether-ca.
+            # Hardening: the binaries read TETHER_CA_* / TETHER_PROXY_* variables as settings,
+            # and service links add TETHER_CA_PORT and the like for the Service tether-ca. None
+            # of those names is a setting today, but they share the prefix.
             problems.append(f"Deployment {ns}/{name}: enableServiceLinks is not false")
         for c in spec.get("initContainers", []) + spec.get("containers", []):
             what = f"Deployment {ns}/{name} container {c['name']}"
