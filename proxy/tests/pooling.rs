@@ -3,7 +3,8 @@
 //! (`peer_protocol = "http1"`), or shares one HTTP/2 connection (`"h2"`), or does the first for
 //! a few app connections and the second for many (`"auto"`, the default); a kept connection the
 //! other side closed is replaced without failing a request; and the inbound holds one
-//! connection to the app per peer connection.
+//! connection to the app per peer connection, and keeps at most 64 idle pooled ones after a
+//! burst.
 
 mod common;
 
@@ -290,4 +291,68 @@ async fn one_app_connection_is_balanced_over_the_service_addresses_request_by_re
     );
     // One kept connection per replica, not one per request.
     assert_eq!(handshakes(&a, "outbound"), 2.0);
+}
+
+/// A raw HTTP/1.1 app that answers each request after 200 ms, so concurrent requests need
+/// connections of their own; counts the connections it accepted and those open now.
+async fn slow_app() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (count, live) = (accepted.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            live.fetch_add(1, Ordering::SeqCst);
+            let live = live.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                // Bodiless GETs, one per read: the inbound sends the next only after the answer.
+                while let Ok(n) = tcp.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tcp.write_all(ok).await.is_err() {
+                        break;
+                    }
+                }
+                live.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, open)
+}
+
+#[tokio::test]
+async fn after_a_burst_the_inbound_keeps_at_most_64_idle_app_connections() {
+    const BURST: usize = 120;
+    let (app, accepted, open) = slow_app().await;
+    // h2 between the sidecars: the inbound sends every request through its pooled app client.
+    let (_pki, _b, a) = pair(app, "peer_protocol = \"h2\"", "").await;
+    let out = a.outbound.unwrap();
+    let client = http_client();
+    let burst = (0..BURST).map(|_| get_on(&client, out));
+    let statuses = futures_util::future::join_all(burst).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert!(
+        accepted.load(Ordering::SeqCst) > 64,
+        "the burst should have needed more than 64 app connections: {}",
+        accepted.load(Ordering::SeqCst)
+    );
+    // The pool closes what it will not keep as each request ends.
+    let settled = eventually(Duration::from_secs(5), || open.load(Ordering::SeqCst) <= 64).await;
+    assert!(
+        settled,
+        "{} app connections left open",
+        open.load(Ordering::SeqCst)
+    );
+    assert!(
+        open.load(Ordering::SeqCst) > 0,
+        "the pool keeps some connections"
+    );
 }

@@ -41,6 +41,12 @@ use crate::tls::{self, HandshakeResult, PeerCert};
 
 use app::AppBody;
 
+/// At most this many idle pooled HTTP/1.1 connections to the app are kept (the busy ones are
+/// not limited). Unbounded, a burst left one idle connection per request it had in flight,
+/// each holding its buffers for the pool's 90 s; nginx's reference inbound keeps 64
+/// (`keepalive 64`).
+const APP_IDLE_MAX: usize = 64;
+
 /// Everything the inbound side needs, shared by all its connections.
 pub struct Inbound {
     identity: IdentityStore,
@@ -77,7 +83,9 @@ impl Inbound {
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let http1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(APP_IDLE_MAX)
+            .build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
