@@ -114,6 +114,14 @@ pub async fn serve_http<I, F, Fut, B>(
     upgrade.run().await;
 }
 
+/// The streams one HTTP/2 connection may have open at once (hyper's default, made explicit),
+/// and how many it may reset before the server took them up. h2's own limit for the latter is
+/// 20, its Rapid Reset guard; but an outbound sidecar's shared connection carries every client's
+/// requests, and a burst of clients leaving resets that many streams in one write, which
+/// tripped the guard and failed every other request on the connection. As many as may be open
+/// still bounds a flood.
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+
 /// The HTTP/1.1 + HTTP/2 server settings of one listener, with our limits applied: built once
 /// when the listener starts, not per connection.
 pub struct HttpServer(hyper_util::server::conn::auto::Builder<TokioExecutor>);
@@ -134,6 +142,8 @@ fn server_builder(limits: &Limits) -> hyper_util::server::conn::auto::Builder<To
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(MAX_CONCURRENT_STREAMS as usize)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
