@@ -9,12 +9,13 @@
 #   SMOKE=1 make bench                  # 1 round of 2 s runs: checks that every path works
 #
 # Settings (environment): ROUNDS (3), DURATION seconds per run (10), CONNS (32), WRK_THREADS (1),
-# HOLD_CONNS (1000, the "RSS holding N connections" check), CA_COUNT (4000 enrollments per CA
+# HOLD_CONNS (1000, the "RSS holding N connections" check), BURST_CONNS (4000, the "busy
+# connections through the pair, then closed" check), CA_COUNT (4000 enrollments per CA
 # run), BENCH_PORT_BASE (28000: every port used is BASE + a fixed offset, on 127.0.0.1 only;
 # the reference configs used 18000),
 # SKIP_BUILD=1 (use the binaries already built in target/release: Tether's and the
 # bench clients), WORKLOADS (all of: ka32 ka32_log ka1 newconn_pair newconn_inbound
-# handshake_inbound hold ca; a subset is for quick iteration),
+# handshake_inbound hold burst ca; a subset is for quick iteration),
 # BASELINE=PATH (optional: another tether-proxy binary, e.g. the previous commit's build, run as
 # one more pair, "baseline", in the keep-alive workloads, so a change is judged by its ratio to
 # the build before it in the same run).
@@ -53,10 +54,11 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 HOLD_CONNS=${HOLD_CONNS:-1000}
+BURST_CONNS=${BURST_CONNS:-4000}
 CA_COUNT=${CA_COUNT:-4000}
 BASE=${BENCH_PORT_BASE:-28000}
 SKIP_BUILD=${SKIP_BUILD:-0}
-WORKLOADS=" ${WORKLOADS:-ka32 ka32_log ka1 newconn_pair newconn_inbound handshake_inbound hold ca} "
+WORKLOADS=" ${WORKLOADS:-ka32 ka32_log ka1 newconn_pair newconn_inbound handshake_inbound hold burst ca} "
 want() { [[ "$WORKLOADS" == *" $1 "* ]]; }
 
 # Ports: the reference configs' numbers (18001, 18443, …) when BASE=18000.
@@ -226,6 +228,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((HOLD_CONNS * 3 + 100)) ]; then
     note "open-file limit $(ulimit -n) is too low to hold $HOLD_CONNS connections; HOLD_CONNS lowered."
     HOLD_CONNS=$((($(ulimit -n) - 100) / 3))
+fi
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((BURST_CONNS * 3 + 100)) ]; then
+    note "open-file limit $(ulimit -n) is too low for $BURST_CONNS connections; BURST_CONNS lowered."
+    BURST_CONNS=$((($(ulimit -n) - 100) / 3))
 fi
 
 for p in $P_UPSTREAM $P_NGINX_OUT $P_NGINX_FULLHS $P_NGINX_RESUME $P_NGINX_IN $P_HAPROXY_OUT \
@@ -621,6 +627,42 @@ want hold && for t in "${PEERS[@]}" tether; do
     fi
 done
 
+# A burst of BURST_CONNS busy keep-alive connections through each pair (wrk → outbound → mTLS
+# → inbound → upstream), then closed: the pair's RSS (outbound + inbound) just before, near the
+# end of the 5 s burst, and 1 s and 5 s after the last connection closed. Memory a sidecar keeps
+# after a burst is memory the node never gets back.
+want burst && [ "$HAVE_WRK" = 1 ] && log "RSS through a burst of $BURST_CONNS busy connections"
+want burst && [ "$HAVE_WRK" = 1 ] && for t in $(rotate 0 tether "${PEERS[@]}"); do
+    raw="$RAW/burst-$t.txt"
+    pair_rss() { # shellcheck disable=SC2046
+        echo "$(rss_kib $(out_pids "$t")) $(rss_kib $(in_pids "$t"))"
+    }
+    read -r o i <<<"$(pair_rss)"
+    record 0 burst_before "$t" rss_out_kib "$o"
+    record 0 burst_before "$t" rss_in_kib "$i"
+    (sleep 4.5 && pair_rss) >"$raw.rss" &
+    sampler=$!
+    PIDS+=("$sampler")
+    run_fg wrk -t1 -c"$BURST_CONNS" -d5s -H "Host: service-b" "http://127.0.0.1:${OUT_PORT[$t]}/" >"$raw" 2>&1
+    wait "$sampler"
+    forget "$sampler"
+    read -r o i <"$raw.rss"
+    record 0 burst "$t" rss_out_kib "$o"
+    record 0 burst "$t" rss_in_kib "$i"
+    record 0 burst "$t" rps "$(awk '/^Requests\/sec:/ { print $2 }' "$raw")"
+    errs=$(awk '/Non-2xx or 3xx responses:/ { n += $NF }
+        /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$raw")
+    [ "$errs" = 0 ] || note "burst $t: $errs wrk timeouts (2 s) or errors with $BURST_CONNS busy connections (RSS still recorded; see $raw)"
+    sleep 1
+    read -r o i <<<"$(pair_rss)"
+    record 0 burst_after1 "$t" rss_out_kib "$o"
+    record 0 burst_after1 "$t" rss_in_kib "$i"
+    sleep 4
+    read -r o i <<<"$(pair_rss)"
+    record 0 burst_after5 "$t" rss_out_kib "$o"
+    record 0 burst_after5 "$t" rss_in_kib "$i"
+done
+
 # The CA's issuance throughput over its HTTPS API (its own process, all cores).
 want ca && log "CA issuance over HTTPS ($CA_COUNT enrollments per run)"
 want ca && for ((round = 1; round <= ROUNDS; round++)); do
@@ -645,6 +687,7 @@ echo "$(date -u +%FT%TZ) end load=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/load
     echo "duration=$DURATION"
     echo "conns=$CONNS"
     echo "hold_conns=$HOLD_CONNS"
+    echo "burst_conns=$BURST_CONNS"
     echo "ca_count=$CA_COUNT"
     echo "upstream=$UPSTREAM_KIND"
     echo "cores=$(nproc)"

@@ -1,11 +1,12 @@
-//! Entry points for `fuzz/`, not an API: thin wrappers that let the fuzz targets reach the
-//! sidecar's network-facing parsers, some of which live in private modules. Each target goes
-//! through here, so a signature change is adapted in this one place.
+//! Entry points for `fuzz/` and the request-path benchmark (`benches/request_path.rs`), not an
+//! API: thin wrappers that let them reach the sidecar's network-facing parsers and per-request
+//! header work, some of which live in private modules. Each target and bench goes through here,
+//! so a signature change is adapted in this one place.
 
 use std::path::Path;
 
 use http::uri::Authority;
-use http::Request;
+use http::{HeaderMap, HeaderValue, Request};
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::policy::{PathError, PathParams, Policy, PolicyError};
@@ -41,4 +42,25 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
         Path::new("/fuzz"),
         &Overrides::default(),
     )
+}
+
+/// Removes the hop-by-hop fields of `headers`, keeping `Upgrade` if asked
+/// (`forward::strip_hop_by_hop`, four calls per request through a pair).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    crate::forward::strip_hop_by_hop(headers, keep_upgrade)
+}
+
+/// Removes every field that claims a caller identity (`forward::strip_identity_fields`).
+pub fn strip_identity_fields(headers: &mut HeaderMap) {
+    crate::forward::strip_identity_fields(headers)
+}
+
+/// Whether the request asks for a protocol upgrade (`forward::is_upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    crate::forward::is_upgrade(headers)
+}
+
+/// Keeps the one usable `x-request-id` or sets a fresh one (`observe::request_id::settle`).
+pub fn settle_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    crate::observe::settle_request_id(headers)
 }
