@@ -571,7 +571,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         want newconn_pair && for t in $(rotate "$round" "${TARGETS[@]}"); do
             case $t in
             direct) wrk_run "$round" newconn_pair direct "$P_UPSTREAM" "$CONNS" -H "Connection: close" ;;
-            tether | tether-h2 | tether-http1) ;; # the outbound always reuses: see newconn_inbound
+            tether | tether-h2 | tether-http1 | baseline) ;; # the outbound always reuses: see newconn_inbound
             *) wrk_run "$round" newconn_pair "$t" "${FULLHS_PORT[$t]}" "$CONNS" ;;
             esac
         done
