@@ -11,21 +11,7 @@ use clap::{Parser, Subcommand};
 use tether_proxy::config::{Config, ConfigError, IdentitySource, Overrides};
 use tether_proxy::policy::{is_method_token, normalize_path_with, Decision, PathParams, Policy};
 
-/// jemalloc, not glibc's malloc: after a burst of 4,000 connections through the pair closed,
-/// glibc kept the outbound at 110 MiB (12× idle; 28 MiB even after `malloc_trim`, its free
-/// space split between live blocks), jemalloc gave it back to 15 MiB within 2 s, at the same
-/// speed (README, Performance). mimalloc measured worse on both counts (17 MiB idle, nothing
-/// returned).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings, read at its first allocation (`_RJEM_MALLOC_CONF` in the environment
-/// still overrides them). Freed pages go back to the kernel after 1 s unused (jemalloc's
-/// default is 10 s, then 10 s more as "muzzy" pages), by a background thread, so an idle
-/// sidecar returns memory without an allocation to trigger it.
-#[allow(non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+mod allocator;
 
 /// Exit status for configuration errors (EX_USAGE from sysexits.h), so supervisors can tell a
 /// bad config from a crash.
@@ -161,6 +147,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let json = args.log_format == tether_net::LogFormat::Json;
+    rt.spawn(allocator::wake_idle_threads());
     let result = rt.block_on(async move {
         let listeners = tether_proxy::Listeners::bind(&cfg).await?;
         tracing::info!(
@@ -226,11 +213,13 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .max_io_events_per_tick(IO_EVENTS_PER_TICK)
+            .on_thread_park(allocator::on_park)
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .enable_all()
+            .on_thread_park(allocator::on_park)
             .build()
     }
 }
