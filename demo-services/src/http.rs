@@ -23,7 +23,16 @@ where
 {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
-        let (tcp, _) = listener.accept().await?;
+        // A failed accept (a connection reset before it was taken, out of descriptors) ends
+        // neither the app nor the connections it serves.
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         tokio::spawn(async move {

@@ -33,11 +33,14 @@ fn start() -> (App, SocketAddr) {
         .stderr(Stdio::null())
         .spawn()
         .expect("service-b starts");
+    // Up once it answers a request: a bare connect can succeed before the app listens (a
+    // loopback connect to a free port in the ephemeral range may connect to itself), and a
+    // request sent then was reset (seen once in CI).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
+    while try_get(addr, "/", "").is_err() {
         assert!(
             Instant::now() < deadline,
-            "service-b never listened on {addr}"
+            "service-b never answered on {addr}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -46,14 +49,26 @@ fn start() -> (App, SocketAddr) {
 
 /// One HTTP/1.1 request with `headers`; the response's status line and JSON body.
 fn get(addr: SocketAddr, path: &str, headers: &str) -> (String, serde_json::Value) {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
+    try_get(addr, path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// [`get`], or what went wrong.
+fn try_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> Result<(String, serde_json::Value), String> {
+    let mut tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     let head = format!("GET {path} HTTP/1.1\r\nHost: b\r\n{headers}Connection: close\r\n\r\n");
-    tcp.write_all(head.as_bytes()).expect("write");
+    tcp.write_all(head.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut answer = String::new();
-    tcp.read_to_string(&mut answer).expect("read");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    tcp.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or("no head and body")?;
     let status = head.lines().next().unwrap_or_default().to_string();
-    (status, serde_json::from_str(body).expect("a JSON body"))
+    let body = serde_json::from_str(body).map_err(|e| format!("not JSON ({e}): {body}"))?;
+    Ok((status, body))
 }
 
 #[test]
