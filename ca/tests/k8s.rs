@@ -70,6 +70,14 @@ fn csr() -> String {
     tether_certs::keys::generate_csr(&key, &id("/csr")).expect("csr")
 }
 
+/// A temp dir holding `jwks.json`, the key set of `signers`; with that file's path.
+fn jwks_dir(signers: &[&Signer]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let jwks = tmp.path().join("jwks.json");
+    std::fs::write(&jwks, k8s::jwks(signers)).unwrap();
+    (tmp, jwks)
+}
+
 /// `--k8s-issuer ISSUER --k8s-jwks PATH` and `--k8s-allow` for each of `allow`.
 fn file_flags(jwks: &Path, allow: &[&str]) -> Vec<String> {
     let mut flags = vec![
@@ -87,9 +95,7 @@ fn file_flags(jwks: &Path, allow: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_token_enrolls_its_service_account_and_every_bad_token_is_refused() {
     let (rsa, ec, stranger) = (Signer::rsa(), Signer::ec(), Signer::rsa());
-    let tmp = tempfile::tempdir().unwrap();
-    let jwks = tmp.path().join("jwks.json");
-    std::fs::write(&jwks, k8s::jwks(&[&rsa, &ec])).unwrap();
+    let (tmp, jwks) = jwks_dir(&[&rsa, &ec]);
     let ca = Ca::start(tmp, &file_flags(&jwks, &["payments/*", "*/api"])).await;
     let mut used = Vec::new();
 
@@ -199,9 +205,7 @@ async fn a_pod_token_enrolls_its_service_account_and_every_bad_token_is_refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_k8s_settings_also_come_from_the_environment() {
     let signer = Signer::rsa();
-    let tmp = tempfile::tempdir().unwrap();
-    let jwks = tmp.path().join("jwks.json");
-    std::fs::write(&jwks, k8s::jwks(&[&signer])).unwrap();
+    let (tmp, jwks) = jwks_dir(&[&signer]);
     let dir = init_state(tmp.path());
     let env = [
         ("TETHER_CA_K8S_ISSUER", ISSUER),
@@ -242,9 +246,7 @@ async fn a_ca_without_k8s_issuer_refuses_service_account_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_identity_enrolls_again_only_with_a_token_issued_after_the_revocation() {
     let rsa = Signer::rsa();
-    let tmp = tempfile::tempdir().unwrap();
-    let jwks = tmp.path().join("jwks.json");
-    std::fs::write(&jwks, k8s::jwks(&[&rsa])).unwrap();
+    let (tmp, jwks) = jwks_dir(&[&rsa]);
     let ca = Ca::start(tmp, &file_flags(&jwks, &[])).await;
     let before = k8s::pod_claims(ISSUER, AUDIENCE, "payments", "api", k8s::now() - 10, 3600);
     let token = rsa.sign(&before);
@@ -351,10 +353,8 @@ async fn the_jwks_url_is_fetched_with_the_bearer_token_and_new_keys_need_no_rest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_k8s_flags_that_cannot_work() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, jwks) = jwks_dir(&[&Signer::ec()]);
     let dir = init_state(tmp.path());
-    let jwks = tmp.path().join("jwks.json");
-    std::fs::write(&jwks, k8s::jwks(&[&Signer::ec()])).unwrap();
     let jwks = jwks.to_str().unwrap();
     let missing = tmp.path().join("absent.json");
     let missing = missing.to_str().unwrap();
