@@ -632,15 +632,16 @@ done
 # end of the 5 s burst, and 1 s and 5 s after the last connection closed. Memory a sidecar keeps
 # after a burst is memory the node never gets back.
 want burst && [ "$HAVE_WRK" = 1 ] && log "RSS through a burst of $BURST_CONNS busy connections"
-want burst && [ "$HAVE_WRK" = 1 ] && for t in $(rotate 0 tether "${PEERS[@]}"); do
+pair_rss() { # TARGET: "outbound-KiB inbound-KiB"
+    # shellcheck disable=SC2046
+    echo "$(rss_kib $(out_pids "$1")) $(rss_kib $(in_pids "$1"))"
+}
+want burst && [ "$HAVE_WRK" = 1 ] && for t in tether "${PEERS[@]}"; do
     raw="$RAW/burst-$t.txt"
-    pair_rss() { # shellcheck disable=SC2046
-        echo "$(rss_kib $(out_pids "$t")) $(rss_kib $(in_pids "$t"))"
-    }
-    read -r o i <<<"$(pair_rss)"
+    read -r o i <<<"$(pair_rss "$t")"
     record 0 burst_before "$t" rss_out_kib "$o"
     record 0 burst_before "$t" rss_in_kib "$i"
-    (sleep 4.5 && pair_rss) >"$raw.rss" &
+    (sleep 4.5 && pair_rss "$t") >"$raw.rss" &
     sampler=$!
     PIDS+=("$sampler")
     run_fg wrk -t1 -c"$BURST_CONNS" -d5s -H "Host: service-b" "http://127.0.0.1:${OUT_PORT[$t]}/" >"$raw" 2>&1
@@ -654,11 +655,11 @@ want burst && [ "$HAVE_WRK" = 1 ] && for t in $(rotate 0 tether "${PEERS[@]}"); 
         /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$raw")
     [ "$errs" = 0 ] || note "burst $t: $errs wrk timeouts (2 s) or errors with $BURST_CONNS busy connections (RSS still recorded; see $raw)"
     sleep 1
-    read -r o i <<<"$(pair_rss)"
+    read -r o i <<<"$(pair_rss "$t")"
     record 0 burst_after1 "$t" rss_out_kib "$o"
     record 0 burst_after1 "$t" rss_in_kib "$i"
     sleep 4
-    read -r o i <<<"$(pair_rss)"
+    read -r o i <<<"$(pair_rss "$t")"
     record 0 burst_after5 "$t" rss_out_kib "$o"
     record 0 burst_after5 "$t" rss_in_kib "$i"
 done
