@@ -10,8 +10,9 @@
 //!
 //! [`Held`] is the slot an inbound connection keeps its app connection in between requests (the
 //! outbound keeps one per peer address). [`IdlePool`] takes the connections of downstream
-//! connections that closed, so the next one skips the TCP and TLS handshakes. [`send`] sends
-//! on a kept connection and replaces it if the other side closed it meanwhile.
+//! connections that closed, so the next one skips the TCP and TLS handshakes; the inbound's
+//! shared app connections live in one too, given back as each response head arrives. [`send`]
+//! sends on a kept connection and replaces it if the other side closed it meanwhile.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,7 +101,9 @@ impl<T, B> Held<T, B> {
     }
 }
 
-/// Idle upstream connections of downstream connections that closed, newest last.
+/// Upstream connections not held by a downstream connection, newest last: the held ones of
+/// downstream connections that closed, and the inbound's shared app connections between
+/// requests.
 pub struct IdlePool<T, B> {
     idle: Mutex<Vec<(Instant, Conn<T, B>)>>,
     max: usize,
@@ -118,24 +121,31 @@ impl<T, B> IdlePool<T, B> {
         }
     }
 
-    /// The newest idle connection that `accept` takes and that is ready; stale, closed or busy
-    /// ones met on the way are dropped (which closes them).
+    /// The newest connection that `accept` takes and that is ready. Stale or closed ones, and
+    /// ones `accept` refuses, are dropped on the way (which closes them); busy ones (still
+    /// reading the response they carried when given back) stay for a later request.
     pub fn pop(&self, accept: impl Fn(&T) -> bool) -> Option<Conn<T, B>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        while let Some((since, mut conn)) = idle.pop() {
-            if now.duration_since(since) < self.max_age && accept(&conn.tag) && conn.is_ready_now()
-            {
-                return Some(conn);
+        for i in (0..idle.len()).rev() {
+            let (since, conn) = &mut idle[i];
+            let usable = now.duration_since(*since) < self.max_age && accept(&conn.tag);
+            match conn.sender.ready().now_or_never() {
+                Some(Ok(())) if usable => return Some(idle.remove(i).1),
+                None if usable => {}
+                _ => drop(idle.remove(i)),
             }
         }
         None
     }
 
-    /// Gives back a connection whose downstream connection closed, if it is ready for another
-    /// request; when full, the oldest idle connection is closed to make room.
-    pub fn give_back(&self, mut conn: Conn<T, B>) {
-        if self.max == 0 || !conn.is_ready_now() {
+    /// Gives back a connection for other requests: right after its response head arrived, as
+    /// the inbound's shared app connections are, or when its downstream connection closed. One
+    /// still reading that response is kept, and [`IdlePool::pop`] hands it out once it is done;
+    /// a closed one is dropped. When full, the oldest is closed to make room (nginx's
+    /// `keepalive N` too closes what is past its limit).
+    pub fn give_back(&self, conn: Conn<T, B>) {
+        if self.max == 0 || conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

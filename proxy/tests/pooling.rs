@@ -329,7 +329,7 @@ async fn slow_app() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
 async fn after_a_burst_the_inbound_keeps_at_most_64_idle_app_connections() {
     const BURST: usize = 120;
     let (app, accepted, open) = slow_app().await;
-    // h2 between the sidecars: the inbound sends every request through its pooled app client.
+    // h2 between the sidecars: every request at the inbound goes on a shared app connection.
     let (_pki, _b, a) = pair(app, "peer_protocol = \"h2\"", "").await;
     let out = a.outbound.unwrap();
     let client = http_client();

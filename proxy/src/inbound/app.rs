@@ -1,8 +1,10 @@
 //! The connections to the local app. While at most [`crate::pool::DEDICATED_UP_TO`] peer
 //! connections are open, an HTTP/1.1 connection from a peer sidecar gets its own keep-alive
 //! connection to the app, held between its requests ([`crate::pool::Held`]); beyond that, and
-//! for requests that go to the app as h2c (gRPC, or `app_protocol = "h2c"`), requests share a
-//! pool of app connections. Upgrades get a connection of their own; TCP mode splices bytes.
+//! for requests that came over HTTP/2, requests share HTTP/1.1 app connections
+//! ([`crate::pool::IdlePool`]). Requests that go to the app as h2c (gRPC, or
+//! `app_protocol = "h2c"`) share a pooled HTTP/2 client. Upgrades get a connection of their
+//! own; TCP mode splices bytes.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,30 +38,53 @@ pub(super) async fn forward(
         AppProtocol::Http1 => false,
         AppProtocol::Auto => is_grpc,
     };
-    if !use_h2c && req.version() <= Version::HTTP_11 {
-        if app_conn.open.may_hold() {
-            return forward_held(inbound, app_conn, req).await;
-        }
-        // Many peer connections now: share the pooled app connections instead.
-        drop(app_conn.held.take());
+    if use_h2c {
+        return forward_h2c(inbound, req).await;
     }
+    let from_http1 = req.version() <= Version::HTTP_11;
+    *req.version_mut() = Version::HTTP_11;
+    if from_http1 && app_conn.open.may_hold() {
+        return forward_held(inbound, app_conn, req).await;
+    }
+    // Many peer connections now, or a request that came over HTTP/2: share app connections.
+    if let Some(held) = app_conn.held.take() {
+        inbound.shared.give_back(held);
+    }
+    forward_shared(inbound, req).await
+}
+
+/// Forwards a request as h2c on the pooled HTTP/2 client (absolute-form target, the app's
+/// address as authority: the pool is keyed by it).
+async fn forward_h2c(
+    inbound: &Inbound,
+    mut req: Request<AppBody>,
+) -> Result<Response<RespBody>, Error> {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(inbound.app_authority.clone());
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Error::BadRequest("bad request target"))?;
-    let client = if use_h2c {
-        *req.version_mut() = Version::HTTP_2;
-        &inbound.h2c
-    } else {
-        *req.version_mut() = Version::HTTP_11;
-        &inbound.http1
-    };
-    forward::exchange(
-        Hop::App,
-        inbound.limits.request_timeout,
-        client.request(req),
-    )
-    .await
+    *req.version_mut() = Version::HTTP_2;
+    let timeout = inbound.limits.request_timeout;
+    forward::exchange(Hop::App, timeout, inbound.h2c.request(req)).await
+}
+
+/// Forwards a request on a shared app connection: a ready one from the inbound's pool, else a
+/// new one. The connection goes back as soon as the response head is here, and the pool hands
+/// it out again once the app has sent the whole response. hyper-util's pooled client, used
+/// here before, spawned a task per request to wait for that and keyed its pool by URI: this
+/// path costs 15 % fewer instructions per request at the inbound (callgrind, 32 connections
+/// over HTTP/2: 50.4 k against 59.0 k).
+async fn forward_shared(
+    inbound: &Inbound,
+    req: Request<AppBody>,
+) -> Result<Response<RespBody>, Error> {
+    let kept = inbound.shared.pop(|()| true);
+    // Boxed, as in [`forward_held`].
+    let connect = || Box::pin(connect_app(inbound));
+    let timeout = inbound.limits.request_timeout;
+    let (resp, conn) = pool::send(Hop::App, kept, connect, req, timeout).await?;
+    inbound.shared.give_back(conn);
+    Ok(forward::finish(resp))
 }
 
 /// Forwards a request from an HTTP/1.x peer connection on the app connection it holds (made
@@ -67,9 +92,8 @@ pub(super) async fn forward(
 async fn forward_held(
     inbound: &Inbound,
     app_conn: &AppConn,
-    mut req: Request<AppBody>,
+    req: Request<AppBody>,
 ) -> Result<Response<RespBody>, Error> {
-    *req.version_mut() = Version::HTTP_11;
     let kept = app_conn
         .held
         .take()

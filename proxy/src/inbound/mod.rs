@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::uri::Authority;
@@ -35,17 +36,21 @@ use crate::identity::IdentityStore;
 use crate::metrics::{Direction, Metrics, Series};
 use crate::observe::{self, Log};
 use crate::policy::{PathParams, PolicyHandle};
-use crate::pool::{Held, OpenGuard};
+use crate::pool::{Held, IdlePool, OpenGuard};
 use crate::revocation::RevocationCache;
 use crate::tls::{self, HandshakeResult, PeerCert};
 
 use app::AppBody;
 
-/// At most this many idle pooled HTTP/1.1 connections to the app are kept (the busy ones are
-/// not limited). Unbounded, a burst left one idle connection per request it had in flight,
-/// each holding its buffers for the pool's 90 s; nginx's reference inbound keeps 64
+/// At most this many shared HTTP/1.1 connections to the app are kept between requests (the
+/// ones carrying a request are not limited). Unbounded, a burst left one idle connection per
+/// request it had in flight, each holding its buffers; nginx's reference inbound keeps 64
 /// (`keepalive 64`).
 const APP_IDLE_MAX: usize = 64;
+
+/// A shared app connection unused for this long is closed when next met rather than reused:
+/// the app may have closed it meanwhile (hyper-util's pool, used before, kept them 90 s).
+const APP_IDLE_FOR: Duration = Duration::from_secs(90);
 
 /// Everything the inbound side needs, shared by all its connections.
 pub struct Inbound {
@@ -64,7 +69,8 @@ pub struct Inbound {
     app_protocol: AppProtocol,
     /// How `;` path parameters are read before the policy sees the path.
     path_params: PathParams,
-    http1: Client<HttpConnector, AppBody>,
+    /// HTTP/1.1 app connections shared by requests that hold none ([`app`]).
+    shared: IdlePool<(), AppBody>,
     h2c: Client<HttpConnector, AppBody>,
     /// HTTP connections from peers open now ([`crate::pool::DEDICATED_UP_TO`]).
     open_http: Arc<AtomicUsize>,
@@ -83,9 +89,6 @@ impl Inbound {
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(APP_IDLE_MAX)
-            .build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
@@ -104,7 +107,7 @@ impl Inbound {
             mode: config.mode,
             app_protocol: config.app_protocol,
             path_params: config.path_params,
-            http1,
+            shared: IdlePool::new(APP_IDLE_MAX, APP_IDLE_FOR),
             h2c,
             open_http: Arc::default(),
         })

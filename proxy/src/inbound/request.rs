@@ -82,8 +82,8 @@ async fn forward(
         None => path,
     };
     let pq = PathAndQuery::try_from(pq).map_err(|_| Error::BadRequest("bad request path"))?;
-    // Origin-form, as an HTTP/1.1 connection to the app sends it; the pooled clients get the
-    // absolute form they route by.
+    // Origin-form, as an HTTP/1.1 connection to the app sends it; the h2c client gets the
+    // absolute form it routes by.
     *req.uri_mut() = Uri::from(pq);
 
     let upgrade = req.version() == Version::HTTP_11 && forward::is_upgrade(req.headers());
