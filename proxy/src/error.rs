@@ -23,7 +23,11 @@ use crate::tls::{HandshakeResult, Refusal};
 pub use grpc::{grpc_content_type, grpc_status_of, Dialect, GrpcStatus};
 
 /// Body of every response the sidecar returns: streamed from upstream, or one of ours.
-pub type RespBody = Either<Incoming, Full<Bytes>>;
+pub type RespBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// A response body streamed from upstream: from hyper's clients (the app, a peer over
+/// HTTP/1.1), or from a peer's shared HTTP/2 connection.
+pub type UpstreamBody = Either<Incoming, crate::outbound::H2Body>;
 
 /// Which upstream a failure happened at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

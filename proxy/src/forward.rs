@@ -195,7 +195,7 @@ async fn within<E: std::fmt::Display>(
 /// An upstream response as it goes back downstream: its hop-by-hop headers stripped.
 pub fn finish(mut resp: Response<Incoming>) -> Response<RespBody> {
     strip_hop_by_hop(resp.headers_mut(), false);
-    resp.map(Either::Left)
+    resp.map(|b| Either::Left(Either::Left(b)))
 }
 
 /// Like [`exchange`] for an upgrade request: the response keeps its `Connection`/`Upgrade`
@@ -214,5 +214,5 @@ pub async fn exchange_upgrade<E: std::fmt::Display>(
         let upstream = hyper::upgrade::on(&mut resp);
         upgrade.attach(downstream, upstream, until);
     }
-    Ok(resp.map(Either::Left))
+    Ok(resp.map(|b| Either::Left(Either::Left(b))))
 }

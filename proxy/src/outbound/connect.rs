@@ -12,8 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -22,8 +21,9 @@ use crate::error::{ConnectError, ConnectFailure, Error};
 use crate::identity::{Alpn, Credentials};
 use crate::metrics::Direction;
 use crate::outbound::affinity::{give_back, Affinity, H1Tag, PeerConn};
+use crate::outbound::peer_h2::{self, Session};
 use crate::outbound::route::Route;
-use crate::outbound::{Outbound, PeerBody};
+use crate::outbound::Outbound;
 use crate::pool::Conn;
 use crate::tls::{self, HandshakeResult, PeerCert, Refusal};
 
@@ -158,7 +158,7 @@ impl Outbound {
         &self,
         route: &Route,
         creds: &Arc<Credentials>,
-    ) -> Result<(SendRequest<PeerBody>, SocketAddr), Error> {
+    ) -> Result<(Session, SocketAddr), Error> {
         let mut last = None;
         for i in route.order(route.turn()) {
             let up = &route.upstreams[i];
@@ -189,31 +189,27 @@ impl Outbound {
         route: &Route,
         addr: &PeerAddr,
         creds: &Credentials,
-    ) -> Result<(SendRequest<PeerBody>, SocketAddr), ConnectFailure> {
+    ) -> Result<(Session, SocketAddr), ConnectFailure> {
         let (tls, peer) = self.connect_addr(route, addr, creds, Alpn::H2).await?;
         let serial = peer_serial(&tls);
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(self.limits.idle_timeout / 2)
-            .keep_alive_while_idle(false);
-        let (sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(|e| {
+        let ping_every = self.limits.idle_timeout / 2;
+        let (session, conn) = peer_h2::handshake(tls, ping_every).await.map_err(|e| {
             ConnectFailure::Handshake(Refusal {
                 result: HandshakeResult::Protocol,
                 detail: e.to_string(),
             })
         })?;
         self.spawn_peer_connection(route, &serial, conn);
-        Ok((sender, peer))
+        Ok((session, peer))
     }
 
     /// Runs a client connection to a peer until it ends, or until a CRL revokes the peer's
     /// certificate (`serial`): then it is closed at once, with whatever it carries.
-    fn spawn_peer_connection(
+    fn spawn_peer_connection<E: std::fmt::Display>(
         &self,
         route: &Route,
         serial: &[u8],
-        conn: impl Future<Output = hyper::Result<()>> + Send + 'static,
+        conn: impl Future<Output = Result<(), E>> + Send + 'static,
     ) {
         let live = self.revocation.watch(serial);
         let name = route.name.clone();

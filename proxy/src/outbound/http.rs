@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{Error, Hop, RespBody};
@@ -15,6 +16,7 @@ use crate::forward::{self, Upgrade};
 use crate::identity::{Alpn, Credentials};
 use crate::outbound::affinity::Affinity;
 use crate::outbound::connect::peer_serial;
+use crate::outbound::peer_h2;
 use crate::outbound::route::Route;
 use crate::outbound::{Outbound, PeerBody};
 use crate::pool;
@@ -60,7 +62,7 @@ pub(super) async fn forward_h2(
     creds: &Arc<Credentials>,
     mut req: Request<PeerBody>,
 ) -> Answered {
-    let (mut sender, addr) = outbound.h2_session(route, creds).await?;
+    let (session, addr) = outbound.h2_session(route, creds).await?;
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTPS);
     parts.authority = Some(route.authority.clone());
@@ -74,8 +76,13 @@ pub(super) async fn forward_h2(
     req.headers_mut().remove(http::header::HOST);
     *req.version_mut() = Version::HTTP_2;
     let timeout = outbound.limits.request_timeout;
-    let resp = forward::exchange(Hop::Peer, timeout, sender.send_request(req)).await?;
-    Ok((resp, addr))
+    let mut resp = match tokio::time::timeout(timeout, peer_h2::send(&session, req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err(Error::failed(Hop::Peer, e)),
+        Err(_) => return Err(Error::Timeout(Hop::Peer)),
+    };
+    forward::strip_hop_by_hop(resp.headers_mut(), false);
+    Ok((resp.map(|b| Either::Left(Either::Right(b))), addr))
 }
 
 /// Upgrade requests ride a dedicated HTTP/1.1 mTLS connection (HTTP/2 cannot carry them here).

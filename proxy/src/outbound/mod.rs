@@ -16,11 +16,13 @@
 //! - [`affinity`]: the peer connections one app connection holds.
 //! - [`connect`]: mTLS connections to peers and the get/release choke point.
 //! - [`http`]: forwarding one request over HTTP/1.1, HTTP/2 or an upgrade.
+//! - [`peer_h2`]: the shared HTTP/2 connection, on the `h2` crate.
 //! - [`tcp`]: TCP services.
 
 mod affinity;
 mod connect;
 mod http;
+mod peer_h2;
 mod route;
 mod tcp;
 
@@ -45,6 +47,7 @@ use crate::observe::{self, Exchange, Log, Metered, Observed};
 use crate::revocation::RevocationCache;
 use crate::tls::HandshakeResult;
 
+pub use peer_h2::H2Body;
 pub use route::Route;
 pub use tcp::run_tcp;
 

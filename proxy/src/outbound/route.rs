@@ -11,8 +11,8 @@ use http::uri::Authority;
 use http::HeaderValue;
 use http::Request;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
 
+use super::peer_h2::Session;
 use super::PeerBody;
 
 use crate::config::{Limits, PeerAddr, PeerProtocol, Service};
@@ -58,7 +58,7 @@ pub struct Route {
 
 /// A shared HTTP/2 connection: the credentials it was made with, its sender and the socket
 /// address it reached.
-pub type H2Session = (Arc<Credentials>, SendRequest<PeerBody>, SocketAddr);
+pub type H2Session = (Arc<Credentials>, Session, SocketAddr);
 
 /// One address of a peer service, with its connections and health.
 pub struct Upstream {
