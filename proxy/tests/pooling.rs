@@ -183,19 +183,8 @@ async fn counting_app_served(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>,
             let answered = answered.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // Requests here are bodiless GETs: the header block is the whole request.
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    buf.drain(..end);
+                // Requests here are bodiless GETs: the header block is the whole request.
+                while read_head(&mut tcp, &mut buf).await.is_some() {
                     answered.fetch_add(1, Ordering::SeqCst);
                     if tcp
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

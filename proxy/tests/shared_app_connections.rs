@@ -14,7 +14,7 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -35,20 +35,9 @@ async fn streaming_app() -> (SocketAddr, Arc<AtomicUsize>, Arc<Notify>) {
             let release = release.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // Bodiless GETs: the header block is the whole request.
-                    let end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let slow = buf.starts_with(b"GET /slow ");
-                    buf.drain(..end);
+                // Bodiless GETs: the header block is the whole request.
+                while let Some(head) = read_head(&mut tcp, &mut buf).await {
+                    let slow = head.starts_with(b"GET /slow ");
                     let written = if slow {
                         let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
                         let first = tcp.write_all(head).await.is_ok()

@@ -497,6 +497,23 @@ pub async fn raw_get_as(
     raw_get(inbound, raw_client_config(Some(cred)), path).await
 }
 
+/// The next bodiless request head from a raw HTTP/1.1 connection (for apps that answer by
+/// hand), read into `buf` and taken out of it with its blank line; `None` once the client has
+/// closed. Bytes after the head stay in `buf` for the next call.
+pub async fn read_head(tcp: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(buf.drain(..i + 4).collect());
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Reads exactly `n` bytes from `tcp`, failing the test if they do not come within 5 s.
 pub async fn read_exactly(tcp: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
