@@ -29,6 +29,24 @@ pub type RespBody = Either<UpstreamBody, Full<Bytes>>;
 /// HTTP/1.1), or from a peer's shared HTTP/2 connection.
 pub type UpstreamBody = Either<Incoming, crate::outbound::H2Body>;
 
+/// A body an upstream's response arrives with, and how [`RespBody`] carries it.
+pub trait FromUpstream {
+    /// This body as the one response body type.
+    fn into_resp_body(self) -> RespBody;
+}
+
+impl FromUpstream for Incoming {
+    fn into_resp_body(self) -> RespBody {
+        Either::Left(Either::Left(self))
+    }
+}
+
+impl FromUpstream for crate::outbound::H2Body {
+    fn into_resp_body(self) -> RespBody {
+        Either::Left(Either::Right(self))
+    }
+}
+
 /// Which upstream a failure happened at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hop {

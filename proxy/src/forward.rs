@@ -19,13 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tether_net::ListenerLimits;
 
 use crate::config::Limits;
-use crate::error::{Error, Hop, RespBody};
+use crate::error::{Error, FromUpstream, Hop, RespBody};
 
 pub use headers::{is_upgrade, settle_authority, strip_hop_by_hop, strip_identity_fields, XFCC};
 pub use overflow::refuse;
@@ -171,20 +170,20 @@ pub fn tcp_listener_limits(limits: &Limits) -> ListenerLimits {
 
 /// Awaits an upstream's response head within `timeout`, then strips its hop-by-hop headers:
 /// the one tail of every forwarding path. A failure or a timeout is `hop`'s.
-pub async fn exchange<E: std::fmt::Display>(
+pub async fn exchange<B: FromUpstream, E: std::fmt::Display>(
     hop: Hop,
     timeout: Duration,
-    send: impl Future<Output = Result<Response<Incoming>, E>>,
+    send: impl Future<Output = Result<Response<B>, E>>,
 ) -> Result<Response<RespBody>, Error> {
     within(hop, timeout, send).await.map(finish)
 }
 
 /// The upstream's response head within `timeout`; a failure or a timeout is `hop`'s.
-async fn within<E: std::fmt::Display>(
+async fn within<B, E: std::fmt::Display>(
     hop: Hop,
     timeout: Duration,
-    send: impl Future<Output = Result<Response<Incoming>, E>>,
-) -> Result<Response<Incoming>, Error> {
+    send: impl Future<Output = Result<Response<B>, E>>,
+) -> Result<Response<B>, Error> {
     match tokio::time::timeout(timeout, send).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(Error::failed(hop, e)),
@@ -193,9 +192,9 @@ async fn within<E: std::fmt::Display>(
 }
 
 /// An upstream response as it goes back downstream: its hop-by-hop headers stripped.
-pub fn finish(mut resp: Response<Incoming>) -> Response<RespBody> {
+pub fn finish<B: FromUpstream>(mut resp: Response<B>) -> Response<RespBody> {
     strip_hop_by_hop(resp.headers_mut(), false);
-    resp.map(|b| Either::Left(Either::Left(b)))
+    resp.map(B::into_resp_body)
 }
 
 /// Like [`exchange`] for an upgrade request: the response keeps its `Connection`/`Upgrade`
@@ -214,5 +213,5 @@ pub async fn exchange_upgrade<E: std::fmt::Display>(
         let upstream = hyper::upgrade::on(&mut resp);
         upgrade.attach(downstream, upstream, until);
     }
-    Ok(resp.map(|b| Either::Left(Either::Left(b))))
+    Ok(resp.map(Incoming::into_resp_body))
 }

@@ -163,7 +163,7 @@ impl Outbound {
         for i in route.order(route.turn()) {
             let up = &route.upstreams[i];
             let mut slot = up.h2.lock().await;
-            if let Some((c, s, peer)) = slot.as_ref() {
+            if let Some((c, s, peer)) = slot.as_mut() {
                 if Arc::ptr_eq(c, creds) && !s.is_closed() {
                     return Ok((s.clone(), *peer));
                 }

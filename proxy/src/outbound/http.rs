@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body_util::Either;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{Error, Hop, RespBody};
@@ -76,13 +75,8 @@ pub(super) async fn forward_h2(
     req.headers_mut().remove(http::header::HOST);
     *req.version_mut() = Version::HTTP_2;
     let timeout = outbound.limits.request_timeout;
-    let mut resp = match tokio::time::timeout(timeout, peer_h2::send(&session, req)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err(Error::failed(Hop::Peer, e)),
-        Err(_) => return Err(Error::Timeout(Hop::Peer)),
-    };
-    forward::strip_hop_by_hop(resp.headers_mut(), false);
-    Ok((resp.map(|b| Either::Left(Either::Right(b))), addr))
+    let resp = forward::exchange(Hop::Peer, timeout, peer_h2::send(session, req)).await?;
+    Ok((resp, addr))
 }
 
 /// Upgrade requests ride a dedicated HTTP/1.1 mTLS connection (HTTP/2 cannot carry them here).
