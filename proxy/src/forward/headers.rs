@@ -145,11 +145,7 @@ fn always_hop_by_hop(name: &HeaderName, keep_upgrade: bool) -> bool {
 /// Whether `name` is one [`strip_hop_by_hop`] may remove or rewrite. Any header that
 /// `Connection` lists is only removed when `Connection` is present, which this also catches.
 fn is_hop_by_hop_candidate(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || HOP_BY_HOP.contains(name)
+    name == header::TE || always_hop_by_hop(name, false)
 }
 
 #[cfg(test)]

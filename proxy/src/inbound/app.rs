@@ -41,16 +41,15 @@ pub(super) async fn forward(
     if use_h2c {
         return forward_h2c(inbound, req).await;
     }
-    let from_http1 = req.version() <= Version::HTTP_11;
+    let hold = req.version() <= Version::HTTP_11 && app_conn.open.may_hold();
     *req.version_mut() = Version::HTTP_11;
-    if from_http1 && app_conn.open.may_hold() {
-        return forward_held(inbound, app_conn, req).await;
+    if !hold {
+        // Many peer connections now, or a request that came over HTTP/2: share app connections.
+        if let Some(held) = app_conn.held.take() {
+            inbound.shared.give_back(held);
+        }
     }
-    // Many peer connections now, or a request that came over HTTP/2: share app connections.
-    if let Some(held) = app_conn.held.take() {
-        inbound.shared.give_back(held);
-    }
-    forward_shared(inbound, req).await
+    forward_http1(inbound, app_conn, hold, req).await
 }
 
 /// Forwards a request as h2c on the pooled HTTP/2 client (absolute-form target, the app's
@@ -68,42 +67,38 @@ async fn forward_h2c(
     forward::exchange(Hop::App, timeout, inbound.h2c.request(req)).await
 }
 
-/// Forwards a request on a shared app connection: a ready one from the inbound's pool, else a
-/// new one. The connection goes back as soon as the response head is here, and the pool hands
-/// it out again once the app has sent the whole response. hyper-util's pooled client, used
-/// here before, spawned a task per request to wait for that and keyed its pool by URI: this
-/// path costs 15 % fewer instructions per request at the inbound (callgrind, 32 connections
-/// over HTTP/2: 50.4 k against 59.0 k).
-async fn forward_shared(
-    inbound: &Inbound,
-    req: Request<AppBody>,
-) -> Result<Response<RespBody>, Error> {
-    let kept = inbound.shared.pop(|()| true);
-    // Boxed, as in [`forward_held`].
-    let connect = || Box::pin(connect_app(inbound));
-    let timeout = inbound.limits.request_timeout;
-    let (resp, conn) = pool::send(Hop::App, kept, connect, req, timeout).await?;
-    inbound.shared.give_back(conn);
-    Ok(forward::finish(resp))
-}
-
-/// Forwards a request from an HTTP/1.x peer connection on the app connection it holds (made
-/// on first use; replaced if the app closed it, [`pool::send`]).
-async fn forward_held(
+/// Forwards a request over HTTP/1.1: with `hold`, on the app connection this peer connection
+/// holds (made on first use); else on a shared one, a ready one from the inbound's pool. Either
+/// is replaced by a new one if the app closed it ([`pool::send`]), and kept again as soon as the
+/// response head is here; the pool hands a shared one out again once the app has sent the
+/// whole response. hyper-util's pooled client, used for the shared ones before, spawned a task
+/// per request to wait for that and keyed its pool by URI: the shared path costs 15 % fewer
+/// instructions per request at the inbound (callgrind, 32 connections over HTTP/2: 50.4 k
+/// against 59.0 k).
+async fn forward_http1(
     inbound: &Inbound,
     app_conn: &AppConn,
+    hold: bool,
     req: Request<AppBody>,
 ) -> Result<Response<RespBody>, Error> {
-    let kept = app_conn
-        .held
-        .take()
-        .and_then(|mut c| c.is_ready_now().then_some(c));
+    let kept = if hold {
+        app_conn
+            .held
+            .take()
+            .and_then(|mut c| c.is_ready_now().then_some(c))
+    } else {
+        inbound.shared.pop(|()| true)
+    };
     // Boxed: a new connection's state would otherwise be part of (and copied with) every
-    // request's future, though most requests reuse the held one.
+    // request's future, though most requests reuse a kept one.
     let connect = || Box::pin(connect_app(inbound));
     let timeout = inbound.limits.request_timeout;
     let (resp, conn) = pool::send(Hop::App, kept, connect, req, timeout).await?;
-    app_conn.held.put(conn);
+    if hold {
+        app_conn.held.put(conn);
+    } else {
+        inbound.shared.give_back(conn);
+    }
     Ok(forward::finish(resp))
 }
 
