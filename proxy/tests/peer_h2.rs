@@ -17,9 +17,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-const ALLOW_A: &str =
-    "[[rule]]\nname = \"a\"\nfrom = [\"spiffe://demo.tether/ns/default/sa/service-a\"]\n";
-
 /// An HTTP/1.1 app that streams every request's body back as its response.
 async fn echo_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

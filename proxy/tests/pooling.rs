@@ -20,9 +20,6 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const ALLOW_A: &str =
-    "[[rule]]\nname = \"a\"\nfrom = [\"spiffe://demo.tether/ns/default/sa/service-a\"]\n";
-
 type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,

@@ -18,9 +18,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-const ALLOW_A: &str =
-    "[[rule]]\nname = \"a\"\nfrom = [\"spiffe://demo.tether/ns/default/sa/service-a\"]\n";
-
 /// A raw keep-alive HTTP/1.1 app that counts the connections it accepted. `GET /slow` gets a
 /// chunked response whose first chunk is sent at once and whose last waits for `finish`; any
 /// other request gets `ok`.

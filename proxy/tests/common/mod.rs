@@ -35,6 +35,10 @@ pub const SERVICE_A: &str = "ns/default/sa/service-a";
 /// The path of service-b's identity, the callee in most tests.
 pub const SERVICE_B: &str = "ns/default/sa/service-b";
 
+/// A policy that allows service-a everything (for tests about connections, not policy).
+pub const ALLOW_A: &str =
+    "[[rule]]\nname = \"a\"\nfrom = [\"spiffe://demo.tether/ns/default/sa/service-a\"]\n";
+
 /// A policy letting service-a reach `/data` and everything under it.
 pub const DATA_POLICY: &str = r#"
 [[rule]]
