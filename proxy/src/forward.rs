@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -170,25 +171,30 @@ pub fn tcp_listener_limits(limits: &Limits) -> ListenerLimits {
 
 /// Awaits an upstream's response head within `timeout`, then strips its hop-by-hop headers:
 /// the one tail of every forwarding path. A failure or a timeout is `hop`'s.
-pub async fn exchange<B: FromUpstream, E: std::fmt::Display>(
+///
+/// Plain functions returning combinators, not `async fn`s: an `async fn` keeps its arguments
+/// in its own state, so each layer copied the upstream's send future (kilobytes) once more;
+/// as `async fn`s, these two cost the outbound 0.8 k instructions of `memcpy` per request at
+/// 32 connections (callgrind).
+pub fn exchange<B: FromUpstream, E: std::fmt::Display>(
     hop: Hop,
     timeout: Duration,
     send: impl Future<Output = Result<Response<B>, E>>,
-) -> Result<Response<RespBody>, Error> {
-    within(hop, timeout, send).await.map(finish)
+) -> impl Future<Output = Result<Response<RespBody>, Error>> {
+    within(hop, timeout, send).map(|r| r.map(finish))
 }
 
 /// The upstream's response head within `timeout`; a failure or a timeout is `hop`'s.
-async fn within<B, E: std::fmt::Display>(
+fn within<B, E: std::fmt::Display>(
     hop: Hop,
     timeout: Duration,
     send: impl Future<Output = Result<Response<B>, E>>,
-) -> Result<Response<B>, Error> {
-    match tokio::time::timeout(timeout, send).await {
+) -> impl Future<Output = Result<Response<B>, Error>> {
+    tokio::time::timeout(timeout, send).map(move |r| match r {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(Error::failed(hop, e)),
         Err(_) => Err(Error::Timeout(hop)),
-    }
+    })
 }
 
 /// An upstream response as it goes back downstream: its hop-by-hop headers stripped.
