@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rustls_pki_types::UnixTime;
 use tether_certs::crl::{self, CrlEntry};
 use tether_certs::issue::{self, Signer};
@@ -84,7 +84,8 @@ fn svid_verify(c: &mut Criterion) {
     for s in &revoked_serials() {
         set.insert(s);
     }
-    let verifier = SvidVerifier::new(&bundle, Revocation::new(set));
+    let revocation = Revocation::new(set);
+    let verifier = SvidVerifier::new(&bundle, revocation.clone());
     let key = tether_certs::keys::generate_key().expect("key");
     let id = SpiffeId::from_parts(&pki.td, "/ns/default/sa/service-a").expect("id");
     let leaf = pki
@@ -97,20 +98,28 @@ fn svid_verify(c: &mut Criterion) {
     verifier
         .verify(&leaf.der, &intermediates, Usage::Client, now, &expected)
         .expect("the leaf verifies");
+    let verify = |verifier: &SvidVerifier| {
+        verifier
+            .verify(
+                black_box(&leaf.der),
+                black_box(&intermediates),
+                Usage::Client,
+                now,
+                &expected,
+            )
+            .expect("verifies")
+    };
     let mut group = c.benchmark_group("svid-verify");
+    // A chain this verifier has not seen: webpki's two signature checks run.
     group.bench_function("chain-leaf-intermediate-root", |b| {
-        b.iter(|| {
-            verifier
-                .verify(
-                    black_box(&leaf.der),
-                    black_box(&intermediates),
-                    Usage::Client,
-                    now,
-                    &expected,
-                )
-                .expect("verifies")
-        })
+        b.iter_batched(
+            || SvidVerifier::new(&bundle, revocation.clone()),
+            |fresh| verify(&fresh),
+            BatchSize::SmallInput,
+        )
     });
+    // The same chain again, as on a peer's next connection: remembered.
+    group.bench_function("chain-remembered", |b| b.iter(|| verify(&verifier)));
     group.bench_function("inspect-leaf-only", |b| {
         b.iter(|| tether_certs::svid::inspect_leaf(black_box(&leaf.der), Some(Usage::Client)))
     });

@@ -9,6 +9,9 @@
 //! 4. the leaf's serial is not revoked ([`Revocation`], shared and swappable so a new CRL applies
 //!    to the next handshake without rebuilding the TLS config).
 //!
+//! webpki's answer for a chain it accepted is remembered while the chain is valid (`verify/chain.rs`,
+//! as peers reconnect with one chain many times); everything else is checked on every handshake.
+//!
 //! Failures become `rustls::Error`s that [`failure_reason`] maps back to a short label for
 //! metrics (`unknown_ca`, `expired`, `revoked`, `bad_svid`, `identity_mismatch`, …).
 
@@ -28,6 +31,9 @@ use crate::bundle::TrustBundle;
 use crate::crl::RevokedSet;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::svid::{inspect_leaf, LeafInfo, SvidError, Usage};
+
+mod chain;
+use chain::VerifiedChains;
 
 /// Which peer identities a verifier admits.
 #[derive(Debug, Clone)]
@@ -151,7 +157,7 @@ impl Revocation {
 pub struct SvidVerifier {
     anchors: Vec<(TrustDomain, Vec<TrustAnchor<'static>>)>,
     revocation: Arc<Revocation>,
-    algs: WebPkiSupportedAlgorithms,
+    chains: VerifiedChains,
 }
 
 impl SvidVerifier {
@@ -173,7 +179,7 @@ impl SvidVerifier {
         SvidVerifier {
             anchors,
             revocation,
-            algs: crate::provider().signature_verification_algorithms,
+            chains: VerifiedChains::default(),
         }
     }
 
@@ -194,20 +200,8 @@ impl SvidVerifier {
             .find(|(d, _)| d.as_str() == td)
             .map(|(_, a)| a.as_slice())
             .ok_or_else(|| VerifyError::UnknownCa(td.to_string()))?;
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| VerifyError::Chain(e.to_string()))?;
-        let eku = match usage {
-            Usage::Client => webpki::KeyUsage::client_auth(),
-            Usage::Server => webpki::KeyUsage::server_auth(),
-        };
-        cert.verify_for_usage(self.algs.all, anchors, intermediates, now, eku, None, None)
-            .map_err(|e| match e {
-                webpki::Error::UnknownIssuer => VerifyError::UnknownCa(td.to_string()),
-                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-                    VerifyError::Expired
-                }
-                other => VerifyError::Chain(format!("{other:?}")),
-            })?;
+        self.chains
+            .check(anchors, end_entity, intermediates, usage, now, &leaf)?;
         if let ExpectedPeer::OneOf(ids) = expected {
             if !ids.contains(&leaf.id) {
                 let expected = ids
@@ -225,6 +219,12 @@ impl SvidVerifier {
             return Err(VerifyError::Revoked(leaf.serial.to_string()));
         }
         Ok(leaf)
+    }
+
+    /// How many accepted chains this verifier remembers (see the `chain` module: a chain seen
+    /// again skips webpki's signature checks, never the SVID, identity and revocation ones).
+    pub fn remembered_chains(&self) -> usize {
+        self.chains.len()
     }
 }
 

@@ -945,3 +945,70 @@ fn failure_reason_labels_every_verify_error() {
     );
     assert_eq!(failure_reason(&rustls::Error::General("x".into())), "tls");
 }
+
+#[test]
+fn a_remembered_chain_is_only_that_chain_and_still_meets_identity_and_revocation() {
+    let pki = Pki::new(TD);
+    let revocation = none_revoked();
+    let verifier = SvidVerifier::new(&pki.bundle(), revocation.clone());
+    let svid = pki.leaf("/svc");
+    let any = ExpectedPeer::AnyInBundle;
+    verify(&verifier, &svid, Usage::Client, &any).unwrap();
+    verify(&verifier, &svid, Usage::Client, &any).unwrap();
+    assert_eq!(
+        verifier.remembered_chains(),
+        1,
+        "one chain, remembered once"
+    );
+
+    // The same leaf with no, another, or a damaged intermediate is another chain: refused.
+    let now = unix(now());
+    let other = Pki::new(TD);
+    let damaged = CertificateDer::from(flip_signature(&svid.chain[1]));
+    for wrong in [
+        vec![],
+        vec![other.intermediate.cert().clone()],
+        vec![damaged],
+    ] {
+        let err = verifier
+            .verify(&svid.der, &wrong, Usage::Client, now, &any)
+            .unwrap_err();
+        assert!(
+            matches!(err, VerifyError::UnknownCa(_) | VerifyError::Chain(_)),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        verifier.remembered_chains(),
+        1,
+        "failures are not remembered"
+    );
+
+    // Identity and revocation are checked on every handshake, remembered chain or not.
+    let elsewhere = one_of(&[&pki.id("/other")]);
+    assert!(matches!(
+        verify(&verifier, &svid, Usage::Client, &elsewhere),
+        Err(VerifyError::IdentityMismatch { .. })
+    ));
+    let mut set = RevokedSet::default();
+    set.insert(&svid.serial());
+    revocation.replace(set);
+    assert!(matches!(
+        verify(&verifier, &svid, Usage::Client, &any),
+        Err(VerifyError::Revoked(_))
+    ));
+
+    // After its leaf expires the chain is checked afresh, and refused as expired.
+    let after = svid.issued.as_ref().unwrap().not_after + Duration::from_secs(1);
+    revocation.replace(RevokedSet::default());
+    let err = verifier
+        .verify(
+            &svid.der,
+            &svid.chain[1..],
+            Usage::Client,
+            unix(after),
+            &any,
+        )
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::Expired), "{err:?}");
+}
