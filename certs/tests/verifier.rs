@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::*;
 use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType};
-use rustls::{ClientConfig, HandshakeKind, ServerConfig};
+use rustls::{CipherSuite, ClientConfig, HandshakeKind, ServerConfig};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tether_certs::crl::{self, CrlEntry};
 use tether_certs::svid::{inspect_leaf, SvidError, Usage};
@@ -47,6 +47,7 @@ struct Seen {
     kind: Option<HandshakeKind>,
     alpn: Option<Vec<u8>>,
     version: Option<rustls::ProtocolVersion>,
+    suite: Option<rustls::CipherSuite>,
 }
 
 fn seen(conn: &rustls::CommonState) -> Seen {
@@ -59,6 +60,7 @@ fn seen(conn: &rustls::CommonState) -> Seen {
         kind: conn.handshake_kind(),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         version: conn.protocol_version(),
+        suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
     }
 }
 
@@ -324,6 +326,43 @@ async fn valid_client_and_server_see_each_others_spiffe_id() {
         assert_eq!(side.version, Some(rustls::ProtocolVersion::TLSv1_3));
         assert_eq!(side.alpn.as_deref(), Some(&b"h2"[..]), "h2 preferred");
         assert_eq!(side.kind, Some(HandshakeKind::Full));
+        assert_eq!(side.suite, Some(CipherSuite::TLS13_AES_128_GCM_SHA256));
+    }
+}
+
+/// A client presenting the mesh's client SVID, on `provider` instead of Tether's.
+fn client_on(mesh: &Mesh, provider: rustls::crypto::CryptoProvider) -> Arc<ClientConfig> {
+    let core = Arc::new(SvidVerifier::new(&mesh.pki.bundle(), none_revoked()));
+    let verifier = SvidServerVerifier::new(core, ExpectedPeer::AnyInBundle);
+    let config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(mesh.client.chain.clone(), mesh.client.private_key())
+        .unwrap();
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn a_mesh_server_picks_aes_128_gcm_by_its_own_order_and_still_speaks_the_others() {
+    let mesh = Mesh::new();
+    // rustls' stock order puts AES-256-GCM-SHA384 first; the server's order wins.
+    let stock = rustls::crypto::aws_lc_rs::default_provider();
+    let first = stock.cipher_suites[0].suite();
+    assert_eq!(first, CipherSuite::TLS13_AES_256_GCM_SHA384);
+    let out = handshake(mesh.server(), client_on(&mesh, stock)).await;
+    let want = Some(CipherSuite::TLS13_AES_128_GCM_SHA256);
+    assert_eq!(out.server.unwrap().suite, want);
+    // No suite was dropped: a client offering only another one still connects with it.
+    for only in [
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    ] {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites.retain(|s| s.suite() == only);
+        let out = handshake(mesh.server(), client_on(&mesh, provider)).await;
+        assert_eq!(out.server.unwrap().suite, Some(only));
     }
 }
 
