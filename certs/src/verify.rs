@@ -360,9 +360,9 @@ impl ServerCertVerifier for SvidServerVerifier {
     crate::check_handshake_signatures!();
 }
 
-/// A TLS 1.3-only server config for mesh traffic: the cipher suite by Tether's order, ALPN h2 +
-/// http/1.1, no session resumption (rustls does not re-verify a resumed peer, so resumption would
-/// bypass revocation), no 0-RTT.
+/// A TLS 1.3-only server config for mesh traffic: the cipher suite by Tether's order, not the
+/// client's ([`crate::provider`]), ALPN h2 + http/1.1, no session resumption (rustls does not
+/// re-verify a resumed peer, so resumption would bypass revocation), no 0-RTT.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
@@ -373,7 +373,6 @@ pub fn server_config(
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Our suite order (`crate::provider`), not the client's.
     config.ignore_client_order = true;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
