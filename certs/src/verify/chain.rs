@@ -51,13 +51,29 @@ impl VerifiedChains {
         leaf: &LeafInfo,
     ) -> Result<(), VerifyError> {
         let key = chain_key(end_entity, intermediates, usage);
-        let now = now.as_secs();
-        if self.holds(&key, now) {
+        let secs = now.as_secs();
+        if self.holds(&key, secs) {
             return Ok(());
         }
-        webpki_check(anchors, end_entity, intermediates, usage, now, leaf)?;
+        // webpki's path building and signature checks, its errors in the verifier's terms.
+        let td = leaf.id.trust_domain_name();
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| VerifyError::Chain(e.to_string()))?;
+        let eku = match usage {
+            Usage::Client => webpki::KeyUsage::client_auth(),
+            Usage::Server => webpki::KeyUsage::server_auth(),
+        };
+        let algs = super::algorithms().all;
+        cert.verify_for_usage(algs, anchors, intermediates, now, eku, None, None)
+            .map_err(|e| match e {
+                webpki::Error::UnknownIssuer => VerifyError::UnknownCa(td.to_string()),
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                    VerifyError::Expired
+                }
+                other => VerifyError::Chain(format!("{other:?}")),
+            })?;
         if let Some(span) = validity_span(leaf, intermediates) {
-            self.remember(key, span, now);
+            self.remember(key, span, secs);
         }
         Ok(())
     }
@@ -124,35 +140,6 @@ fn validity_span(leaf: &LeafInfo, intermediates: &[CertificateDer<'_>]) -> Optio
         until = until.min(secs(cert.validity().not_after.timestamp()));
     }
     (from <= until).then_some((from, until))
-}
-
-/// webpki's path building and signature checks, its errors in the verifier's terms.
-fn webpki_check(
-    anchors: &[TrustAnchor<'_>],
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    usage: Usage,
-    now: u64,
-    leaf: &LeafInfo,
-) -> Result<(), VerifyError> {
-    let td = leaf.id.trust_domain_name();
-    let cert = webpki::EndEntityCert::try_from(end_entity)
-        .map_err(|e| VerifyError::Chain(e.to_string()))?;
-    let eku = match usage {
-        Usage::Client => webpki::KeyUsage::client_auth(),
-        Usage::Server => webpki::KeyUsage::server_auth(),
-    };
-    let algs = super::algorithms().all;
-    let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
-    cert.verify_for_usage(algs, anchors, intermediates, now, eku, None, None)
-        .map(|_| ())
-        .map_err(|e| match e {
-            webpki::Error::UnknownIssuer => VerifyError::UnknownCa(td.to_string()),
-            webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-                VerifyError::Expired
-            }
-            other => VerifyError::Chain(format!("{other:?}")),
-        })
 }
 
 #[cfg(test)]
