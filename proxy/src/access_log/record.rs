@@ -7,12 +7,13 @@
 //! (`decision` of a request refused before the policy was asked). The query string is never
 //! logged: it is where tokens and other secrets travel in URLs.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
-use serde::Serialize;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
@@ -85,51 +86,133 @@ impl Record {
     }
 }
 
-/// The JSON shape of a line, borrowed from a [`Record`].
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: String,
-    direction: &'static str,
-    peer: Option<&'a str>,
-    service: Option<&'a str>,
-    method: &'a str,
-    path: &'a str,
-    status: u16,
-    duration_ms: f64,
-    bytes_in: u64,
-    bytes_out: u64,
-    request_id: &'a str,
-    decision: Option<&'static str>,
-    rule: Option<&'a str>,
-    upstream: Option<SocketAddr>,
-    grpc_status: Option<u32>,
+/// What the writer thread formatted for the line before: consecutive lines mostly fall in the
+/// same second and go to the same upstream, and formatting those two took about 2.5 k
+/// instructions a line (callgrind at 32 connections), a twentieth of a request's whole cost.
+#[derive(Default)]
+struct Memo {
+    ts: Stamp,
+    upstream: Upstream,
+}
+
+/// The last timestamp written, and the Unix second its first 19 bytes
+/// (`YYYY-MM-DDTHH:MM:SS`) name.
+#[derive(Default)]
+struct Stamp {
+    second: Option<u64>,
+    text: String,
+}
+
+/// The last upstream written, and its text.
+#[derive(Default)]
+struct Upstream(Option<(SocketAddr, String)>);
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::new(Memo::default());
+}
+
+impl Stamp {
+    /// `at` in [`TS`]'s format; the date and the time of day are formatted once per second.
+    fn of(&mut self, at: SystemTime) -> &str {
+        // Before 1970 (no second to key on) every stamp is formatted in full.
+        let second = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| (d.as_secs(), d.subsec_millis()));
+        match second {
+            Some((s, millis)) if self.second == Some(s) => {
+                self.text.truncate(19);
+                let _ = write!(self.text, ".{millis:03}Z");
+            }
+            _ => {
+                self.text = time::OffsetDateTime::from(at)
+                    .format(TS)
+                    .unwrap_or_default();
+                // Only a stamp of the usual shape (a four-digit year) is reused.
+                self.second = second.filter(|_| self.text.len() == 24).map(|(s, _)| s);
+            }
+        }
+        &self.text
+    }
+}
+
+impl Upstream {
+    /// `addr` as text, formatted only when it differs from the last one.
+    fn of(&mut self, addr: SocketAddr) -> &str {
+        if self.0.as_ref().is_none_or(|(last, _)| *last != addr) {
+            self.0 = Some((addr, addr.to_string()));
+        }
+        self.0.as_ref().map_or("", |(_, text)| text)
+    }
 }
 
 impl super::Entry for Record {
+    /// The keys in a fixed order, written by hand: serde_json's derive spent about 2.5 k
+    /// instructions a line escaping strings a byte at a time, and most of these need no escape
+    /// (see [`string`]).
     fn write_json(&self, out: &mut Vec<u8>) {
-        let ts = time::OffsetDateTime::from(self.ts)
-            .format(TS)
-            .unwrap_or_default();
-        let line = Line {
-            ts,
-            direction: self.direction.as_str(),
-            peer: self.peer.as_deref(),
-            service: self.service.as_deref(),
-            method: self.method.as_str(),
-            path: &self.path,
-            status: self.status,
-            duration_ms: self.duration.as_secs_f64() * 1e3,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            request_id: crate::observe::id_str(&self.request_id),
-            decision: self.decision.map(AuthzLabel::as_str),
-            rule: self.rule.as_deref(),
-            // serde writes an address as its text, without an allocation.
-            upstream: self.upstream,
-            grpc_status: self.grpc_status,
-        };
-        // Serializing plain strings and numbers into a Vec cannot fail.
-        let _ = serde_json::to_writer(out, &line);
+        MEMO.with_borrow_mut(|Memo { ts, upstream }| {
+            out.extend_from_slice(b"{\"ts\":");
+            string(out, ts.of(self.ts));
+            field(out, "direction", Some(self.direction.as_str()));
+            field(out, "peer", self.peer.as_deref());
+            field(out, "service", self.service.as_deref());
+            field(out, "method", Some(self.method.as_str()));
+            field(out, "path", Some(&self.path));
+            number(out, "status", Some(self.status.into()));
+            key(out, "duration_ms");
+            // Serializing a number into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &(self.duration.as_secs_f64() * 1e3));
+            number(out, "bytes_in", Some(self.bytes_in));
+            number(out, "bytes_out", Some(self.bytes_out));
+            let id = crate::observe::id_str(&self.request_id);
+            field(out, "request_id", Some(id));
+            field(out, "decision", self.decision.map(AuthzLabel::as_str));
+            field(out, "rule", self.rule.as_deref());
+            field(out, "upstream", self.upstream.map(|a| upstream.of(a)));
+            number(out, "grpc_status", self.grpc_status.map(u64::from));
+            out.push(b'}');
+        });
+    }
+}
+
+/// `,"name":` (every key but the first).
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A string field, `null` when absent.
+fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+    key(out, name);
+    match value {
+        Some(v) => string(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A number field, `null` when absent.
+fn number(out: &mut Vec<u8>, name: &str, value: Option<u64>) {
+    key(out, name);
+    match value {
+        Some(n) => {
+            let _ = serde_json::to_writer(&mut *out, &n);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `s` as a JSON string. A string with no byte JSON must escape (`"`, `\\`, below 0x20) is
+/// copied as it is, which is also what serde_json writes for it; any other goes through
+/// serde_json.
+fn string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -180,5 +263,55 @@ mod tests {
         let v = line(&r);
         assert_eq!(v["path"], path);
         assert_eq!(v["status"], CLIENT_CLOSED);
+    }
+
+    #[test]
+    fn a_stamp_reused_within_its_second_reads_as_a_fresh_one() {
+        let mut stamp = Stamp::default();
+        let base = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_601_445_000);
+        // Within one second, across its end, backwards, and far away.
+        let steps: [i64; 9] = [0, 1, 999, 1_000, 1_001, 500, 86_400_000, -1, 5];
+        for ms in steps {
+            let at = if ms >= 0 {
+                base + Duration::from_millis(ms as u64)
+            } else {
+                base - Duration::from_millis(ms.unsigned_abs())
+            };
+            let want = time::OffsetDateTime::from(at).format(TS).unwrap();
+            assert_eq!(stamp.of(at), want, "{ms} ms");
+        }
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_millis(1_500);
+        assert_eq!(stamp.of(before_1970), "1969-12-31T23:59:58.500Z");
+        assert_eq!(stamp.of(base), "2025-12-01T15:04:05.000Z");
+    }
+
+    #[test]
+    fn the_upstream_text_follows_each_address() {
+        let mut upstream = Upstream::default();
+        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let b: SocketAddr = "[::1]:9090".parse().unwrap();
+        for addr in [a, a, b, a, b, b] {
+            assert_eq!(upstream.of(addr), addr.to_string());
+        }
+    }
+
+    #[test]
+    fn strings_are_written_byte_for_byte_as_serde_json_writes_them() {
+        let mut cases: Vec<String> = (0u8..0x80).map(|b| format!("a{}z", b as char)).collect();
+        cases.extend(
+            [
+                "",
+                "spiffe://td/ns/a/sa/b",
+                "/é/日本",
+                "\\\"",
+                "\u{7f}\u{2028}",
+            ]
+            .map(String::from),
+        );
+        for s in cases {
+            let mut ours = Vec::new();
+            string(&mut ours, &s);
+            assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
+        }
     }
 }
