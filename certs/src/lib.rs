@@ -46,8 +46,9 @@ pub use spiffe::{SpiffeId, TrustDomain};
 /// Its cipher suites are rustls' own, with `TLS13_AES_128_GCM_SHA256` moved first (rustls puts
 /// AES-256-GCM-SHA384 first). The keys are P-256 and X25519, 128-bit strong, so AES-256 adds no
 /// strength to a connection; and SHA-256 runs on the CPU's SHA extensions where SHA-384 has none,
-/// which makes the TLS 1.3 key schedule and transcript hash of every handshake cheaper, as AES-128
-/// makes every record cheaper. Mesh servers pick by this order ([`verify::server_config`]).
+/// which makes the TLS 1.3 key schedule and transcript hash of every handshake cheaper (272 against
+/// 305 µs of the inbound's CPU per full handshake; the records cost the same). Mesh servers pick
+/// by this order ([`verify::server_config`]).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER

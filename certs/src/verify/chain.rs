@@ -1,8 +1,8 @@
 //! The chain check of [`SvidVerifier`](super::SvidVerifier): webpki's path to a root, remembered.
 //!
 //! A mesh peer reconnects with the same certificate chain many times over its lifetime, and the
-//! two ECDSA signature checks of that chain (leaf by intermediate, intermediate by root) are the
-//! largest part of a full handshake's CPU. webpki's answer for a chain depends only on its exact
+//! two ECDSA signature checks of that chain (leaf by intermediate, intermediate by root) were a
+//! quarter of a full handshake's CPU at the inbound (404 against 305 µs without them). webpki's answer for a chain depends only on its exact
 //! bytes, the roots, the key usage and the time, so a chain it accepted is remembered by a
 //! SHA-256 digest of those bytes and the usage, together with the span of time in which every
 //! certificate presented is valid. The roots are fixed per verifier (a new bundle builds a new
@@ -11,8 +11,8 @@
 //!
 //! Only what webpki decides is remembered: the SVID rules, the expected identity, revocation and
 //! the handshake signature (the proof that the peer holds the key) are still checked on every
-//! handshake. Failures are never remembered. SHA-256 is what the certificates' own signatures
-//! rest on, so the digest adds no weaker assumption.
+//! handshake. Failures are never remembered. SHA-256's collision resistance (128-bit) matches
+//! the strength of the P-256 keys Tether signs chains with, so the digest adds no weaker link.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,8 +24,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::VerifyError;
 use crate::svid::{LeafInfo, Usage};
 
-/// How many accepted chains one verifier remembers: far more than a sidecar's peers hold at once
-/// (one chain each, two during a rotation), and a few tens of KiB at most.
+/// How many accepted chains one verifier remembers: one chain per peer instance for about a
+/// thousand of them (a peer presents two while it rotates); a 32-byte key and a 16-byte span
+/// each, under 100 KiB.
 const CAPACITY: usize = 1024;
 
 /// A digest of the usage and the exact chain bytes.

@@ -87,8 +87,8 @@ impl Record {
 }
 
 /// What the writer thread formatted for the line before: consecutive lines mostly fall in the
-/// same second and go to the same upstream, and formatting those two took about 2.5 k
-/// instructions a line (callgrind at 32 connections), a twentieth of a request's whole cost.
+/// same second and go to the same upstream, and formatting those two cost the outbound 2.8 k
+/// instructions per request (callgrind, 32 connections: 49.8 k against 47.0 k with the memo).
 #[derive(Default)]
 struct Memo {
     ts: Stamp,
@@ -149,7 +149,7 @@ impl Upstream {
 impl super::Entry for Record {
     /// The keys in a fixed order, written by hand: serde_json's derive spent about 2.5 k
     /// instructions a line escaping strings a byte at a time, and most of these need no escape
-    /// (see [`string`]).
+    /// (see [`string`]). Net, 1.4 k fewer per request at the outbound (47.0 k → 45.6 k).
     fn write_json(&self, out: &mut Vec<u8>) {
         MEMO.with_borrow_mut(|Memo { ts, upstream }| {
             out.extend_from_slice(b"{\"ts\":");
