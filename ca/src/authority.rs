@@ -53,7 +53,7 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use tether_certs::svid::{LeafInfo, Usage};
-use tether_certs::verify::{ExpectedPeer, Revocation, SvidVerifier, VerifyError};
+use tether_certs::verify::{ExpectedPeer, VerifyError};
 use tether_certs::{Serial, SpiffeId, TrustBundle, TrustDomain};
 
 use crate::error::CaError;
@@ -235,11 +235,8 @@ impl Authority {
         let (leaf, intermediates) = peer_chain.split_first().ok_or_else(|| {
             CaError::Unauthorized("a client certificate is required (mTLS)".into())
         })?;
-        let verifier = SvidVerifier::new(
-            &self.keys().trust.bundle,
-            Revocation::new(Default::default()),
-        );
-        verifier
+        self.keys()
+            .verifier
             .verify(
                 leaf,
                 intermediates,

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use tether_certs::files::{self, PUBLIC_MODE, SECRET_MODE};
 use tether_certs::issue::Signer;
+use tether_certs::verify::{Revocation, SvidVerifier};
 use tether_certs::TrustBundle;
 
 use crate::error::CaError;
@@ -44,6 +45,10 @@ pub(crate) struct Keys {
     pub signer: Signer,
     /// The bundle and the chain tail handed out with every leaf.
     pub trust: Trust,
+    /// Checks callers' chains against `trust`'s bundle. One per `Keys`, so a caller's chain is
+    /// verified once while it is valid and the bundle unchanged (`tether_certs::verify`); its
+    /// revocation set is empty because the store says what is revoked.
+    pub verifier: SvidVerifier,
 }
 
 /// Where generation `generation`'s `root/`, `intermediate/`, `server/` and `admin/` live:
@@ -317,11 +322,13 @@ pub(crate) fn load_keys(dir: &Path, me: &Me, store: &mut Store) -> Result<Keys, 
             "the intermediate on disk for generation {generation} is not the one ca.db records"
         )));
     }
+    let verifier = SvidVerifier::new(&trust.bundle, Revocation::new(Default::default()));
     let keys = Keys {
         generation,
         bundle_version,
         signer,
         trust,
+        verifier,
     };
     // Another replica may have rotated or retired: this dir's published copies follow at each
     // load, not only when a command of this dir changed them.

@@ -506,10 +506,14 @@ async fn renew_without_a_client_certificate_is_401() {
 async fn renew_with_a_revoked_certificate_is_403() {
     let ca = TestCa::start().await;
     let cred = ca.enroll(&id("/ns/default/sa/gone")).await;
+    // Accepted once first, so the CA's verifier remembers the chain: what is revoked is still
+    // the store's to say, on every call.
+    let (_k, csr) = csr_for("/ns/default/sa/gone");
+    let before = ca.client_as(&cred).renew(&csr).await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.text());
     let revoked = ca.admin().revoke(&json!({"serial": cred.serial})).await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
 
-    let (_k, csr) = csr_for("/ns/default/sa/gone");
     let r = ca.client_as(&cred).renew(&csr).await;
     r.assert_error(StatusCode::FORBIDDEN, "revoked");
 }
