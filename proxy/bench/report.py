@@ -31,7 +31,7 @@ notes = (out / "notes.txt").read_text().strip() if (out / "notes.txt").exists() 
 loadavg = (out / "loadavg.txt").read_text().strip() if (out / "loadavg.txt").exists() else ""
 
 PEERS = [p for p in ("nginx", "haproxy") if any(k[1] == p for k in rows)]
-OURS = [t for t in ("tether", "tether-http1", "tether-h2", "baseline") if t == "tether" or any(k[1] == t for k in rows)]
+OURS = [t for t in ("tether", "tether-http1", "tether-h2", "baseline", "tether-tcp") if t == "tether" or any(k[1] == t for k in rows)]
 PROXIES = OURS + PEERS
 TARGETS = ["direct"] + PROXIES
 
@@ -125,8 +125,9 @@ def rss_cell(w, t):
     return f"{fo(o)} / {fo(i)}{rng}"
 
 
-def cpu_cell(w, t):
-    o, i = values(w, t, "cpu_out_us"), values(w, t, "cpu_in_us")
+def cpu_cell(w, t, kind="cpu"):
+    """Outbound + inbound µs per request: all CPU (kind "cpu") or its system time ("sys")."""
+    o, i = values(w, t, f"{kind}_out_us"), values(w, t, f"{kind}_in_us")
     if not o:
         return "—"
     return f"{fmt(statistics.median(o.values()), 0)} + {fmt(statistics.median(i.values()), 0)}"
@@ -136,9 +137,12 @@ hold = meta.get("hold_conns", "1000")
 table = [
     ("keep-alive, 32 connections, req/s", lambda t: cell("ka32", t, "rps", 1e-3, 1) + (" k" if values("ka32", t, "rps") else "")),
     ("proxy CPU per request at 32 connections, µs (outbound + inbound)", lambda t: cpu_cell("ka32", t) if t != "direct" else "—"),
+    ("… of which system time (the kernel), µs", lambda t: cpu_cell("ka32", t, "sys") if t != "direct" else "—"),
     ("keep-alive, 1 connection, req/s", lambda t: cell("ka1", t, "rps", 1e-3, 2) + (" k" if values("ka1", t, "rps") else "")),
     ("keep-alive, 1 connection, p50 latency, ms", lambda t: cell("ka1", t, "p50_ms", 1, 3)),
     ("keep-alive, 1 connection, p99 latency, ms", lambda t: cell("ka1", t, "p99_ms", 1, 3)),
+    ("proxy CPU per request at 1 connection, µs (outbound + inbound)", lambda t: cpu_cell("ka1", t) if t != "direct" else "—"),
+    ("… of which system time (the kernel), µs", lambda t: cpu_cell("ka1", t, "sys") if t != "direct" else "—"),
     ("new mTLS connection per request through the pair, req/s (direct: new plain TCP connection)", lambda t: cell("newconn_pair", t, "rps", 1, 0) if t not in OURS else "n/a ¹"),
     ("new mTLS connection + 1 request straight at the inbound, conn/s", lambda t: cell("newconn_inbound", t, "rps", 1, 0)),
     ("inbound CPU per new mTLS connection + request, µs", lambda t: cell("newconn_inbound", t, "cpu_in_us", 1, 0)),
@@ -152,7 +156,7 @@ table = [
 ]
 NAMES = {"direct": "direct", "tether": "Tether pair (default, `auto`)",
          "tether-http1": "Tether, `http1` ²", "tether-h2": "Tether, `h2` ²",
-         "baseline": "baseline build (`BASELINE`)"}
+         "baseline": "baseline build (`BASELINE`)", "tether-tcp": "Tether, TCP mode ³"}
 say("| workload | " + " | ".join(NAMES.get(t, f"{t} pair") for t in TARGETS) + " |")
 say("|---|" + "---|" * len(TARGETS))
 for name, f in table:
@@ -173,6 +177,16 @@ if len(OURS) > 1:
         "request. The default, `auto`, is `http1` while at most 16 client connections are open and "
         "`h2` beyond. All three outbounds share one inbound process, so the idle RSS and "
         "handshake rows are the default pair's."
+    )
+if "tether-tcp" in OURS:
+    say("")
+    say(
+        "³ The same two sidecars in TCP mode (a `mode = \"tcp\"` service and inbound): mTLS and "
+        "byte copying with no HTTP at all, one mTLS connection per client connection, measured at "
+        "32 and 1 connections only. It is not how an HTTP service should be meshed (no policy on "
+        "method or path, no HTTP metrics or access log); it is the floor that any HTTP path on the "
+        "same stack (tokio, rustls, this kernel) stands on, and so the most a leaner HTTP path could "
+        "gain."
     )
 say("")
 
@@ -222,9 +236,9 @@ def pair_sum(w, t, a, b):
     return {r: va[r] + vb[r] for r in va if r in vb}
 
 
-def pair_ratio_to_best(w, a, b, higher_better=False):
-    """Median over rounds of Tether's (a + b) ÷ the best peer's (a + b) in that round."""
-    ours = pair_sum(w, "tether", a, b)
+def pair_ratio_to_best(w, a, b, higher_better=False, t="tether"):
+    """Median over rounds of target t's (a + b) ÷ the best peer's (a + b) in that round."""
+    ours = pair_sum(w, t, a, b)
     rs = []
     for r, v in ours.items():
         peers = [pair_sum(w, p, a, b).get(r) for p in PEERS]
@@ -253,6 +267,12 @@ p99 = ratio_to_best("ka1", "tether", "p99_ms", False)
 target_line("keep-alive 1 connection ≥ 1.2× req/s and p99 ≤ 0.9×",
             both(None if r1 is None else r1 >= 1.2, None if p99 is None else p99 <= 0.9),
             f"{x(r1)} {best_name('ka1', 'rps')} req/s; p99 {x(p99)} the best peer's ({best_name('ka1', 'p99_ms', False)})")
+rf1 = ratio_to_best("ka1", "tether-tcp", "rps")
+if rf1 is not None:
+    rf32 = pair_ratio_to_best("ka32", "cpu_out_us", "cpu_in_us", t="tether-tcp")
+    say(f"- the floor (³): Tether in TCP mode, no HTTP, at 1 connection {x(rf1)} "
+        f"{best_name('ka1', 'rps')} req/s and {x(per_round_ratio('ka1', 'tether-tcp', 'rps', 'tether'))} "
+        f"the HTTP pair's; at 32 connections pair CPU per request {x(rf32)} the cheapest peer pair's")
 rhc = ratio_to_best("handshake_inbound", "tether", "cpu_in_us", False)
 rh = ratio_to_best("handshake_inbound", "tether", "rps")
 target_line("full mTLS handshake at the inbound ≤ 0.25× the CPU", None if rhc is None else rhc <= 0.25,

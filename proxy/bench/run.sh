@@ -30,6 +30,10 @@
 #   tether-http1, tether-h2   the same outbound with `peer_protocol` forced to one of the two
 #   tether-log the default pair with `[access_log]` on at both sidecars (workload ka32_log only,
 #              against `tether` in the same round: what the access log costs)
+#   tether-tcp the same two sidecars in TCP mode (a `mode = "tcp"` service and inbound): mTLS
+#              and byte copying, no HTTP at all, one mTLS connection per client connection
+#              (workloads ka32 and ka1 only). Not a mesh setting for HTTP services: it is the
+#              floor any HTTP path on the same stack (tokio, rustls, the kernel) stands on.
 #   nginx      wrk → nginx outbound → mTLS (HTTP/1.1 keep-alive pool) → nginx inbound → upstream
 #   haproxy    wrk → haproxy outbound → mTLS (pooled) → haproxy inbound → upstream
 # Each proxy runs one worker/thread (Tether: `workers = 1`).
@@ -68,6 +72,8 @@ P_HAPROXY_OUT=$((BASE + 2)) P_HAPROXY_FULLHS=$((BASE + 12)) P_HAPROXY_RESUME=$((
 P_TETHER_OUT=$((BASE + 3)) P_TETHER_H2_OUT=$((BASE + 4)) P_TETHER_H1_OUT=$((BASE + 5)) P_TETHER_IN=$((BASE + 445))
 P_TETHER_LOG_OUT=$((BASE + 6)) P_TETHER_LOG_IN=$((BASE + 446))
 P_BASELINE_OUT=$((BASE + 7)) P_BASELINE_IN=$((BASE + 447))
+# The TCP-mode pair: its TCP service's listener, its (unused) HTTP listener, its inbound.
+P_TETHER_TCP_OUT=$((BASE + 8)) P_TETHER_TCP_HTTP=$((BASE + 9)) P_TETHER_TCP_IN=$((BASE + 448))
 BASELINE=${BASELINE:-}
 
 ID_A="spiffe://demo.local/ns/default/sa/service-a"
@@ -153,13 +159,14 @@ tree_pids() {
     pgrep -P "$pid" 2>/dev/null || true
 }
 
-cpu_ticks() { # PIDS...: utime + stime, summed (clock ticks)
-    local sum=0 pid t
+cpu_ticks() { # PIDS...: "utime+stime stime", each summed (clock ticks)
+    local sum=0 sys=0 pid u s
     for pid in "$@"; do
-        t=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
-        sum=$((sum + t))
+        read -r u s < <(awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0 0)
+        sum=$((sum + ${u:-0} + ${s:-0}))
+        sys=$((sys + ${s:-0}))
     done
-    echo "$sum"
+    echo "$sum $sys"
 }
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
@@ -359,6 +366,13 @@ pair_configs log "$P_TETHER_LOG_IN" "$P_TETHER_LOG_OUT"
 for side in inbound outbound; do
     printf '\n[access_log]\npath = "%s"\n' "$WORK/tether/access-$side.log" >>"$WORK/tether/$side-log.toml"
 done
+# The TCP-mode pair: the default pair's configs with the inbound and the service in TCP mode
+# (both are the last section of their file), the service on a listener of its own.
+pair_configs tcp "$P_TETHER_TCP_IN" "$P_TETHER_TCP_HTTP"
+printf 'mode = "tcp"\n' >>"$WORK/tether/inbound-tcp.toml"
+printf 'mode = "tcp"\nlisten = "127.0.0.1:%s"\n' "$P_TETHER_TCP_OUT" >>"$WORK/tether/outbound-tcp.toml"
+start tether-tcp-in "$BIN/tether-proxy" run --config "$WORK/tether/inbound-tcp.toml"
+start tether-tcp-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound-tcp.toml"
 start tether-in "$BIN/tether-proxy" run --config "$WORK/tether/inbound.toml"
 start tether-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound.toml"
 start tether-h2-out "$BIN/tether-proxy" run --config "$WORK/tether/outbound-h2.toml"
@@ -382,6 +396,8 @@ wait_port "$P_TETHER_H2_OUT" tether-h2-out || exit 1
 wait_port "$P_TETHER_H1_OUT" tether-http1-out || exit 1
 wait_port "$P_TETHER_LOG_IN" tether-log-in || exit 1
 wait_port "$P_TETHER_LOG_OUT" tether-log-out || exit 1
+wait_port "$P_TETHER_TCP_IN" tether-tcp-in || exit 1
+wait_port "$P_TETHER_TCP_OUT" tether-tcp-out || exit 1
 
 if [ "$HAVE_NGINX_PAIR" = 1 ]; then
     start_nginx nginx-in "$BENCH_DIR/peers/nginx-inbound.conf"
@@ -407,17 +423,18 @@ done
 # Targets and how to reach them.
 TARGETS=(direct tether tether-http1 tether-h2)
 [ -n "$BASELINE" ] && TARGETS+=(baseline)
+TARGETS+=(tether-tcp)
 PEERS=()
 [ "$HAVE_NGINX_PAIR" = 1 ] && TARGETS+=(nginx) && PEERS+=(nginx)
 [ "$HAVE_HAPROXY_PAIR" = 1 ] && TARGETS+=(haproxy) && PEERS+=(haproxy)
 declare -A OUT_PORT IN_PORT FULLHS_PORT
-OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_OUT [tether-http1]=$P_TETHER_H1_OUT [tether-log]=$P_TETHER_LOG_OUT [baseline]=$P_BASELINE_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
+OUT_PORT=([direct]=$P_UPSTREAM [tether]=$P_TETHER_OUT [tether-h2]=$P_TETHER_H2_OUT [tether-http1]=$P_TETHER_H1_OUT [tether-log]=$P_TETHER_LOG_OUT [tether-tcp]=$P_TETHER_TCP_OUT [baseline]=$P_BASELINE_OUT [nginx]=$P_NGINX_OUT [haproxy]=$P_HAPROXY_OUT)
 IN_PORT=([tether]=$P_TETHER_IN [nginx]=$P_NGINX_IN [haproxy]=$P_HAPROXY_IN)
 FULLHS_PORT=([nginx]=$P_NGINX_FULLHS [haproxy]=$P_HAPROXY_FULLHS)
-out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-log) echo "${PID_OF[tether-log-out]}" ;; baseline) echo "${PID_OF[baseline-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
+out_pids() { case $1 in tether) echo "${PID_OF[tether-out]}" ;; tether-log) echo "${PID_OF[tether-log-out]}" ;; tether-tcp) echo "${PID_OF[tether-tcp-out]}" ;; baseline) echo "${PID_OF[baseline-out]}" ;; tether-h2) echo "${PID_OF[tether-h2-out]}" ;; tether-http1) echo "${PID_OF[tether-http1-out]}" ;; nginx) tree_pids "${PID_OF[nginx-out]}" ;; haproxy) echo "${PID_OF[haproxy-out]}" ;; esac; }
 # The Tether variants share the default pair's inbound: its handshakes are measured once.
-own_inbound() { case $1 in direct | tether-h2 | tether-http1 | baseline) return 1 ;; *) return 0 ;; esac; }
-in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; tether-log) echo "${PID_OF[tether-log-in]}" ;; baseline) echo "${PID_OF[baseline-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
+own_inbound() { case $1 in direct | tether-h2 | tether-http1 | tether-tcp | baseline) return 1 ;; *) return 0 ;; esac; }
+in_pids() { case $1 in tether | tether-h2 | tether-http1) echo "${PID_OF[tether-in]}" ;; tether-log) echo "${PID_OF[tether-log-in]}" ;; tether-tcp) echo "${PID_OF[tether-tcp-in]}" ;; baseline) echo "${PID_OF[baseline-in]}" ;; nginx) tree_pids "${PID_OF[nginx-in]}" ;; haproxy) echo "${PID_OF[haproxy-in]}" ;; esac; }
 # The certificate each target's own outbound presents, for the handshake client.
 client_cert() { case $1 in tether) echo "$PKI/service-a/chain.pem $PKI/service-a/key.pem" ;; *) echo "$PKI/client.crt $PKI/client.key" ;; esac; }
 
@@ -507,10 +524,15 @@ wrk_run() {
         record "$round" "$workload" "$target" p99_ms "$(to_ms "$(awk '$1 == "99%" { print $2 }' "$raw")")"
     fi
     if [ -n "$opids" ] && [ "${total:-0}" -gt 0 ]; then
-        record "$round" "$workload" "$target" cpu_out_us \
-            "$(awk -v a="$c0o" -v b="$c1o" -v n="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')"
-        record "$round" "$workload" "$target" cpu_in_us \
-            "$(awk -v a="$c0i" -v b="$c1i" -v n="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')"
+        # CPU per request, and the kernel's (system time) part of it.
+        per_request() { # BEFORE AFTER FIELD(1 all, 2 system)
+            awk -v a="$1" -v b="$2" -v f="$3" -v n="$total" -v hz="$CLK_TCK" 'BEGIN {
+                split(a, x, " "); split(b, y, " "); printf "%.1f", (y[f] - x[f]) / hz * 1e6 / n }'
+        }
+        record "$round" "$workload" "$target" cpu_out_us "$(per_request "$c0o" "$c1o" 1)"
+        record "$round" "$workload" "$target" cpu_in_us "$(per_request "$c0i" "$c1i" 1)"
+        record "$round" "$workload" "$target" sys_out_us "$(per_request "$c0o" "$c1o" 2)"
+        record "$round" "$workload" "$target" sys_in_us "$(per_request "$c0i" "$c1i" 2)"
     fi
     if [ -s "$raw.rss" ]; then
         record "$round" "$workload" "$target" rss_out_kib "$(awk '{ print $1 }' "$raw.rss")"
@@ -571,7 +593,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         want newconn_pair && for t in $(rotate "$round" "${TARGETS[@]}"); do
             case $t in
             direct) wrk_run "$round" newconn_pair direct "$P_UPSTREAM" "$CONNS" -H "Connection: close" ;;
-            tether | tether-h2 | tether-http1 | baseline) ;; # the outbound always reuses: see newconn_inbound
+            tether | tether-h2 | tether-http1 | tether-tcp | baseline) ;; # the outbound always reuses: see newconn_inbound
             *) wrk_run "$round" newconn_pair "$t" "${FULLHS_PORT[$t]}" "$CONNS" ;;
             esac
         done
