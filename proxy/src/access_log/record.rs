@@ -146,46 +146,49 @@ impl Upstream {
     }
 }
 
+/// `,"name":` (every key but the first), made at compile time: one copy per key instead of
+/// three.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
 impl super::Entry for Record {
     /// The keys in a fixed order, written by hand: serde_json's derive spent about 2.5 k
     /// instructions a line escaping strings a byte at a time, and most of these need no escape
-    /// (see [`string`]). Net, 1.4 k fewer per request at the outbound (47.0 k → 45.6 k).
+    /// (see [`string`]). Net, 1.4 k fewer per request at the outbound (47.0 k → 45.6 k); then
+    /// [`needs_escape`] by words and the keys made at compile time, 1.4 k fewer again
+    /// (45.7 k → 44.3 k, against 40.3 k with the log off).
     fn write_json(&self, out: &mut Vec<u8>) {
         MEMO.with_borrow_mut(|Memo { ts, upstream }| {
             out.extend_from_slice(b"{\"ts\":");
             string(out, ts.of(self.ts));
-            field(out, "direction", Some(self.direction.as_str()));
-            field(out, "peer", self.peer.as_deref());
-            field(out, "service", self.service.as_deref());
-            field(out, "method", Some(self.method.as_str()));
-            field(out, "path", Some(&self.path));
-            number(out, "status", Some(self.status.into()));
-            key(out, "duration_ms");
+            field(out, key!("direction"), Some(self.direction.as_str()));
+            field(out, key!("peer"), self.peer.as_deref());
+            field(out, key!("service"), self.service.as_deref());
+            field(out, key!("method"), Some(self.method.as_str()));
+            field(out, key!("path"), Some(&self.path));
+            number(out, key!("status"), Some(self.status.into()));
+            out.extend_from_slice(key!("duration_ms"));
             // Serializing a number into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *out, &(self.duration.as_secs_f64() * 1e3));
-            number(out, "bytes_in", Some(self.bytes_in));
-            number(out, "bytes_out", Some(self.bytes_out));
+            number(out, key!("bytes_in"), Some(self.bytes_in));
+            number(out, key!("bytes_out"), Some(self.bytes_out));
             let id = crate::observe::id_str(&self.request_id);
-            field(out, "request_id", Some(id));
-            field(out, "decision", self.decision.map(AuthzLabel::as_str));
-            field(out, "rule", self.rule.as_deref());
-            field(out, "upstream", self.upstream.map(|a| upstream.of(a)));
-            number(out, "grpc_status", self.grpc_status.map(u64::from));
+            field(out, key!("request_id"), Some(id));
+            field(out, key!("decision"), self.decision.map(AuthzLabel::as_str));
+            field(out, key!("rule"), self.rule.as_deref());
+            field(out, key!("upstream"), self.upstream.map(|a| upstream.of(a)));
+            number(out, key!("grpc_status"), self.grpc_status.map(u64::from));
             out.push(b'}');
         });
     }
 }
 
-/// `,"name":` (every key but the first).
-fn key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-}
-
-/// A string field, `null` when absent.
-fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
-    key(out, name);
+/// A string field after its `key`, `null` when absent.
+fn field(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
+    out.extend_from_slice(key);
     match value {
         Some(v) => string(out, v),
         None => out.extend_from_slice(b"null"),
@@ -193,8 +196,8 @@ fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
 }
 
 /// A number field, `null` when absent.
-fn number(out: &mut Vec<u8>, name: &str, value: Option<u64>) {
-    key(out, name);
+fn number(out: &mut Vec<u8>, key: &[u8], value: Option<u64>) {
+    out.extend_from_slice(key);
     match value {
         Some(n) => {
             let _ = serde_json::to_writer(&mut *out, &n);
@@ -207,13 +210,48 @@ fn number(out: &mut Vec<u8>, name: &str, value: Option<u64>) {
 /// copied as it is, which is also what serde_json writes for it; any other goes through
 /// serde_json.
 fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
         let _ = serde_json::to_writer(&mut *out, s);
     }
+}
+
+/// Whether `s` holds a byte JSON must escape: `"`, `\\`, or one below 0x20. Eight bytes at a
+/// time: a byte at a time, this check was 1.1 k of the outbound's 45.6 k instructions per request
+/// with the log on (callgrind, 32 connections), for some 150 bytes of strings a line.
+fn needs_escape(s: &[u8]) -> bool {
+    let mut words = s.chunks_exact(8);
+    let found = words.any(|w| {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        has_byte_below(x, 0x20)
+            || has_zero_byte(x ^ spread(b'"'))
+            || has_zero_byte(x ^ spread(b'\\'))
+    });
+    found
+        || words
+            .remainder()
+            .iter()
+            .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// `b` in every byte of a word.
+const fn spread(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+/// Whether a byte of `x` is zero. The classic bit trick: exact as a yes or no (a borrow out of a
+/// zero byte can mark the byte above it too, but only when there is a zero byte).
+fn has_zero_byte(x: u64) -> bool {
+    x.wrapping_sub(spread(1)) & !x & spread(0x80) != 0
+}
+
+/// Whether a byte of `x` is below `n` (at most 0x80): the same trick, exact as a yes or no. A
+/// byte of 0x80 or more has its top bit set, so `!x` clears it from the answer.
+fn has_byte_below(x: u64, n: u8) -> bool {
+    x.wrapping_sub(spread(n)) & !x & spread(0x80) != 0
 }
 
 #[cfg(test)]
@@ -312,6 +350,45 @@ mod tests {
             let mut ours = Vec::new();
             string(&mut ours, &s);
             assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn every_byte_is_judged_in_every_place_of_a_word() {
+        // 19 bytes: two whole words and a tail of 3, so each byte value is tried at every
+        // offset within a word and in the tail, next to plain bytes and next to 0x80 and up
+        // (UTF-8 continuation bytes, whose top bit must not hide a byte below 0x20).
+        for fill in [b'a', 0x80, 0xff] {
+            for at in 0..19 {
+                for b in 0..=255u8 {
+                    let mut s = [fill; 19];
+                    s[at] = b;
+                    let expected = s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+                    assert_eq!(
+                        needs_escape(&s),
+                        expected,
+                        "byte {b:#04x} at {at} among {fill:#04x}"
+                    );
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        // And mixed strings of every length up to five words, from bytes at the edges of the
+        // ranges, against the byte-at-a-time rule.
+        let edges = [
+            0x00, 0x1f, 0x20, 0x21, b'"', b'[', b'\\', b']', 0x7f, 0x80, 0x9f, 0xff, b'a',
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 41) as usize;
+            let s: Vec<u8> = (0..len)
+                .map(|i| edges[((seed >> (i % 16 * 4)) as usize + i) % edges.len()])
+                .collect();
+            let expected = s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+            assert_eq!(needs_escape(&s), expected, "{s:02x?}");
         }
     }
 }
