@@ -2,8 +2,9 @@
 //!
 //! A mesh peer reconnects with the same certificate chain many times over its lifetime, and the
 //! two ECDSA signature checks of that chain (leaf by intermediate, intermediate by root) were a
-//! quarter of a full handshake's CPU at the inbound (404 against 305 µs without them). webpki's answer for a chain depends only on its exact
-//! bytes, the roots, the key usage and the time, so a chain it accepted is remembered by a
+//! quarter of a full handshake's CPU at the inbound (404 against 305 µs without them). webpki's
+//! answer for a chain depends only on its exact bytes, the roots, the key usage and the time,
+//! so a chain it accepted is remembered by a
 //! SHA-256 digest of those bytes and the usage, together with the span of time in which every
 //! certificate presented is valid. The roots are fixed per verifier (a new bundle builds a new
 //! verifier, with nothing remembered), and a time outside the span is verified afresh, which
