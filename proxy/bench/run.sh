@@ -169,6 +169,11 @@ cpu_ticks() { # PIDS...: "utime+stime stime", each summed (clock ticks)
     echo "$sum $sys"
 }
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+per_request() { # BEFORE AFTER FIELD REQUESTS: µs per request between two cpu_ticks readings
+    # (FIELD 1: all CPU, 2: system time)
+    awk -v a="$1" -v b="$2" -v f="$3" -v n="$4" -v hz="$CLK_TCK" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); printf "%.1f", (y[f] - x[f]) / hz * 1e6 / n }'
+}
 
 rss_kib() { # PIDS...: VmRSS summed, KiB
     local sum=0 pid r
@@ -525,14 +530,10 @@ wrk_run() {
     fi
     if [ -n "$opids" ] && [ "${total:-0}" -gt 0 ]; then
         # CPU per request, and the kernel's (system time) part of it.
-        per_request() { # BEFORE AFTER FIELD(1 all, 2 system)
-            awk -v a="$1" -v b="$2" -v f="$3" -v n="$total" -v hz="$CLK_TCK" 'BEGIN {
-                split(a, x, " "); split(b, y, " "); printf "%.1f", (y[f] - x[f]) / hz * 1e6 / n }'
-        }
-        record "$round" "$workload" "$target" cpu_out_us "$(per_request "$c0o" "$c1o" 1)"
-        record "$round" "$workload" "$target" cpu_in_us "$(per_request "$c0i" "$c1i" 1)"
-        record "$round" "$workload" "$target" sys_out_us "$(per_request "$c0o" "$c1o" 2)"
-        record "$round" "$workload" "$target" sys_in_us "$(per_request "$c0i" "$c1i" 2)"
+        record "$round" "$workload" "$target" cpu_out_us "$(per_request "$c0o" "$c1o" 1 "$total")"
+        record "$round" "$workload" "$target" cpu_in_us "$(per_request "$c0i" "$c1i" 1 "$total")"
+        record "$round" "$workload" "$target" sys_out_us "$(per_request "$c0o" "$c1o" 2 "$total")"
+        record "$round" "$workload" "$target" sys_in_us "$(per_request "$c0i" "$c1i" 2 "$total")"
     fi
     if [ -s "$raw.rss" ]; then
         record "$round" "$workload" "$target" rss_out_kib "$(awk '{ print $1 }' "$raw.rss")"
