@@ -9,9 +9,8 @@
 //! 4. the leaf's serial is not revoked ([`Revocation`], shared and swappable so a new CRL applies
 //!    to the next handshake without rebuilding the TLS config).
 //!
-//! webpki's answer for a chain it accepted is remembered while the chain is valid
-//! (`verify/chain.rs`, as peers reconnect with one chain many times); everything else is checked
-//! on every handshake.
+//! webpki's answer for an accepted chain is remembered while it is valid (`verify/chain.rs`:
+//! peers reconnect with one chain many times); everything else is checked on every handshake.
 //!
 //! Failures become `rustls::Error`s that [`failure_reason`] maps back to a short label for
 //! metrics (`unknown_ca`, `expired`, `revoked`, `bad_svid`, `identity_mismatch`, …).
